@@ -23,6 +23,7 @@ Shards are named ``{prefix}-{split}-{shard:05d}-of-{num_shards:05d}.tfrecord``.
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -79,6 +80,20 @@ _FEATURES = {
 }
 
 
+def decode_face_image(encoded: tf.Tensor) -> tf.Tensor:
+    """Decodes stored JPEG/PNG bytes to RGB uint8 [H, W, 3] exactly as OpenCV does.
+
+    JPEGs use the accurate integer DCT, which matches ``common.images.load_image``
+    (cv2) bit for bit; TF's default fast DCT differs by up to ~20 grey levels, which
+    would make training pixels differ from evaluation/prediction pixels.
+    """
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_png(encoded, channels=3))
+    return tf.ensure_shape(image, [None, None, 3])
+
+
 def parse_face(serialized: tf.Tensor, num_landmarks: int | None = None) -> dict:
     """Parses one serialised face into tensors (graph-compatible).
 
@@ -92,8 +107,7 @@ def parse_face(serialized: tf.Tensor, num_landmarks: int | None = None) -> dict:
         ``attributes`` int64 [K].
     """
     f = tf.io.parse_single_example(serialized, _FEATURES)
-    image = tf.io.decode_image(f["image/encoded"], channels=3, expand_animations=False)
-    image = tf.ensure_shape(image, [None, None, 3])
+    image = decode_face_image(f["image/encoded"])
     landmarks = tf.reshape(tf.sparse.to_dense(f["landmarks"]), [-1, 2])
     if num_landmarks is not None:
         landmarks = tf.ensure_shape(landmarks, [num_landmarks, 2])
@@ -112,13 +126,31 @@ def shard_name(output_dir: str, prefix: str, split: str, shard: int, num_shards:
     return os.path.join(output_dir, f"{prefix}-{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
 
 
+DATASET_INFO = "dataset.json"
+
+
+def split_aliases(data_dir: str) -> dict[str, list[str]]:
+    """Split aliases declared in ``data_dir/dataset.json`` (e.g. 300-W "full")."""
+    path = os.path.join(data_dir, DATASET_INFO)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return dict(json.load(f).get("aliases", {}))
+
+
 def find_shards(data: str, split: str | None = None) -> list[str]:
     """Lists the TFRecord shards of ``split`` in a folder (or expands a glob/file).
+
+    A split may be an alias declared in the folder's ``dataset.json`` (the 300-W
+    "full" set is the union of "common" and "challenging", MSRRN paper, "Datasets").
 
     Raises:
         FileNotFoundError: when nothing matches, naming what was looked for.
     """
     if os.path.isdir(data):
+        if split and split in split_aliases(data):
+            return sorted(f for part in split_aliases(data)[split]
+                          for f in find_shards(data, part))
         pattern = os.path.join(data, f"*-{split}-*.tfrecord" if split else "*.tfrecord")
     else:
         pattern = data
