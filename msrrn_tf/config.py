@@ -1,0 +1,247 @@
+"""The MSRRN configuration: the paper's defaults in one typed object.
+
+Wang, Sun, Lu, Feng, Zhou, "Multiscale recurrent regression networks for face
+alignment", Applied Informatics 4:13 (2017). Section names below refer to that
+paper ("Proposed method", "Implementational details and evaluation protocols",
+"Performance effects with different stages", "Computational time").
+
+The paper's text gives the scales, the number of stages, the landmark count, the
+augmentation, the optimiser family and the iteration count, but its Fig. 2 (the
+layer table) and its hyper-parameters (lambda, eta, batch size) are not in the
+text we reproduce from. Where the paper is silent, the field documents the choice
+made here and why. Model code never reads this object directly; ``build_msrrn``
+turns it into explicit constructor arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+INIT_MODES = ("cnn", "mean_shape")
+
+
+@dataclasses.dataclass(frozen=True)
+class MSRRNConfig:
+    """Hyper-parameters of MSRRN (model, optimisation and augmentation).
+
+    Attributes:
+        scales: square crop sizes in pixels, coarse to fine. "Implementational
+            details": the crops are rescaled to 200 x 200, 100 x 100 and 50 x 50.
+            Stage ``t`` (1-based) reads ``scales[t - 1]``, so the regression runs
+            coarse to fine ("Proposed method": "in a coarse-to-fine manner").
+        num_stages: T, the number of recurrent stages. "Proposed method": "we
+            downscale three times ... thus we specified T to 3". The stage ablation
+            ("Performance effects with different stages") uses T in {1, 2, 3}; the
+            regression weights are the same objects for every T. Stages beyond
+            ``len(scales)`` reuse the finest scale.
+        num_landmarks: L. "Proposed method": "L was specified to be 68".
+        margin: crop margin around the dlib face box, as a fraction of the box
+            side on each side (crop side = max(w, h) * (1 + 2 * margin), see
+            ``common.geometry.crop_boxes_from_face_boxes``). The paper crops at
+            the dlib box but gives no margin. dlib's frontal detector box runs from
+            the brows to just below the lips and usually cuts the jaw line and chin;
+            0.2 keeps all 68 points inside the crop, with room for the +-15 deg
+            rotation augmentation.
+        patch_size: side k of the shape-indexed patch, in pixels of the stage's
+            own scale (paper silent). The same k at every scale is required by the
+            weight sharing (one regressor reads every stage), and it makes the
+            physical region shrink coarse to fine: 12 px is 24 % of the crop at 50,
+            12 % at 100 and 6 % at 200, i.e. about a third of the face at stage 1
+            (absorbing initial-shape errors of +-12 % of the crop) down to about
+            half an eye width at stage 3. 12 halves twice (2 x 2 pooling) to a
+            3 x 3 grid whose centre cell is centred on the landmark.
+        patch_extent: patch side as a fraction of the crop, or ``None`` (default)
+            for ``patch_size`` pixels at every scale (one sample per pixel). A
+            number gives the same physical region at every scale instead.
+        regression_conv_filters: output channels of the conv blocks of the shared
+            regression network f_RRN ("Proposed method", eq. 2: convolution, max
+            pooling, ReLU, fully connected). Each block is conv(k x k, same) ->
+            max pool -> ReLU, applied to each landmark's patch with weights shared
+            over landmarks. Widths are not in the text; 16 and 32 are kept small
+            because the convs run on N x 68 patches of only 12 x 12 px per stage
+            (a 3 x 3 x 32 map per patch), and the capacity sits in the FC layer
+            over all landmarks.
+        regression_kernel_size: conv kernel side of the regression network (3, the
+            smallest kernel that grows the receptive field; paper silent).
+        regression_pool_size: max-pool window and stride after each regression conv
+            (2; 12 -> 6 -> 3).
+        regression_fc_units: widths of the hidden fully connected layers of the
+            regression network, applied to the features of all landmarks
+            concatenated (so the update sees the whole shape: "the shape-index
+            features implicitly exploit the shape constraints for the holistic
+            regression"). A last linear layer gives the 2L shape update.
+        hidden_size: size of a recurrent hidden state carried between stages (a
+            GRU cell after the hidden FC layers), or 0 for none. "Proposed method"
+            says the shared parameters "memorize the shape residual descents"; the
+            equations have no state beyond the shape itself, so 0 (pure parameter
+            sharing) is the default and the state is an option.
+        init: how S^0 is obtained. "cnn" ("Proposed method", last paragraph: "we
+            further propose a CNN, which aims to predict a initial shape") predicts
+            a residual from the training mean shape; "mean_shape" is the baseline of
+            "Performance effects with different stages".
+        init_conv_filters: channels of the initial-shape CNN's conv blocks (conv
+            3 x 3 -> max pool 2 -> ReLU) on the coarsest scale (paper silent).
+        init_kernel_size: conv kernel side of the initial-shape CNN.
+        init_fc_units: hidden fully connected widths of the initial-shape CNN.
+        stop_shape_gradient: stop gradients through the *positions* at which the
+            patches are sampled (paper silent). The shape still receives gradients
+            through the additive update S^t = S^{t-1} + f(.); only the
+            d(patch)/d(position) term (an image-gradient, high-frequency and noisy)
+            is dropped, as is usual for shape-indexed features.
+        weight_decay: lambda of eq. (5), applied as an L2 kernel regulariser
+            (lambda * sum(w^2)) on every kernel (not biases). The value is not in
+            the text; 1e-4 is small because the data term is measured in
+            normalised [0, 1] crop coordinates (squared errors around 1e-3).
+        learning_rate: eta of eq. (6) (paper silent). 0.01 for SGD with momentum,
+            for the eq. (5) data term summed over the 2L coordinates of a face and
+            averaged over the batch (a per-coordinate mean would need ~136x more).
+        momentum: SGD momentum ("Proposed method": stochastic gradient descent;
+            momentum value not given, 0.9 is the usual choice).
+        batch_size: faces per iteration (paper silent). With 64, the paper's 10,000
+            iterations are about 200 epochs of the 3,148 training faces.
+        iterations: training iterations. "Computational time": "10 h ... for 10,000
+            iterations".
+        noise_sigma: per-pixel Gaussian noise sigma in grey levels of 0..255
+            ("Implementational details": "Gaussian noise of sigma = 0.5").
+        flip: random horizontal flips ("Implementational details": "flipping").
+        max_rotation_deg: in-plane rotations uniform in +-this many degrees
+            ("Implementational details": "random in-plane rotations +-15 deg from a
+            uniform distribution").
+    """
+
+    scales: tuple[int, ...] = (50, 100, 200)
+    num_stages: int = 3
+    num_landmarks: int = 68
+    margin: float = 0.2
+    patch_size: int = 12
+    patch_extent: float | None = None
+    regression_conv_filters: tuple[int, ...] = (16, 32)
+    regression_kernel_size: int = 3
+    regression_pool_size: int = 2
+    regression_fc_units: tuple[int, ...] = (256,)
+    hidden_size: int = 0
+    init: str = "cnn"
+    init_conv_filters: tuple[int, ...] = (16, 32, 64)
+    init_kernel_size: int = 3
+    init_fc_units: tuple[int, ...] = (256,)
+    stop_shape_gradient: bool = True
+    weight_decay: float = 1e-4
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    batch_size: int = 64
+    iterations: int = 10_000
+    noise_sigma: float = 0.5
+    flip: bool = True
+    max_rotation_deg: float = 15.0
+
+    def __post_init__(self):
+        # Accept lists (JSON, flags) for the tuple fields, keeping the object hashable.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, list):
+                object.__setattr__(self, field.name, tuple(value))
+        if not self.scales or any(int(s) <= 0 for s in self.scales):
+            raise ValueError(f"scales must be positive sizes, got {self.scales}")
+        if list(self.scales) != sorted(self.scales):
+            raise ValueError(f"scales must run coarse to fine (increasing), got {self.scales}")
+        if self.num_stages < 1:
+            raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
+        if self.num_landmarks < 1:
+            raise ValueError(f"num_landmarks must be >= 1, got {self.num_landmarks}")
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        if self.patch_extent is not None and self.patch_extent <= 0:
+            raise ValueError(f"patch_extent must be positive or None, got {self.patch_extent}")
+        if self.init not in INIT_MODES:
+            raise ValueError(f"init must be one of {INIT_MODES}, got {self.init!r}")
+        if self.hidden_size < 0:
+            raise ValueError(f"hidden_size must be >= 0, got {self.hidden_size}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+
+    @classmethod
+    def small(cls, **overrides: Any) -> MSRRNConfig:
+        """A tiny model for tests and quick CPU runs: the paper's scales and
+        stages, narrow layers, a short schedule.
+
+        Args:
+            **overrides: fields to change on top of the small preset.
+
+        Returns:
+            The config.
+        """
+        preset = {
+            "regression_conv_filters": (8, 8),
+            "regression_fc_units": (64,),
+            "init_conv_filters": (8, 8, 16),
+            "init_fc_units": (64,),
+            "batch_size": 16,
+            "iterations": 200,
+        }
+        preset.update(overrides)
+        return cls().replace(**preset)
+
+    def replace(self, **overrides: Any) -> MSRRNConfig:
+        """Returns a copy with some fields changed.
+
+        Args:
+            **overrides: field names and new values.
+
+        Returns:
+            The new config (validated).
+
+        Raises:
+            ValueError: a name is not a field of ``MSRRNConfig``.
+        """
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown MSRRNConfig field(s) {unknown}; known: {sorted(names)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-friendly dict (tuples become lists)."""
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MSRRNConfig:
+        """Builds a config from ``to_dict()`` output (missing fields keep defaults).
+
+        Args:
+            values: field names and values.
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: a key is not a field of ``MSRRNConfig``.
+        """
+        return cls().replace(**values)
+
+    def augment_config(self):
+        """The training augmentation of "Implementational details" as a
+        ``common.pipeline.AugmentConfig``: rotation uniform in
+        +-``max_rotation_deg``, flips with probability 0.5 when ``flip``, pixel
+        noise ``noise_sigma``, nothing else (the paper lists nothing else).
+
+        Returns:
+            ``common.pipeline.AugmentConfig``.
+        """
+        # Imported here so that importing the config stays free of TensorFlow.
+        from common.pipeline import AugmentConfig
+
+        return AugmentConfig(rotation_deg=(-self.max_rotation_deg, self.max_rotation_deg),
+                             flip_prob=0.5 if self.flip else 0.0,
+                             noise_sigma=self.noise_sigma)
+
+    def to_json(self) -> str:
+        """Returns the config as indented JSON (written next to checkpoints)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MSRRNConfig:
+        """Parses ``to_json()`` output."""
+        return cls.from_dict(json.loads(text))
