@@ -1,0 +1,613 @@
+"""The CCNN cascade: 23 lightweight CNNs in three groups (the paper's sections 3.1-3.3).
+
+* ``build_lightweight_cnn`` is the one builder of all 23 networks (conv+ReLU+max-pool
+  blocks, a hidden fully connected layer with dropout, a linear output layer).
+* ``CCNNStage1`` holds the three stage-1 networks F1, EN1 and NM1: each sees a region
+  of the face box and predicts its points relative to it (formula 9); duplicated points
+  are averaged (formula 4).
+* ``CCNNRefineStage`` holds the ten networks of stage 2 or stage 3 (the same class with
+  other window sizes): two windows per point of the previous stage (formula 5), each
+  network predicts its point relative to its window, the two estimates of a point are
+  averaged.
+* ``CCNNCascade`` chains them: a Keras functional model taking
+  ``{"image_{S}": [N, S, S, 3]}`` (0..255) and returning ``"landmarks"`` and
+  ``"stage_1"`` ... ``"stage_{num_stages}"``, all ``[N, 5, 2]`` in normalised crop
+  coordinates (docs/DESIGN.md).
+
+Training is "parallel within groups and serial between groups" (section 3.3): a stage
+is one layer, so one step updates its whole group; ``CCNNCascade.train_only_stage(k)``
+freezes every other stage. A frozen stage also runs in inference mode (no dropout, no
+shake), since its output is then only the anchor of the next stage.
+
+The anchors of a refinement stage are constants (the windows move with them, they are
+not differentiated), so a loss on ``"landmarks"`` trains only the last stage; train
+stage k with a loss on ``"stage_k"`` (or ``"landmarks"`` of a k-stage cascade) and the
+other stages frozen, or put a loss on every stage output. The ``"stage_k_networks"``
+outputs with ``network_targets`` give each CNN its own loss, as the paper trains them.
+
+The shake (section 3.1.2) is applied inside the stages, to the windows, only in
+training mode. The stages crop with ``tf.image.crop_and_resize``, which XLA cannot
+compile, so they declare ``supports_jit = False`` (``jit_compile="auto"`` then stays off).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from ccnn_tf import windows as win
+from ccnn_tf.config import CCNNConfig
+from common.schemes import CUHK_5, scheme_for
+
+_PACKAGE = "ccnn_tf"
+_DEFAULTS = CCNNConfig()
+# Initial output bias of the stage networks: the centre of the window, in formula-9 units.
+_WINDOW_CENTRE = 0.5
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PerImageStandardization(layers.Layer):
+    """Subtracts each image's mean and divides by its standard deviation (section 4.1).
+
+    The paper writes "minus the mean and dividing the variance"; like
+    ``tf.image.per_image_standardization`` we divide by the standard deviation, floored
+    at ``1 / sqrt(number of values)`` so that flat images stay finite.
+    """
+
+    def call(self, images: tf.Tensor) -> tf.Tensor:
+        x = ops.cast(images, self.compute_dtype)
+        axes = tuple(range(1, len(x.shape)))
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
+        count = math.prod(int(d) for d in x.shape[1:])
+        std = ops.maximum(ops.sqrt(variance), 1.0 / math.sqrt(count))
+        return (x - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def build_lightweight_cnn(input_size: int, num_outputs: int, conv_filters: Sequence[int],
+                          kernel_sizes: Sequence[int], fc_units: int,
+                          dropout: float = _DEFAULTS.dropout,
+                          weight_decay: float = _DEFAULTS.weight_decay,
+                          input_channels: int = 3, output_bias: float = 0.0,
+                          name: str = "lightweight_cnn") -> keras.Model:
+    """Builds one CCNN network; the single builder of all 23 (sections 3.2-3.3).
+
+    Layers: per-image standardisation, then per entry of ``conv_filters`` a valid
+    convolution with ReLU and a 2x2 max-pooling, then flatten, a fully connected layer
+    with ReLU and dropout, and a linear fully connected output layer. Kernels use the
+    Xavier (Glorot uniform) initialisation and an L2 penalty (formula 6); biases start
+    at zero and are not penalised.
+
+    Args:
+        input_size: side of the square input.
+        num_outputs: number of outputs (2 per predicted point).
+        conv_filters: channels of each convolution.
+        kernel_sizes: kernel side of each convolution (same length as conv_filters).
+        fc_units: width of the hidden fully connected layer.
+        dropout: dropout rate after the hidden fully connected layer (section 3.3).
+        weight_decay: L2 coefficient; the loss gets ``weight_decay * sum(W ** 2)`` for
+            every kernel. 0 disables it.
+        input_channels: channels of the input (3, RGB).
+        output_bias: initial bias of the output layer. The stages use 0.5, so that an
+            untrained network predicts the centre of its window (and an untrained
+            refinement stage returns roughly its anchors).
+        name: model name (e.g. "F1", "LE21").
+
+    Returns:
+        A functional ``keras.Model`` mapping float ``[N, input_size, input_size,
+        input_channels]`` (any scale; it standardises) to ``[N, num_outputs]``.
+    """
+    if len(conv_filters) != len(kernel_sizes):
+        raise ValueError("conv_filters and kernel_sizes must have the same length")
+    regularizer = keras.regularizers.L2(weight_decay) if weight_decay > 0 else None
+    common = {"kernel_initializer": "glorot_uniform", "bias_initializer": "zeros",
+              "kernel_regularizer": regularizer}
+    inputs = keras.Input((input_size, input_size, input_channels), name=f"{name}_input")
+    x = PerImageStandardization(name=f"{name}_standardize")(inputs)
+    for i, (filters, kernel) in enumerate(zip(conv_filters, kernel_sizes), start=1):
+        x = layers.Conv2D(filters, kernel, padding="valid", activation="relu",
+                          name=f"{name}_conv{i}", **common)(x)
+        x = layers.MaxPooling2D(2, name=f"{name}_pool{i}")(x)
+    x = layers.Flatten(name=f"{name}_flatten")(x)
+    x = layers.Dense(fc_units, activation="relu", name=f"{name}_fc1", **common)(x)
+    x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    outputs = layers.Dense(num_outputs, name=f"{name}_fc2", **{
+        **common, "bias_initializer": keras.initializers.Constant(output_bias)})(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def averaging_matrix(point_indices: Sequence[int], num_points: int) -> np.ndarray:
+    """The matrix of formula 4: ``P = (1/N) sum_i P_i`` over a point's N estimates.
+
+    Args:
+        point_indices: for each estimate, the landmark index it estimates.
+        num_points: number of landmarks.
+
+    Returns:
+        float32 ``[num_points, len(point_indices)]`` with ``1 / N_p`` where estimate
+        ``j`` is of point ``p``.
+
+    Raises:
+        ValueError: when some landmark has no estimate.
+    """
+    matrix = np.zeros((num_points, len(point_indices)), np.float32)
+    matrix[np.asarray(point_indices), np.arange(len(point_indices))] = 1.0
+    counts = matrix.sum(axis=1, keepdims=True)
+    if np.any(counts == 0):
+        raise ValueError(f"landmarks {np.flatnonzero(counts[:, 0] == 0).tolist()} have no "
+                         "estimate")
+    return matrix / counts
+
+
+def average_duplicate_points(points: tf.Tensor, point_indices: Sequence[int],
+                             num_points: int) -> tf.Tensor:
+    """Averages the estimates of each landmark (formula 4).
+
+    Args:
+        points: float ``[N, J, 2]`` estimates.
+        point_indices: ``[J]`` landmark index of each estimate.
+        num_points: number of landmarks.
+
+    Returns:
+        float32 ``[N, num_points, 2]``.
+    """
+    matrix = tf.constant(averaging_matrix(point_indices, num_points))
+    return tf.einsum("pj,njc->npc", matrix, tf.cast(points, tf.float32))
+
+
+def point_abbreviation(point_name: str) -> str:
+    """"left_eye" -> "LE", "nose" -> "N" (the paper's network names, section 3.2)."""
+    return "".join(word[0].upper() for word in point_name.split("_"))
+
+
+def refine_network_names(stage: int, num_points: int = CUHK_5.num_points,
+                         windows_per_point: int = 2) -> list[str]:
+    """Names of the networks of a refinement stage: LE21, LE22, RE21, ... (section 3.2)."""
+    names = scheme_for(num_points).point_names
+    return [f"{point_abbreviation(n)}{stage}{j + 1}" for n in names
+            for j in range(windows_per_point)]
+
+
+def _as_tuples(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CCNNStage1(layers.Layer):
+    """Stage 1: F1, EN1 and NM1 on regions of the face box (section 3.1.1).
+
+    Each network sees its region (cropped from the model input and resized to
+    ``input_size``), predicts its points relative to the region (formula 9), and the
+    estimates of a point are averaged (formula 4). With ``use_windows=False``
+    (Experiment 2, "windows-") each network sees the whole input and predicts crop
+    coordinates directly (absolute positioning), and there is no shake.
+
+    Call: ``points, estimates = stage(images, training=...)`` with images float
+    ``[N, S, S, 3]`` (0..255); ``points`` ``[N, num_points, 2]`` and ``estimates``
+    ``[N, J, 2]`` (every network's points, in crop coordinates, network by network;
+    ``estimate_point_indices`` says which landmark each is).
+
+    Args:
+        input_size: side of the network inputs.
+        point_indices: per network, the landmark indices it predicts.
+        regions: per network, its region as (l, t, r, b) fractions of the face box.
+        network_names: per network, its name.
+        num_points: number of landmarks.
+        conv_filters, kernel_sizes, fc_units, dropout, weight_decay: the networks'
+            structure (``build_lightweight_cnn``).
+        margin: crop margin of the model input (fraction of the face box per side).
+        shake_stddev: training-time shake of the regions, in face-box units.
+        use_windows: relative ("windows+", True) or absolute ("windows-") positioning.
+        seed: seed of the shake generator.
+    """
+
+    def __init__(self, input_size: int, point_indices: Sequence[Sequence[int]],
+                 regions: Sequence[Sequence[float]], network_names: Sequence[str],
+                 num_points: int, conv_filters: Sequence[int], kernel_sizes: Sequence[int],
+                 fc_units: int, dropout: float, weight_decay: float, margin: float,
+                 shake_stddev: float = 0.0, use_windows: bool = True,
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.input_size = int(input_size)
+        self.point_indices = _as_tuples(point_indices)
+        self.regions = _as_tuples(regions)
+        self.network_names = tuple(network_names)
+        self.num_points = int(num_points)
+        self.conv_filters = tuple(conv_filters)
+        self.kernel_sizes = tuple(kernel_sizes)
+        self.fc_units = int(fc_units)
+        self.dropout = float(dropout)
+        self.weight_decay = float(weight_decay)
+        self.margin = float(margin)
+        self.shake_stddev = float(shake_stddev)
+        self.use_windows = bool(use_windows)
+        self.seed = seed
+        if not len(self.point_indices) == len(self.regions) == len(self.network_names):
+            raise ValueError("point_indices, regions and network_names differ in length")
+        self.estimate_point_indices = tuple(i for idx in self.point_indices for i in idx)
+        self._averaging = averaging_matrix(self.estimate_point_indices, self.num_points)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_jit = False  # XLA has no CropAndResize kernel
+        self.networks = [
+            build_lightweight_cnn(self.input_size, 2 * len(idx), self.conv_filters,
+                                  self.kernel_sizes, self.fc_units, self.dropout,
+                                  self.weight_decay, output_bias=_WINDOW_CENTRE,
+                                  name=net_name)
+            for idx, net_name in zip(self.point_indices, self.network_names)]
+
+    def build(self, input_shape):
+        del input_shape  # the networks are built on construction
+
+    def region_windows(self) -> tf.Tensor:
+        """The networks' input windows ``[R, 4]`` in crop coordinates (before shake)."""
+        if not self.use_windows:
+            return tf.constant([[0.0, 0.0, 1.0, 1.0]] * len(self.networks))
+        return win.region_boxes(self.regions, self.margin)
+
+    def windows(self, batch_size: tf.Tensor | int, training: bool = False) -> tf.Tensor:
+        """The windows ``[N, R, 4]`` the networks see, shaken when training."""
+        boxes = tf.tile(self.region_windows()[None], [batch_size, 1, 1])
+        if training and self.use_windows and self.shake_stddev > 0:
+            boxes = win.shake(boxes, self.shake_stddev * win.face_box_scale(self.margin),
+                              self.seed_generator)
+        return boxes
+
+    def call(self, images, training=None):
+        training = bool(training) and self.trainable
+        windows = self.windows(tf.shape(images)[0], training)
+        crops = win.crop_windows(images, windows, self.input_size)
+        estimates = []
+        for r, (network, indices) in enumerate(zip(self.networks, self.point_indices)):
+            relative = tf.reshape(network(crops[:, r], training=training), [-1, len(indices), 2])
+            estimates.append(win.from_window(relative, windows[:, r:r + 1]))
+        estimates = tf.concat(estimates, axis=1)
+        points = tf.einsum("pj,njc->npc", tf.constant(self._averaging), estimates)
+        return points, estimates
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            input_size=self.input_size, point_indices=self.point_indices,
+            regions=self.regions, network_names=self.network_names,
+            num_points=self.num_points, conv_filters=self.conv_filters,
+            kernel_sizes=self.kernel_sizes, fc_units=self.fc_units, dropout=self.dropout,
+            weight_decay=self.weight_decay, margin=self.margin,
+            shake_stddev=self.shake_stddev, use_windows=self.use_windows, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CCNNRefineStage(layers.Layer):
+    """Stage 2 or 3: two windows and two networks per point (sections 3.1.2, 3.1.3).
+
+    The anchors (the previous stage's points) are taken as constants; around each,
+    one window per entry of ``half_sizes`` (formula 5), shaken in training (section
+    3.1.2), is cropped and resized to ``input_size``; network ``2 p + j`` predicts
+    point ``p`` relative to window ``j`` (formula 9); the estimates are mapped back to
+    crop coordinates and averaged per point (formula 4).
+
+    Call: ``points, estimates = stage(images, anchors, training=...)`` with images
+    float ``[N, S, S, 3]`` (0..255) and anchors ``[N, num_points, 2]``; ``points``
+    ``[N, num_points, 2]``, ``estimates`` ``[N, num_points * len(half_sizes), 2]``.
+
+    Args:
+        half_sizes: per window of a point, (a, b) half-size fractions of the face box
+            width and height, e.g. ((0.16, 0.16), (0.18, 0.18)) for stage 2.
+        input_size: side of the window inputs (15).
+        num_points: number of landmarks.
+        conv_filters, kernel_sizes, fc_units, dropout, weight_decay: the networks'
+            structure (``build_lightweight_cnn``).
+        margin: crop margin of the model input (fraction of the face box per side).
+        shake_stddev: training-time shake of the windows, in face-box units.
+        network_names: names of the networks, point-major (default: LE21, LE22, ...
+            with ``stage_index``).
+        stage_index: the stage number used in the default names.
+        seed: seed of the shake generator.
+    """
+
+    def __init__(self, half_sizes: Sequence[Sequence[float]], input_size: int,
+                 num_points: int, conv_filters: Sequence[int], kernel_sizes: Sequence[int],
+                 fc_units: int, dropout: float, weight_decay: float, margin: float,
+                 shake_stddev: float = 0.0, network_names: Sequence[str] | None = None,
+                 stage_index: int = 2, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.half_sizes = _as_tuples(half_sizes)
+        self.input_size = int(input_size)
+        self.num_points = int(num_points)
+        self.conv_filters = tuple(conv_filters)
+        self.kernel_sizes = tuple(kernel_sizes)
+        self.fc_units = int(fc_units)
+        self.dropout = float(dropout)
+        self.weight_decay = float(weight_decay)
+        self.margin = float(margin)
+        self.shake_stddev = float(shake_stddev)
+        self.stage_index = int(stage_index)
+        self.seed = seed
+        windows_per_point = len(self.half_sizes)
+        if network_names is None:
+            network_names = refine_network_names(self.stage_index, self.num_points,
+                                                 windows_per_point)
+        self.network_names = tuple(network_names)
+        if len(self.network_names) != self.num_points * windows_per_point:
+            raise ValueError("need one network name per point and window")
+        self.estimate_point_indices = tuple(p for p in range(self.num_points)
+                                            for _ in range(windows_per_point))
+        self._averaging = averaging_matrix(self.estimate_point_indices, self.num_points)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_jit = False  # XLA has no CropAndResize kernel
+        self.networks = [
+            build_lightweight_cnn(self.input_size, 2, self.conv_filters, self.kernel_sizes,
+                                  self.fc_units, self.dropout, self.weight_decay,
+                                  output_bias=_WINDOW_CENTRE, name=net_name)
+            for net_name in self.network_names]
+
+    def build(self, images_shape, anchors_shape=None):
+        del images_shape, anchors_shape  # the networks are built on construction
+
+    def windows(self, anchors: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """The windows ``[N, num_points * len(half_sizes), 4]``, point-major, shaken when
+        training."""
+        anchors = tf.stop_gradient(tf.convert_to_tensor(anchors, tf.float32))
+        boxes = tf.stack([win.window_boxes(anchors, a, b, margin=self.margin)
+                          for a, b in self.half_sizes], axis=2)  # [N, P, W, 4]
+        boxes = tf.reshape(boxes, [-1, self.num_points * len(self.half_sizes), 4])
+        if training and self.shake_stddev > 0:
+            boxes = win.shake(boxes, self.shake_stddev * win.face_box_scale(self.margin),
+                              self.seed_generator)
+        return boxes
+
+    def call(self, images, anchors, training=None):
+        training = bool(training) and self.trainable
+        windows = self.windows(anchors, training)
+        crops = win.crop_windows(images, windows, self.input_size)
+        estimates = tf.stack(
+            [network(crops[:, k], training=training) for k, network in enumerate(self.networks)],
+            axis=1)  # [N, K, 2] window-relative
+        estimates = win.from_window(estimates, windows)
+        points = tf.einsum("pj,njc->npc", tf.constant(self._averaging), estimates)
+        return points, estimates
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            half_sizes=self.half_sizes, input_size=self.input_size,
+            num_points=self.num_points, conv_filters=self.conv_filters,
+            kernel_sizes=self.kernel_sizes, fc_units=self.fc_units, dropout=self.dropout,
+            weight_decay=self.weight_decay, margin=self.margin,
+            shake_stddev=self.shake_stddev, network_names=self.network_names,
+            stage_index=self.stage_index, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CCNNCascade(keras.Model):
+    """The CCNN cascade as a functional model (sections 3.1-3.3).
+
+    Inputs: ``{"image_{input_size}": float32 [N, S, S, 3]}`` in 0..255, the face crop
+    from ``common.geometry.preprocess_faces`` with ``margin``. Outputs: ``"landmarks"``
+    (the last stage's points) and ``"stage_1"`` ... ``"stage_{num_stages}"``, each
+    ``[N, num_points, 2]`` normalised crop coordinates; with ``network_outputs`` also
+    ``"stage_{k}_networks"``, every network's own estimate ``[N, J, 2]`` (crop
+    coordinates; ``stage_layer(k).estimate_point_indices`` names their landmarks), for a
+    per-network loss.
+
+    Build it from a config with ``build_ccnn``. All arguments are explicit so the model
+    serialises through ``get_config``.
+
+    Args:
+        input_size: side of the input crop.
+        margin: crop margin of the input (fraction of the face box per side).
+        num_stages: 1, 2 or 3.
+        num_points: number of landmarks.
+        stage1_point_indices, stage1_regions, stage1_network_names, stage1_windows,
+        stage1_input_size, stage1_conv_filters, stage1_kernel_sizes, stage1_fc_units:
+            stage 1 (``CCNNStage1``).
+        refine_input_size, refine_conv_filters, refine_kernel_sizes, refine_fc_units:
+            the networks of stages 2 and 3.
+        refine_half_sizes: the window half-sizes of stage 2 and of stage 3.
+        shake_stddevs: shake of stages 1, 2 and 3 (face-box units).
+        dropout, weight_decay: of every network.
+        frozen_stages: stages (1-based) whose weights are not trained.
+        network_outputs: also output every network's estimates.
+        seed: base seed of the shake generators (stage k uses seed + k).
+    """
+
+    def __init__(self, *, input_size: int, margin: float, num_stages: int, num_points: int,
+                 stage1_point_indices: Sequence[Sequence[int]],
+                 stage1_regions: Sequence[Sequence[float]],
+                 stage1_network_names: Sequence[str], stage1_windows: bool,
+                 stage1_input_size: int, stage1_conv_filters: Sequence[int],
+                 stage1_kernel_sizes: Sequence[int], stage1_fc_units: int,
+                 refine_input_size: int, refine_conv_filters: Sequence[int],
+                 refine_kernel_sizes: Sequence[int], refine_fc_units: int,
+                 refine_half_sizes: Sequence[Sequence[Sequence[float]]],
+                 shake_stddevs: Sequence[float], dropout: float, weight_decay: float,
+                 frozen_stages: Iterable[int] = (), network_outputs: bool = False,
+                 seed: int | None = None, **kwargs):
+        if not 1 <= num_stages <= 1 + len(refine_half_sizes):
+            raise ValueError(f"num_stages must be in 1..{1 + len(refine_half_sizes)}, "
+                             f"got {num_stages}")
+        args = {
+            "input_size": int(input_size),
+            "margin": float(margin),
+            "num_stages": int(num_stages),
+            "num_points": int(num_points),
+            "stage1_point_indices": _as_tuples(stage1_point_indices),
+            "stage1_regions": _as_tuples(stage1_regions),
+            "stage1_network_names": tuple(stage1_network_names),
+            "stage1_windows": bool(stage1_windows),
+            "stage1_input_size": int(stage1_input_size),
+            "stage1_conv_filters": tuple(stage1_conv_filters),
+            "stage1_kernel_sizes": tuple(stage1_kernel_sizes),
+            "stage1_fc_units": int(stage1_fc_units),
+            "refine_input_size": int(refine_input_size),
+            "refine_conv_filters": tuple(refine_conv_filters),
+            "refine_kernel_sizes": tuple(refine_kernel_sizes),
+            "refine_fc_units": int(refine_fc_units),
+            "refine_half_sizes": _as_tuples(refine_half_sizes),
+            "shake_stddevs": tuple(float(s) for s in shake_stddevs),
+            "dropout": float(dropout),
+            "weight_decay": float(weight_decay),
+            "network_outputs": bool(network_outputs),
+            "seed": seed,
+        }
+
+        def stage_seed(k: int) -> int | None:
+            return None if seed is None else seed + k
+
+        # --- Inputs -------------------------------------------------------------
+        image_key = f"image_{args['input_size']}"
+        images = keras.Input((input_size, input_size, 3), name=image_key)
+        # --- Stage 1: global coarse positioning (section 3.1.1) -------------------
+        stage1 = CCNNStage1(
+            args["stage1_input_size"], args["stage1_point_indices"], args["stage1_regions"],
+            args["stage1_network_names"], args["num_points"], args["stage1_conv_filters"],
+            args["stage1_kernel_sizes"], args["stage1_fc_units"], args["dropout"],
+            args["weight_decay"], args["margin"], shake_stddev=args["shake_stddevs"][0],
+            use_windows=args["stage1_windows"], seed=stage_seed(1), name="stage_1")
+        points, estimates = stage1(images)
+        outputs = {"stage_1": points}
+        if network_outputs:
+            outputs["stage_1_networks"] = estimates
+        # --- Stages 2, 3: local refinement in windows (sections 3.1.2, 3.1.3) ------
+        for k in range(2, args["num_stages"] + 1):
+            stage = CCNNRefineStage(
+                args["refine_half_sizes"][k - 2], args["refine_input_size"],
+                args["num_points"], args["refine_conv_filters"],
+                args["refine_kernel_sizes"], args["refine_fc_units"], args["dropout"],
+                args["weight_decay"], args["margin"], shake_stddev=args["shake_stddevs"][k - 1],
+                stage_index=k, seed=stage_seed(k), name=f"stage_{k}")
+            points, estimates = stage(images, points)
+            outputs[f"stage_{k}"] = points
+            if network_outputs:
+                outputs[f"stage_{k}_networks"] = estimates
+        outputs["landmarks"] = layers.Identity(name="landmarks")(points)
+        super().__init__(inputs={image_key: images}, outputs=outputs, **kwargs)
+        self._args = args
+        self.set_frozen_stages(frozen_stages)
+
+    @property
+    def num_stages(self) -> int:
+        return self._args["num_stages"]
+
+    @property
+    def input_key(self) -> str:
+        """The key of the input dict, ``image_{input_size}``."""
+        return f"image_{self._args['input_size']}"
+
+    def stage_layer(self, stage: int) -> CCNNStage1 | CCNNRefineStage:
+        """Returns the layer of stage ``stage`` (1-based)."""
+        if not 1 <= stage <= self.num_stages:
+            raise ValueError(f"stage must be in 1..{self.num_stages}, got {stage}")
+        return self.get_layer(f"stage_{stage}")
+
+    @property
+    def frozen_stages(self) -> tuple[int, ...]:
+        """The stages (1-based) whose weights are frozen."""
+        return tuple(k for k in range(1, self.num_stages + 1)
+                     if not self.stage_layer(k).trainable)
+
+    def set_frozen_stages(self, stages: Iterable[int]) -> None:
+        """Freezes exactly ``stages`` (1-based) and unfreezes the others.
+
+        A frozen stage keeps its weights and runs in inference mode. Compile (again)
+        after changing this.
+        """
+        stages = {int(s) for s in stages}
+        bad = stages - set(range(1, self.num_stages + 1))
+        if bad:
+            raise ValueError(f"no such stages: {sorted(bad)}")
+        for k in range(1, self.num_stages + 1):
+            self.stage_layer(k).trainable = k not in stages
+
+    def train_only_stage(self, stage: int) -> None:
+        """Freezes every stage but ``stage`` ("serial between groups", section 3.3)."""
+        self.set_frozen_stages(k for k in range(1, self.num_stages + 1) if k != stage)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "trainable": self.trainable, **self._args,
+                "frozen_stages": self.frozen_stages}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects=None) -> CCNNCascade:
+        del custom_objects
+        return cls(**config)
+
+
+def build_ccnn(config: CCNNConfig, *, num_stages: int | None = None,
+               frozen_stages: Iterable[int] = (), network_outputs: bool = False,
+               name: str = "ccnn") -> CCNNCascade:
+    """Builds the CCNN cascade described by ``config``.
+
+    Args:
+        config: the configuration (paper defaults: ``CCNNConfig()``).
+        num_stages: overrides ``config.num_stages`` (e.g. to train stage by stage).
+        frozen_stages: stages (1-based) to freeze.
+        network_outputs: also output every network's estimates.
+        name: model name.
+
+    Returns:
+        The (unbuilt-optimiser, uncompiled) model.
+    """
+    scheme = scheme_for(config.num_landmarks)
+    index = {n: i for i, n in enumerate(scheme.point_names)}
+    return CCNNCascade(
+        input_size=config.input_size, margin=config.margin,
+        num_stages=config.num_stages if num_stages is None else num_stages,
+        num_points=config.num_landmarks,
+        stage1_point_indices=[[index[n] for n in names] for names in config.stage1_points],
+        stage1_regions=config.stage1_regions,
+        stage1_network_names=config.stage1_network_names,
+        stage1_windows=config.stage1_windows, stage1_input_size=config.stage1_input_size,
+        stage1_conv_filters=config.stage1_conv_filters,
+        stage1_kernel_sizes=config.stage1_kernel_sizes,
+        stage1_fc_units=config.stage1_fc_units, refine_input_size=config.refine_input_size,
+        refine_conv_filters=config.refine_conv_filters,
+        refine_kernel_sizes=config.refine_kernel_sizes,
+        refine_fc_units=config.refine_fc_units, refine_half_sizes=config.stage_half_sizes,
+        shake_stddevs=config.stage_shake_stddevs, dropout=config.dropout,
+        weight_decay=config.weight_decay, frozen_stages=frozen_stages,
+        network_outputs=network_outputs, seed=config.seed, name=name)
+
+
+def transfer_stage_weights(source: CCNNCascade, target: CCNNCascade,
+                           stages: Iterable[int] | None = None) -> tuple[int, ...]:
+    """Copies the weights of whole stages between cascades of the same structure.
+
+    Used for serial training: stage k is trained in a k-stage cascade whose first k-1
+    stages come from the previous run.
+
+    Args:
+        source: the trained cascade.
+        target: the cascade to receive the weights.
+        stages: the stages to copy (default: every stage both have).
+
+    Returns:
+        The stages copied.
+    """
+    if stages is None:
+        stages = range(1, min(source.num_stages, target.num_stages) + 1)
+    stages = tuple(stages)
+    for k in stages:
+        target.stage_layer(k).set_weights(source.stage_layer(k).get_weights())
+    return stages
+
+
+def network_targets(landmarks: tf.Tensor, stage: CCNNStage1 | CCNNRefineStage) -> tf.Tensor:
+    """The target of each network estimate of ``stage``: ``[N, J, 2]`` from ``[N, P, 2]``.
+
+    Pairs with the ``"stage_{k}_networks"`` outputs for a per-network loss (each CNN is
+    trained on its own points, section 3.3).
+    """
+    return tf.gather(landmarks, list(stage.estimate_point_indices), axis=1)

@@ -1,0 +1,290 @@
+"""Tests of the CCNN configuration, networks, stages and cascade."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ccnn_tf import windows as win
+from ccnn_tf.config import CCNNConfig
+from ccnn_tf.model import (
+    CCNNCascade,
+    CCNNRefineStage,
+    PerImageStandardization,
+    average_duplicate_points,
+    averaging_matrix,
+    build_ccnn,
+    build_lightweight_cnn,
+    network_targets,
+    transfer_stage_weights,
+)
+from ccnn_tf.summary import PAPER_TOTAL_PARAMETERS, format_table, parameter_table
+
+# The exact count of our reconstruction of the paper's networks; a change to the
+# layer widths must show up here.
+EXPECTED_TOTAL_PARAMETERS = 643_920
+EXPECTED_PER_NETWORK = {"F1": 92_576, "EN1": 92_052, "NM1": 92_052, "refine": 18_362}
+
+
+def _images(config: CCNNConfig, n: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    size = config.input_size
+    return {f"image_{size}": rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def tiny_config() -> CCNNConfig:
+    return CCNNConfig.tiny()
+
+
+# --- Config --------------------------------------------------------------------------
+
+def test_config_round_trip_and_replace():
+    config = CCNNConfig()
+    restored = CCNNConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+    changed = config.replace(num_stages=2, stage2_half_sizes=[[0.1, 0.1], [0.2, 0.2]])
+    assert changed.num_stages == 2 and changed.stage2_half_sizes == ((0.1, 0.1), (0.2, 0.2))
+    assert config.num_stages == 3  # frozen dataclass, copy on replace
+    with pytest.raises(ValueError, match="unknown"):
+        CCNNConfig.from_dict({"no_such_field": 1})
+    with pytest.raises(ValueError, match="num_stages"):
+        config.replace(num_stages=4)
+    assert CCNNConfig.tiny().stage2_half_sizes == config.stage2_half_sizes
+
+
+def test_config_paper_values():
+    config = CCNNConfig()
+    assert config.stage2_half_sizes == ((0.16, 0.16), (0.18, 0.18))  # formula 5
+    assert config.stage3_half_sizes == ((0.08, 0.08), (0.09, 0.09))  # section 3.1.3
+    assert config.stage2_shake_stddev == pytest.approx(np.sqrt(1e-4))  # N(0, 1e-4)
+    assert (config.dropout, config.learning_rate) == (0.25, 5e-3)
+    assert (config.lr_decay_rate, config.lr_decay_steps) == (0.9, 100)
+    assert config.refine_input_size == 15
+    # 3 rotations x flip turn 10,000 faces into 60,000 (section 4.1).
+    assert len(config.rotation_angles_deg) * (2 if config.flip else 1) * 10_000 == 60_000
+
+
+# --- Parameter count -------------------------------------------------------------------
+
+def test_parameter_count_matches_the_paper():
+    rows = parameter_table(CCNNConfig())
+    assert len(rows) == 23
+    assert [r["stage"] for r in rows] == [1] * 3 + [2] * 10 + [3] * 10
+    assert [r["network"] for r in rows[:5]] == ["F1", "EN1", "NM1", "LE21", "LE22"]
+    assert rows[-1]["network"] == "RM32"
+    assert [r["outputs"] for r in rows[:3]] == [10, 6, 6]  # "10d-fc2, 6d-fc2, 6d-fc2"
+    assert all(r["outputs"] == 2 and r["input"] == "15x15x3" for r in rows[3:])
+    for r in rows:
+        key = r["network"] if r["stage"] == 1 else "refine"
+        assert r["parameters"] == EXPECTED_PER_NETWORK[key], r
+    total = sum(r["parameters"] for r in rows)
+    assert abs(total - PAPER_TOTAL_PARAMETERS) <= 0.10 * PAPER_TOTAL_PARAMETERS
+    assert total == EXPECTED_TOTAL_PARAMETERS
+    text = format_table(rows)
+    assert "643,920 parameters" in text and "2.46 MiB" in text
+
+
+def test_lightweight_cnn_structure():
+    net = build_lightweight_cnn(39, 10, (32, 64, 64), (5, 3, 3), 130, name="F1")
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert kinds.count("Conv2D") == 3 and kinds.count("MaxPooling2D") == 3
+    assert kinds.count("Dense") == 2 and kinds.count("Dropout") == 1
+    assert kinds[1] == "PerImageStandardization"
+    assert net.output_shape == (None, 10)
+    assert len(net.losses) == 5  # L2 on every kernel (formula 6)
+    assert isinstance(net.get_layer("F1_conv1").kernel_initializer,
+                      keras.initializers.GlorotUniform)  # Xavier
+    x = np.random.default_rng(0).uniform(0, 255, (4, 39, 39, 3)).astype(np.float32)
+    np.testing.assert_allclose(net(x, training=False), net(x, training=False))
+    assert not np.allclose(net(x, training=True), net(x, training=False))  # dropout
+
+
+def test_per_image_standardization():
+    x = np.random.default_rng(0).uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
+    x[1] = 42.0  # a flat image stays finite
+    y = PerImageStandardization()(x).numpy()
+    np.testing.assert_allclose(y[[0, 2]].mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y[[0, 2]].std(axis=(1, 2, 3)), 1.0, atol=1e-4)
+    np.testing.assert_allclose(y[1], 0.0)
+
+
+# --- Averaging (formula 4) ----------------------------------------------------------
+
+def test_averaging_formula_4():
+    indices = (0, 1, 2, 3, 4, 0, 1, 2, 2, 3, 4)  # F1, EN1, NM1
+    matrix = averaging_matrix(indices, 5)
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
+    estimates = np.random.default_rng(0).normal(size=(2, 11, 2)).astype(np.float32)
+    averaged = average_duplicate_points(estimates, indices, 5).numpy()
+    np.testing.assert_allclose(averaged[:, 0], (estimates[:, 0] + estimates[:, 5]) / 2,
+                               atol=1e-6)
+    np.testing.assert_allclose(
+        averaged[:, 2], (estimates[:, 2] + estimates[:, 7] + estimates[:, 8]) / 3, atol=1e-6)
+    np.testing.assert_allclose(averaged[:, 4], (estimates[:, 4] + estimates[:, 10]) / 2,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="no estimate"):
+        averaging_matrix((0, 1), 3)
+
+
+# --- Cascade -------------------------------------------------------------------------
+
+def test_paper_cascade_outputs():
+    config = CCNNConfig()
+    model = build_ccnn(config, network_outputs=True)
+    assert model.count_params() == EXPECTED_TOTAL_PARAMETERS
+    outputs = model(_images(config), training=False)
+    assert set(outputs) == {"landmarks", "stage_1", "stage_2", "stage_3", "stage_1_networks",
+                            "stage_2_networks", "stage_3_networks"}
+    for key in ("landmarks", "stage_1", "stage_2", "stage_3"):
+        assert outputs[key].shape == (2, 5, 2) and outputs[key].dtype == tf.float32
+    assert outputs["stage_1_networks"].shape == (2, 11, 2)
+    assert outputs["stage_2_networks"].shape == (2, 10, 2)
+    np.testing.assert_allclose(outputs["landmarks"], outputs["stage_3"])
+    # Each stage's points are the average of its networks' estimates.
+    for k in (2, 3):
+        pairs = outputs[f"stage_{k}_networks"].numpy().reshape(2, 5, 2, 2)
+        np.testing.assert_allclose(outputs[f"stage_{k}"], pairs.mean(axis=2), atol=1e-6)
+
+
+@pytest.mark.parametrize("num_stages", [1, 2])
+def test_fewer_stages(tiny_config, num_stages):
+    model = build_ccnn(tiny_config, num_stages=num_stages)
+    outputs = model(_images(tiny_config))
+    assert set(outputs) == {"landmarks"} | {f"stage_{k}" for k in range(1, num_stages + 1)}
+    np.testing.assert_allclose(outputs["landmarks"], outputs[f"stage_{num_stages}"])
+
+
+def test_stage1_windows_switch(tiny_config):
+    with_windows = build_ccnn(tiny_config, num_stages=1).stage_layer(1)
+    np.testing.assert_allclose(
+        with_windows.region_windows(),
+        win.region_boxes(tiny_config.stage1_regions, tiny_config.margin))
+    without = build_ccnn(tiny_config.replace(stage1_windows=False), num_stages=1)
+    np.testing.assert_allclose(without.stage_layer(1).region_windows(), [[0, 0, 1, 1]] * 3)
+    assert without.count_params() == build_ccnn(tiny_config, num_stages=1).count_params()
+
+
+def test_untrained_refine_stage_starts_near_its_anchors(tiny_config):
+    stage = build_ccnn(tiny_config.replace(weight_decay=0.0)).stage_layer(2)
+    for network in stage.networks:  # only the output bias (the window centre) left
+        for weight in network.trainable_weights:
+            if weight.path.endswith("fc2/kernel"):
+                weight.assign(tf.zeros_like(weight))
+    anchors = np.random.default_rng(0).uniform(0.3, 0.7, (2, 5, 2)).astype(np.float32)
+    images = _images(tiny_config)[f"image_{tiny_config.input_size}"]
+    points, _ = stage(images, anchors, training=False)
+    np.testing.assert_allclose(points, anchors, atol=1e-6)
+
+
+def test_shake_only_when_training(tiny_config):
+    stage = CCNNRefineStage(
+        tiny_config.stage2_half_sizes, tiny_config.refine_input_size, 5,
+        tiny_config.refine_conv_filters, tiny_config.refine_kernel_sizes,
+        tiny_config.refine_fc_units, 0.0, 0.0, margin=0.25, shake_stddev=0.01, seed=1)
+    anchors = tf.tile(tf.constant([[[0.3, 0.4]] * 5]), [4000, 1, 1])
+    still = stage.windows(anchors, training=False).numpy()
+    np.testing.assert_allclose(stage.windows(anchors, training=False), still)
+    shaken = stage.windows(anchors, training=True).numpy()
+    offsets = shaken - still
+    np.testing.assert_allclose(offsets[..., :2], offsets[..., 2:], atol=1e-6)  # translation
+    # 0.01 of the face box = 0.01 / 1.5 crop units with margin 0.25.
+    np.testing.assert_allclose(offsets[..., :2].std(), 0.01 / 1.5, rtol=0.03)
+    # Through the layer: training=False is deterministic, training=True is not (no
+    # dropout here, so the difference is the shake).
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    first = stage(images, anchors[:2], training=False)[0]
+    np.testing.assert_allclose(stage(images, anchors[:2], training=False)[0], first)
+    assert not np.allclose(stage(images, anchors[:2], training=True)[0], first)
+    stage.trainable = False  # a frozen stage runs in inference mode
+    np.testing.assert_allclose(stage(images, anchors[:2], training=True)[0], first)
+
+
+def _compile(model: CCNNCascade, learning_rate: float = 0.05) -> None:
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate),
+                  loss={"landmarks": "mse"}, run_eagerly=True)
+
+
+def test_frozen_stage_keeps_its_weights(tiny_config):
+    model = build_ccnn(tiny_config, num_stages=2)
+    model.train_only_stage(2)
+    assert model.frozen_stages == (1,)
+    before = [[w.copy() for w in model.stage_layer(k).get_weights()] for k in (1, 2)]
+    _compile(model)
+    x = _images(tiny_config, n=4)
+    y = {"landmarks": np.full((4, 5, 2), 0.5, np.float32)}
+    model.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    for old, new in zip(before[0], model.stage_layer(1).get_weights()):
+        np.testing.assert_array_equal(old, new)
+    assert any(not np.array_equal(old, new)
+               for old, new in zip(before[1], model.stage_layer(2).get_weights()))
+    model.set_frozen_stages([])
+    assert model.frozen_stages == ()
+    with pytest.raises(ValueError, match="no such stages"):
+        model.set_frozen_stages([3])
+
+
+def test_save_load_round_trip(tiny_config, tmp_path):
+    model = build_ccnn(tiny_config, frozen_stages=[1], network_outputs=True)
+    x = _images(tiny_config, n=3)
+    expected = model(x, training=False)
+    path = tmp_path / "ccnn.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored, CCNNCascade)
+    assert restored.frozen_stages == (1,) and restored.num_stages == 3
+    assert restored.get_config() == model.get_config()
+    actual = restored(x, training=False)
+    assert set(actual) == set(expected)
+    for key in expected:
+        np.testing.assert_allclose(actual[key], expected[key], atol=1e-6)
+
+
+def test_transfer_stage_weights_and_network_targets(tiny_config):
+    source = build_ccnn(tiny_config, num_stages=1)
+    target = build_ccnn(tiny_config, num_stages=2)
+    assert transfer_stage_weights(source, target) == (1,)
+    for a, b in zip(source.stage_layer(1).get_weights(), target.stage_layer(1).get_weights()):
+        np.testing.assert_array_equal(a, b)
+    landmarks = np.arange(20, dtype=np.float32).reshape(2, 5, 2)
+    targets = network_targets(landmarks, target.stage_layer(1)).numpy()
+    assert targets.shape == (2, 11, 2)
+    np.testing.assert_array_equal(targets[:, 5:8], landmarks[:, :3])  # EN1
+    targets = network_targets(landmarks, target.stage_layer(2)).numpy()
+    np.testing.assert_array_equal(targets[:, 0::2], landmarks)
+    np.testing.assert_array_equal(targets[:, 1::2], landmarks)
+
+
+def _toy_faces(n: int, size: int, rng: np.random.Generator):
+    """Images with one bright blob per landmark (a different colour each)."""
+    mean = np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.58], [0.38, 0.75], [0.62, 0.75]])
+    points = (mean + rng.uniform(-0.06, 0.06, (n, 1, 2))
+              + rng.normal(0, 0.015, (n, 5, 2))).astype(np.float32)
+    centres = (np.arange(size) + 0.5) / size
+    colours = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1]], np.float32)
+    images = np.zeros((n, size, size, 3), np.float32)
+    for p in range(5):
+        dx = centres[None, None, :] - points[:, p, 0, None, None]
+        dy = centres[None, :, None] - points[:, p, 1, None, None]
+        blob = np.exp(-(dx**2 + dy**2) / (2 * 0.04**2))
+        images += 255.0 * blob[..., None] * colours[p]
+    return np.clip(images, 0, 255), points
+
+
+@pytest.mark.slow
+def test_tiny_cascade_learns_a_toy_task(tiny_config):
+    keras.utils.set_random_seed(0)
+    config = tiny_config.replace(dropout=0.0, weight_decay=0.0)
+    model = build_ccnn(config, num_stages=2)
+    images, points = _toy_faces(256, config.input_size, np.random.default_rng(0))
+    x, y = {f"image_{config.input_size}": images}, {"landmarks": points}
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss={"landmarks": "mse", "stage_1": "mse"}, jit_compile=False)
+    before = model.evaluate(x, {**y, "stage_1": points}, verbose=0, return_dict=True)
+    model.fit(x, {**y, "stage_1": points}, epochs=8, batch_size=32, verbose=0)
+    after = model.evaluate(x, {**y, "stage_1": points}, verbose=0, return_dict=True)
+    assert after["loss"] < 0.05 * before["loss"], (before, after)
+    # The refinement stage improves on stage 1.
+    assert after["landmarks_loss"] < after["stage_1_loss"], after
