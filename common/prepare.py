@@ -1,0 +1,430 @@
+"""Converts an annotated face list into sharded TFRecords (``common.tfrecord`` schema).
+
+Usage::
+
+    python -m common.prepare --input=/path/to/ytf68/landmarks.csv \\
+        --output=/tmp/data/ytf68 --split_by=identity --val_fraction=0.1
+
+What ends up in ``--output``:
+
+* ``{prefix}-{split}-{i:05d}-of-{n:05d}.tfrecord``: one set of shards per split.
+  A reader that has splits keeps them (300-W: ``train``, ``common``,
+  ``challenging``); otherwise the records are split into ``train`` and ``val``
+  (``--split_by=identity|random``) or all go to ``--split_name``
+  (``--split_by=none``).
+* ``dataset.json``: counts per split, split aliases (``"full": ["common",
+  "challenging"]`` when both exist, see ``SPLIT_ALIASES``), format, input, number of
+  landmarks, settings, box-source counts and the skipped records. It is written
+  last, so a folder without it holds no finished conversion.
+* ``skipped.txt``: one ``source<TAB>reason`` line per skipped record.
+* ``box_cache.json``: the boxes chosen for records without one (``common.boxes``),
+  reused by a re-run.
+
+Each face's ``source_path`` is ``"{image path} ({list file}:{line})"``.
+
+Errors: the whole list is read (and its annotations checked) before any image is
+opened. With ``on_error="fail"`` the first bad record (a reader error, then an image
+that cannot be decoded or a wrong number of landmarks) raises ``DataError`` naming the list
+file and line (and the image), and no shard or ``dataset.json`` is left behind (the
+box cache is kept). With ``on_error="skip"`` every bad record is counted and named;
+``written + skipped == read`` always holds.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from common import boxes as boxes_lib
+from common import tfrecord
+from common.records import DataError, FaceRecord
+
+SPLIT_ALIASES = {"full": ("common", "challenging")}
+"""Split names that stand for the union of other splits (300-W "full" test set)."""
+
+SPLIT_BY = ("identity", "random", "none")
+ON_ERROR = ("skip", "fail")
+DATASET_JSON = "dataset.json"
+SKIPPED_TXT = "skipped.txt"
+BOX_CACHE_JSON = "box_cache.json"
+
+_TRAILING_NUMBER = re.compile(r"_\d+$")
+_LOG = logging.getLogger(__name__)
+
+
+def identity_of(image_path: str) -> str:
+    """The identity a face image belongs to, from its file name.
+
+    The name without extension and without its last ``_NN`` number: ytf68 frames
+    ``Luis_Fonsi_21.jpg`` -> ``Luis_Fonsi``, LFW ``Aaron_Eckhart_0001.jpg`` ->
+    ``Aaron_Eckhart``. A name without such a number is its own identity.
+    """
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return _TRAILING_NUMBER.sub("", stem) or stem
+
+
+def split_records(records: Sequence[FaceRecord], split_by: str = "identity",
+                  val_fraction: float = 0.1, seed: int = 0,
+                  split_name: str = "train") -> list[str]:
+    """Assigns a split name to each record.
+
+    Args:
+        records: the faces, in reading order.
+        split_by: ``"identity"``: whole identities (``identity_of``) go to ``val``
+            until it holds at least ``val_fraction`` of the records, so no identity
+            is in both splits; ``"random"``: a seeded random ``val_fraction`` of the
+            records; ``"none"``: every record gets ``split_name``. Records whose
+            reader gave them a split keep it, whatever ``split_by`` says.
+        val_fraction: wanted fraction of records in ``val``, in [0, 1).
+        seed: random seed (identity order or record order).
+        split_name: the split of every record for ``split_by="none"``.
+
+    Returns:
+        one split name per record (``"train"``/``"val"`` or the reader's).
+    """
+    if split_by not in SPLIT_BY:
+        raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if any(r.split for r in records):
+        return [r.split or split_name for r in records]
+    n = len(records)
+    if split_by == "none" or val_fraction == 0.0 or n == 0:
+        return [split_name if split_by == "none" else "train"] * n
+    rng = np.random.default_rng(seed)
+    target = val_fraction * n
+    if split_by == "random":
+        n_val = min(max(round(target), 1), n - 1) if n > 1 else 0
+        val = set(rng.permutation(n)[:n_val].tolist())
+        return ["val" if i in val else "train" for i in range(n)]
+    groups: dict[str, list[int]] = collections.defaultdict(list)
+    for i, record in enumerate(records):
+        groups[identity_of(record.image_path)].append(i)
+    names = sorted(groups)
+    splits = ["train"] * n
+    if len(names) < 2:
+        _LOG.warning("only one identity: no validation split")
+        return splits
+    val_count = 0
+    for k in rng.permutation(len(names))[:-1]:  # the last identity always trains
+        if val_count >= target:
+            break
+        for i in groups[names[k]]:
+            splits[i] = "val"
+        val_count += len(groups[names[k]])
+    return splits
+
+
+@dataclasses.dataclass
+class PrepareSummary:
+    """What a conversion did.
+
+    Attributes:
+        output_dir: the output folder.
+        format: the list format read (resolved when ``"auto"`` was asked).
+        input_path: the list file (or folder) read.
+        num_landmarks: landmarks per face.
+        read: records read, good or bad (reader errors included).
+        written: faces written per split.
+        skipped: ``(source, reason)`` per skipped record, in reading order.
+        box_sources: faces written per box source.
+        shards: shard files per split.
+        detector_calls: images dlib ran on (0 on a cached re-run).
+        seconds: wall time.
+    """
+
+    output_dir: str
+    format: str
+    input_path: str
+    num_landmarks: int
+    read: int
+    written: dict[str, int]
+    skipped: list[tuple[str, str]]
+    box_sources: dict[str, int]
+    shards: dict[str, list[str]]
+    detector_calls: int
+    seconds: float
+
+    @property
+    def num_written(self) -> int:
+        return sum(self.written.values())
+
+    def skipped_by_reason(self) -> dict[str, list[str]]:
+        """Skipped sources grouped by reason, most frequent reason first."""
+        groups: dict[str, list[str]] = collections.defaultdict(list)
+        for source, reason in self.skipped:
+            groups[reason].append(source)
+        return dict(sorted(groups.items(), key=lambda item: -len(item[1])))
+
+    def report(self, max_named: int = 3) -> str:
+        """A human-readable summary (counts per split, skips, box sources)."""
+        lines = [(f"converted {self.input_path} ({self.format}, {self.num_landmarks} "
+                  f"landmarks) into {self.output_dir} in {self.seconds:.1f}s"),
+                 f"  read {self.read}, written {self.num_written}, skipped {len(self.skipped)}"]
+        for split, count in self.written.items():
+            lines.append(f"  split {split}: {count} faces in {len(self.shards.get(split, []))}"
+                         " shard(s)")
+        lines.append("  box sources: " + ", ".join(f"{k} {v}" for k, v in self.box_sources.items())
+                     + f" (detector ran on {self.detector_calls} images)")
+        for reason, sources in self.skipped_by_reason().items():
+            named = ", ".join(sources[:max_named]) + (", ..." if len(sources) > max_named else "")
+            lines.append(f"  skipped {len(sources)}: {reason} [{named}]")
+        return "\n".join(lines)
+
+
+def _split_source(source: str) -> tuple[str, int | None]:
+    """Splits ``"file:line"`` into (file, line); (source, None) without a line."""
+    path, _, line = source.rpartition(":")
+    if path and line.isdigit():
+        return path, int(line)
+    return source, None
+
+
+def _record_error(record: FaceRecord, error: Exception) -> DataError:
+    """A ``DataError`` placed at the record's list line, naming the image problem."""
+    path, line = _split_source(record.source or record.image_path)
+    return DataError(path, str(error), line)
+
+
+def _remove_previous_output(output_dir: str, prefix: str) -> None:
+    """Removes a previous conversion's shards and metadata (not the box cache).
+
+    Left in place, old shards of another ``num_shards`` or split would be picked up
+    with the new ones by ``find_shards``.
+    """
+    if not os.path.isdir(output_dir):
+        return
+    pattern = re.compile(re.escape(prefix) + r"-.+-\d{5}-of-\d{5}\.tfrecord(\.tmp)?$")
+    for name in os.listdir(output_dir):
+        if pattern.match(name) or name in (DATASET_JSON, SKIPPED_TXT):
+            os.remove(os.path.join(output_dir, name))
+
+
+def _write_json_atomic(path: str, data: dict) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
+                    prefix: str | None = None, num_shards: int = 1,
+                    val_fraction: float = 0.1, split_by: str = "identity", seed: int = 0,
+                    upsample: int = 1, on_error: str = "fail",
+                    max_records: int | None = None, split_name: str = "train",
+                    progress: bool = True, box_cache: bool = True,
+                    finder=None) -> PrepareSummary:
+    """Reads a face list and writes it as sharded TFRecords (see the module docstring).
+
+    Args:
+        input_path: the list file (or 300-W folder) to read.
+        output_dir: the output folder (created; a previous conversion with the same
+            prefix is replaced).
+        format: ``"auto"``, ``"300w"``, ``"cuhk"``, ``"mtfl"``, ``"csv"`` or
+            ``"imglab"`` (``common.readers.read_dataset``).
+        prefix: shard name prefix; default: the output folder's name.
+        num_shards: shards per split (each split gets at most one per face).
+        val_fraction: fraction of the faces for ``val`` (see ``split_records``).
+        split_by: ``"identity"``, ``"random"`` or ``"none"``.
+        seed: seed of the train/val split.
+        upsample: dlib's upsampling for faces without a box.
+        on_error: ``"fail"``: stop at the first bad record; ``"skip"``: skip and
+            report bad records.
+        max_records: convert only the first ``max_records`` faces the reader
+            returns (reader errors are all counted); ``None`` for all.
+        split_name: the split of every face when ``split_by="none"``.
+        progress: show a progress bar on stderr.
+        box_cache: keep chosen boxes in ``output_dir/box_cache.json`` and reuse it.
+        finder: face detector override (tests); default dlib's.
+
+    Returns:
+        the summary (also stored in ``dataset.json``).
+
+    Raises:
+        DataError: with ``on_error="fail"``, for the first bad record (message
+            ``list:line: reason``); always when nothing at all can be written.
+    """
+    from common.images import encode_for_tfrecord, load_image
+    from common.readers import read_dataset
+
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if split_by not in SPLIT_BY:
+        raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    start = time.monotonic()
+    prefix = prefix or os.path.basename(os.path.normpath(output_dir)) or "faces"
+    settings = {"format": format, "prefix": prefix, "num_shards": num_shards,
+                "val_fraction": val_fraction, "split_by": split_by, "seed": seed,
+                "upsample": upsample, "on_error": on_error, "max_records": max_records,
+                "split_name": split_name}
+
+    result = read_dataset(input_path, format=format, on_error=on_error)
+    records = list(result.records)
+    skipped: list[tuple[str, str]] = list(result.skipped)
+    if max_records is not None:
+        records = records[:max_records]
+    read = len(records) + len(skipped)
+    if not records:
+        raise DataError(input_path, f"no usable face records ({len(skipped)} skipped)")
+    num_landmarks = records[0].landmarks.shape[0]
+    splits = split_records(records, split_by, val_fraction, seed, split_name)
+    split_names = list(dict.fromkeys(splits))  # reading order, no repeats
+
+    os.makedirs(output_dir, exist_ok=True)
+    _remove_previous_output(output_dir, prefix)
+    assigner = boxes_lib.BoxAssigner(
+        load_image, upsample=upsample, finder=finder,
+        cache_path=os.path.join(output_dir, BOX_CACHE_JSON) if box_cache else None)
+    written = {name: 0 for name in split_names}
+    box_sources = {source: 0 for source in tfrecord.BOX_SOURCES}
+    box_sources_by_split = {name: dict(box_sources) for name in split_names}
+    bar = boxes_lib.ProgressBar(len(records), "records") if progress else None
+    try:
+        with contextlib.ExitStack() as stack:
+            writers = {name: stack.enter_context(tfrecord.ShardWriter(
+                output_dir, prefix, name, min(num_shards, splits.count(name))))
+                for name in split_names}
+            for record, split in zip(records, splits):
+                try:
+                    if record.landmarks.shape[0] != num_landmarks:
+                        raise DataError(record.image_path, f"{record.landmarks.shape[0]} "
+                                        f"landmarks, expected {num_landmarks}")
+                    image_bytes, height, width = encode_for_tfrecord(record.image_path)
+                    choice = assigner.choose(record)
+                except DataError as e:
+                    error = _record_error(record, e)
+                    if on_error == "fail":
+                        raise error from e
+                    skipped.append((record.source or record.image_path, str(e)))
+                    continue
+                finally:
+                    if bar:
+                        bar.update()
+                source_path = (f"{record.image_path} ({record.source})" if record.source
+                               else record.image_path)
+                writers[split].write(tfrecord.serialize_face(
+                    image_bytes, height, width, record.landmarks, choice.box,
+                    box_source=choice.source, split=split, source_path=source_path,
+                    attributes=list(record.attributes.values())))
+                written[split] += 1
+                box_sources[choice.source] += 1
+                box_sources_by_split[split][choice.source] += 1
+            if not any(written.values()):
+                # Raising here makes every ShardWriter drop its temporary files.
+                raise DataError(input_path, f"no face could be written ({len(skipped)} skipped)")
+    finally:
+        assigner.save()
+        if bar:
+            bar.close()
+
+    # Empty splits (every face of them skipped) leave no shards behind.
+    shards = {}
+    for name, writer in writers.items():
+        if written[name]:
+            shards[name] = list(writer.final)
+        else:
+            for path in writer.final:
+                os.remove(path)
+    written = {name: count for name, count in written.items() if count}
+    summary = PrepareSummary(
+        output_dir=output_dir, format=result.format, input_path=input_path,
+        num_landmarks=num_landmarks, read=read, written=written, skipped=skipped,
+        box_sources=box_sources, shards=shards, detector_calls=assigner.detector_calls,
+        seconds=time.monotonic() - start)
+    assert summary.num_written + len(skipped) == read, "counts must add up"
+
+    with open(os.path.join(output_dir, SKIPPED_TXT), "w", encoding="utf-8") as f:
+        f.writelines(f"{source}\t{reason}\n" for source, reason in skipped)
+    aliases = {alias: list(parts) for alias, parts in SPLIT_ALIASES.items()
+               if alias not in written and all(p in written for p in parts)}
+    attribute_names = list(records[0].attributes)
+    _write_json_atomic(os.path.join(output_dir, DATASET_JSON), {
+        "format": result.format,
+        "input_path": os.path.abspath(input_path),
+        "num_landmarks": num_landmarks,
+        "prefix": prefix,
+        "splits": written,
+        "aliases": aliases,
+        "shards": {name: [os.path.basename(p) for p in paths] for name, paths in shards.items()},
+        "read": read,
+        "written": summary.num_written,
+        "box_sources": box_sources,
+        "box_sources_by_split": {name: box_sources_by_split[name] for name in written},
+        "attribute_names": attribute_names,
+        "settings": settings,
+        "skipped": [{"source": s, "reason": r} for s, r in skipped],
+        "seconds": round(summary.seconds, 2),
+    })
+    return summary
+
+
+def main(argv: Sequence[str]) -> int:
+    """The ``python -m common.prepare`` entry point (flags are defined below)."""
+    from absl import flags
+
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
+    f = flags.FLAGS
+    try:
+        summary = prepare_dataset(
+            f.input, f.output, format=f.format, prefix=f.prefix, num_shards=f.num_shards,
+            val_fraction=f.val_fraction, split_by=f.split_by, seed=f.seed,
+            upsample=f.upsample, on_error=f.on_error, max_records=f.max_records,
+            split_name=f.split_name, progress=f.progress)
+    except (DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(summary.report())
+    return 0
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_enum("format", "auto", ["auto", "300w", "cuhk", "mtfl", "csv", "imglab"],
+                      "Input format; auto guesses it from the file name and content.")
+    flags.DEFINE_string("input", None, "List file (or 300-W folder) to convert.")
+    flags.DEFINE_string("output", None, "Output folder for the shards and dataset.json.")
+    flags.DEFINE_string("prefix", None, "Shard name prefix (default: the output folder name).")
+    flags.DEFINE_integer("num_shards", 1, "Shards per split.", lower_bound=1)
+    flags.DEFINE_float("val_fraction", 0.1,
+                       "Fraction of faces for the val split when the format has no splits.",
+                       lower_bound=0.0, upper_bound=0.99)
+    flags.DEFINE_enum("split_by", "identity", list(SPLIT_BY),
+                      "identity: whole identities (file name before the last _NN) go to val; "
+                      "random: seeded random faces; none: all faces in --split_name.")
+    flags.DEFINE_string("split_name", "train",
+                        "Split of every face with --split_by=none (e.g. test).")
+    flags.DEFINE_integer("seed", 0, "Seed of the train/val split.")
+    flags.DEFINE_integer("upsample", 1,
+                         "dlib detector upsampling for faces without a box.", lower_bound=0)
+    flags.DEFINE_enum("on_error", "fail", list(ON_ERROR),
+                      "fail: stop at the first bad record; skip: skip and report bad records.")
+    flags.DEFINE_integer("max_records", None, "Convert only the first N faces.", lower_bound=1)
+    flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+    flags.mark_flags_as_required(["input", "output"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
