@@ -1,0 +1,489 @@
+"""Face boxes, crops and the geometric augmentation shared by both models.
+
+Everything here is a TensorFlow graph function on batches (usable in ``tf.data``,
+``tf.function`` and an exported SavedModel signature), following the conventions of
+``docs/DESIGN.md``:
+
+* image coordinates (x, y) in pixels with **pixel centres at integers** (pixel ``i``
+  covers ``[i - 0.5, i + 0.5]``);
+* boxes ``(left, top, right, bottom)``;
+* normalised crop coordinates ``u = (x - l) / (r - l)``, ``v = (y - t) / (b - t)``;
+  output pixel ``j`` of an ``S``-pixel crop has its centre at ``u = (j + 0.5) / S``.
+
+Crop, resize, rotation and flip happen in one resampling (``crop_faces``). The
+geometric augmentation is defined in normalised crop coordinates as the map
+
+    F(p) = flip(c + R(angle) (p - c)),   c = (0.5, 0.5),
+    R(a) = [[cos a, sin a], [-sin a, cos a]],   flip(u, v) = (1 - u, v) if flipped,
+
+i.e. first a rotation about the crop centre by ``angle`` radians, counter-clockwise as
+displayed (the y axis points down), then an optional horizontal mirror. An output
+pixel at ``p'`` shows the image at ``F^-1(p')`` and a landmark at ``p`` moves to
+``F(p)`` (``transform_crop_landmarks``), so pixels and landmarks move together. For a
+square crop box (all crop boxes made by ``crop_boxes_from_face_boxes`` are square)
+``F`` is a rigid motion of the image.
+
+Anti-aliasing (identical for training, evaluation and export): ``crop_faces`` samples
+from a mip-map pyramid of the image (level ``k`` is the image averaged over
+``2^k x 2^k`` pixel blocks) and blends the two levels around
+``lod = log2(input pixels per output pixel)`` linearly ("trilinear" sampling, as in
+texture mapping). A crop that is ``n`` times larger than the output therefore sees a
+box filter about ``n`` input pixels wide instead of point samples; a crop at or below
+the output resolution is sampled bilinearly from the full-resolution image. The
+result of one face never depends on the other faces of its batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+PYRAMID_LEVELS = 6
+"""Mip-map levels used by ``crop_faces``: crops up to ``2**(PYRAMID_LEVELS - 1) = 32``
+times larger than the output are fully anti-aliased."""
+
+LANDMARK_BOX_PARAMS: dict[int, tuple[float, float]] = {
+    68: (1.05, -0.08),
+    5: (1.78, -0.02),
+}
+"""``num_landmarks -> (scale, shift_y)`` of ``landmark_box``.
+
+68 points: medians of dlib's HOG detector boxes relative to the landmark extent over
+the 43 faces of dlib's ``examples/faces`` imglab files (side 1.057, centre 0.085 above
+the landmark centre, in units of the extent's longer side). 5 points: medians over
+the 10,000 training faces of Sun et al. (CVPR 2013), whose detector boxes are the
+scheme's own (side 1.78, centre 0.016 above).
+"""
+
+_FILL_MODES = {"constant": "CONSTANT", "nearest": "NEAREST", "reflect": "REFLECT",
+               "wrap": "WRAP"}
+
+
+def landmark_box(landmarks, scale: float | None = None,
+                 shift_y: float | None = None) -> tf.Tensor:
+    """A face box derived from landmarks, made to resemble a face detection.
+
+    Used when a face has no detector box. With the tight landmark extent
+    ``(x0, y0, x1, y1)``, ``s0 = max(x1 - x0, y1 - y0)`` and centre
+    ``(cx, cy) = ((x0 + x1) / 2, (y0 + y1) / 2)``, the box is the square
+
+        side = scale * s0,   centre = (cx, cy + shift_y * s0).
+
+    Defaults come from ``LANDMARK_BOX_PARAMS`` by landmark count: for 68 points
+    ``scale = 1.05, shift_y = -0.08`` (dlib's detector: a square from just above the
+    brows to the chin, about as wide as the jaw); for 5 points ``scale = 1.78,
+    shift_y = -0.02`` (the boxes of Sun et al., which the CUHK 5-point data come with).
+
+    Args:
+        landmarks: float ``[..., L, 2]`` (x, y) pixels (NumPy or tensor).
+        scale: box side over the extent's longer side; ``None`` for the default.
+        shift_y: downward shift of the centre in units of the extent's longer side;
+            ``None`` for the default.
+
+    Returns:
+        float32 ``[..., 4]`` boxes (left, top, right, bottom).
+
+    Raises:
+        ValueError: when ``L`` has no default and ``scale``/``shift_y`` are missing.
+    """
+    landmarks = tf.convert_to_tensor(landmarks, tf.float32)
+    if scale is None or shift_y is None:
+        num = landmarks.shape[-2]
+        if num not in LANDMARK_BOX_PARAMS:
+            raise ValueError(f"landmark_box has no default for {num} landmarks; "
+                             f"known: {sorted(LANDMARK_BOX_PARAMS)}; pass scale and shift_y")
+        default_scale, default_shift = LANDMARK_BOX_PARAMS[num]
+        scale = default_scale if scale is None else scale
+        shift_y = default_shift if shift_y is None else shift_y
+    lo = tf.reduce_min(landmarks, axis=-2)
+    hi = tf.reduce_max(landmarks, axis=-2)
+    extent = tf.reduce_max(hi - lo, axis=-1)
+    centre = (lo + hi) / 2.0
+    cx = centre[..., 0]
+    cy = centre[..., 1] + shift_y * extent
+    half = 0.5 * scale * extent
+    return tf.stack([cx - half, cy - half, cx + half, cy + half], axis=-1)
+
+
+def crop_boxes_from_face_boxes(boxes, margin: float) -> tf.Tensor:
+    """The square crop box a model sees, from a face box (DESIGN.md).
+
+    Args:
+        boxes: float ``[..., 4]`` face boxes (l, t, r, b).
+        margin: extra context on each side, a fraction of the face box's longer side.
+
+    Returns:
+        float32 ``[..., 4]`` square boxes centred on the face box centre with side
+        ``max(w, h) * (1 + 2 * margin)``.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    left, top, right, bottom = tf.unstack(boxes, axis=-1)
+    half = 0.5 * tf.maximum(right - left, bottom - top) * (1.0 + 2.0 * margin)
+    cx = 0.5 * (left + right)
+    cy = 0.5 * (top + bottom)
+    return tf.stack([cx - half, cy - half, cx + half, cy + half], axis=-1)
+
+
+def jitter_boxes(boxes, scale_range: tuple[float, float], shift_range: tuple[float, float],
+                 seed) -> tf.Tensor:
+    """Randomly scales and shifts face boxes (training augmentation).
+
+    Each box keeps its aspect ratio: its width and height are multiplied by one factor
+    drawn uniformly from ``scale_range``; its centre moves by ``dx * w`` and ``dy * h``
+    with ``dx``, ``dy`` drawn independently and uniformly from ``shift_range``.
+
+    Args:
+        boxes: float ``[N, 4]`` boxes (l, t, r, b).
+        scale_range: (low, high) size factors, e.g. ``(0.9, 1.1)``.
+        shift_range: (low, high) centre shifts as fractions of the box size, e.g.
+            ``(-0.05, 0.05)``.
+        seed: int ``[2]`` seed of the stateless random ops (the result is a pure
+            function of the arguments).
+
+    Returns:
+        float32 ``[N, 4]`` jittered boxes.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int64), 2)
+    n = tf.shape(boxes)[0]
+    factor = tf.random.stateless_uniform([n], seeds[0], scale_range[0], scale_range[1])
+    shift = tf.random.stateless_uniform([n, 2], seeds[1], shift_range[0], shift_range[1])
+    left, top, right, bottom = tf.unstack(boxes, axis=-1)
+    w = right - left
+    h = bottom - top
+    cx = 0.5 * (left + right) + shift[:, 0] * w
+    cy = 0.5 * (top + bottom) + shift[:, 1] * h
+    half_w = 0.5 * w * factor
+    half_h = 0.5 * h * factor
+    return tf.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
+
+
+def _box_origin_size(crop_boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Returns (origin [..., 1, 2], size [..., 1, 2]) for broadcasting over points."""
+    crop_boxes = tf.convert_to_tensor(crop_boxes, tf.float32)
+    origin = crop_boxes[..., None, 0:2]
+    size = crop_boxes[..., None, 2:4] - origin
+    return origin, size
+
+
+def image_to_crop(points, crop_boxes) -> tf.Tensor:
+    """Image pixels to normalised crop coordinates.
+
+    Args:
+        points: float ``[N, L, 2]`` (x, y) pixels.
+        crop_boxes: float ``[N, 4]`` crop boxes.
+
+    Returns:
+        float32 ``[N, L, 2]`` with ``u = (x - l) / (r - l)``, ``v = (y - t) / (b - t)``.
+    """
+    origin, size = _box_origin_size(crop_boxes)
+    return (tf.convert_to_tensor(points, tf.float32) - origin) / size
+
+
+def crop_to_image(points_norm, crop_boxes) -> tf.Tensor:
+    """Normalised crop coordinates to image pixels (the inverse of ``image_to_crop``).
+
+    Args:
+        points_norm: float ``[N, L, 2]`` normalised crop coordinates (model outputs).
+        crop_boxes: float ``[N, 4]`` crop boxes.
+
+    Returns:
+        float32 ``[N, L, 2]`` (x, y) pixels.
+    """
+    origin, size = _box_origin_size(crop_boxes)
+    return tf.convert_to_tensor(points_norm, tf.float32) * size + origin
+
+
+def _angles_flips(n: tf.Tensor, angles, flips) -> tuple[tf.Tensor, tf.Tensor]:
+    angles = tf.zeros([n], tf.float32) if angles is None else tf.cast(angles, tf.float32)
+    flips = tf.zeros([n], tf.bool) if flips is None else tf.cast(flips, tf.bool)
+    return angles, flips
+
+
+def transform_crop_landmarks(points_norm, angles, flips,
+                             flip_permutation: Sequence[int] | None = None) -> tf.Tensor:
+    """Applies the ``crop_faces`` rotation/flip to normalised landmarks.
+
+    A point ``p`` moves to ``F(p) = flip(c + R(angle) (p - c))`` (module docstring).
+    A flipped face also swaps its left/right points: after the flip, index ``i``
+    holds the moved point ``flip_permutation[i]`` (the scheme's permutation is an
+    involution, so this equals "point ``i`` takes index ``flip_permutation[i]``").
+
+    Args:
+        points_norm: float ``[N, L, 2]`` normalised crop coordinates.
+        angles: float ``[N]`` radians (counter-clockwise as displayed) or ``None``.
+        flips: bool ``[N]`` horizontal mirrors or ``None``.
+        flip_permutation: the scheme's ``flip_permutation`` (length ``L``); required
+            when ``flips`` is given.
+
+    Returns:
+        float32 ``[N, L, 2]`` transformed normalised coordinates.
+    """
+    points = tf.convert_to_tensor(points_norm, tf.float32)
+    if flips is not None and flip_permutation is None:
+        raise ValueError("flip_permutation is required when flips are given")
+    angles, flips = _angles_flips(tf.shape(points)[0], angles, flips)
+    cos = tf.cos(angles)[:, None]
+    sin = tf.sin(angles)[:, None]
+    du = points[..., 0] - 0.5
+    dv = points[..., 1] - 0.5
+    u = 0.5 + cos * du + sin * dv
+    v = 0.5 - sin * du + cos * dv
+    flip = flips[:, None]
+    u = tf.where(flip, 1.0 - u, u)
+    moved = tf.stack([u, v], axis=-1)
+    if flip_permutation is None:
+        return moved
+    permuted = tf.gather(moved, tf.constant(list(flip_permutation), tf.int32), axis=1)
+    return tf.where(flips[:, None, None], permuted, moved)
+
+
+def _output_to_image_transforms(crop_boxes: tf.Tensor, size: int, angles: tf.Tensor,
+                                flips: tf.Tensor) -> tf.Tensor:
+    """Affine maps from output pixel indices to image pixels, ``[N, 8]``.
+
+    Output pixel ``(xo, yo)`` has normalised position ``p' = ((xo + .5) / S,
+    (yo + .5) / S)`` and shows the image at ``F^-1(p') = c + M (p' - c)`` with
+    ``M = R(angle)^T diag(+-1, 1)``, scaled into the crop box.
+    """
+    left, top, right, bottom = tf.unstack(crop_boxes, axis=-1)
+    w = right - left
+    h = bottom - top
+    cx = 0.5 * (left + right)
+    cy = 0.5 * (top + bottom)
+    cos = tf.cos(angles)
+    sin = tf.sin(angles)
+    mirror = tf.where(flips, -1.0, 1.0)
+    m00, m01, m10, m11 = cos * mirror, -sin, sin * mirror, cos
+    offset = 0.5 - 0.5 * size
+    a0 = w * m00 / size
+    a1 = w * m01 / size
+    a2 = cx + (a0 + a1) * offset
+    b0 = h * m10 / size
+    b1 = h * m11 / size
+    b2 = cy + (b0 + b1) * offset
+    zeros = tf.zeros_like(a0)
+    return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=-1)
+
+
+def _to_level(transforms: tf.Tensor, level: int) -> tf.Tensor:
+    """Re-expresses image-pixel transforms in pixels of pyramid level ``level``.
+
+    Level-``k`` pixel ``i`` averages level-0 pixels ``i 2^k .. (i + 1) 2^k - 1``, so
+    its centre is ``x0 = i 2^k + (2^k - 1) / 2``.
+    """
+    if level == 0:
+        return transforms
+    factor = float(2 ** level)
+    offset = (factor - 1.0) / 2.0
+    a0, a1, a2, b0, b1, b2, c0, c1 = tf.unstack(transforms, axis=-1)
+    return tf.stack([a0 / factor, a1 / factor, (a2 - offset) / factor,
+                     b0 / factor, b1 / factor, (b2 - offset) / factor, c0, c1], axis=-1)
+
+
+def _halve(images: tf.Tensor) -> tf.Tensor:
+    """2x2 box-filter downsampling; an odd last row/column is paired with itself."""
+    shape = tf.shape(images)
+    pad = [[0, 0], [0, shape[1] % 2], [0, shape[2] % 2], [0, 0]]
+    images = tf.pad(images, pad, mode="SYMMETRIC")
+    return tf.nn.avg_pool2d(images, ksize=2, strides=2, padding="VALID")
+
+
+def crop_faces(images, crop_boxes, size: int, angles=None, flips=None, *,
+               fill_mode: str = "constant", fill_value: float = 0.0) -> tf.Tensor:
+    """Crops, resizes, rotates and mirrors faces in a single resampling.
+
+    Output pixel ``j`` (per axis) of face ``n`` is centred at normalised crop
+    coordinate ``(j + 0.5) / size`` after the inverse rotation/flip (module
+    docstring); pixels are sampled bilinearly with ``tf.raw_ops.
+    ImageProjectiveTransformV3`` from a mip-map pyramid (anti-aliasing, module
+    docstring). Points outside the image take ``fill_value`` (``"constant"``) or the
+    nearest edge pixel (``"nearest"``).
+
+    Args:
+        images: uint8 or float ``[N, H, W, 3]`` images, 0..255.
+        crop_boxes: float ``[N, 4]`` crop boxes (l, t, r, b) in image pixels.
+        size: output side in pixels.
+        angles: optional float ``[N]`` rotations in radians (counter-clockwise as
+            displayed) about the crop centre.
+        flips: optional bool ``[N]`` horizontal mirrors of the crop.
+        fill_mode: ``"constant"``, ``"nearest"``, ``"reflect"`` or ``"wrap"``.
+        fill_value: grey level outside the image for ``"constant"``.
+
+    Returns:
+        float32 ``[N, size, size, 3]``, 0..255.
+    """
+    if fill_mode not in _FILL_MODES:
+        raise ValueError(f"fill_mode must be one of {sorted(_FILL_MODES)}, got {fill_mode!r}")
+    size = int(size)
+    images = tf.cast(tf.convert_to_tensor(images), tf.float32)
+    crop_boxes = tf.convert_to_tensor(crop_boxes, tf.float32)
+    angles, flips = _angles_flips(tf.shape(images)[0], angles, flips)
+    transforms = _output_to_image_transforms(crop_boxes, size, angles, flips)
+
+    extent = tf.maximum(crop_boxes[:, 2] - crop_boxes[:, 0], crop_boxes[:, 3] - crop_boxes[:, 1])
+    step = tf.maximum(tf.abs(extent) / size, 1.0)
+    lod = tf.minimum(tf.math.log(step) / math.log(2.0), PYRAMID_LEVELS - 1.0)
+    base = tf.floor(lod)
+    frac = lod - base
+    output_shape = tf.constant([size, size], tf.int32)
+
+    out = None
+    level_images = images
+    for level in range(PYRAMID_LEVELS):
+        if level:
+            level_images = _halve(level_images)
+        weight = (tf.where(tf.equal(base, level), 1.0 - frac, 0.0)
+                  + tf.where(tf.equal(base + 1.0, level), frac, 0.0))
+
+        def sample(level_images=level_images, level=level, weight=weight):
+            sampled = tf.raw_ops.ImageProjectiveTransformV3(
+                images=level_images, transforms=_to_level(transforms, level),
+                output_shape=output_shape, fill_value=tf.constant(fill_value, tf.float32),
+                interpolation="BILINEAR", fill_mode=_FILL_MODES[fill_mode])
+            return sampled * weight[:, None, None, None]
+
+        def skip(level_images=level_images):
+            return tf.zeros(tf.stack([tf.shape(level_images)[0], size, size, 3]), tf.float32)
+
+        # Levels no face of the batch uses are not sampled (the result is the same).
+        term = tf.cond(tf.reduce_any(weight > 0.0), sample, skip)
+        out = term if out is None else out + term
+    return tf.ensure_shape(out, [None, size, size, 3])
+
+
+def resize_area(images: tf.Tensor, size: int) -> tf.Tensor:
+    """Area (box-filter) downscaling of square crops to ``size x size``.
+
+    Area resizing keeps the crop's outer pixel edges, so the normalised-coordinate
+    convention holds at every size.
+
+    Args:
+        images: float ``[N, S, S, C]``.
+        size: output side.
+
+    Returns:
+        float32 ``[N, size, size, C]``.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    return tf.image.resize(images, [size, size], method=tf.image.ResizeMethod.AREA)
+
+
+def multiscale_crops(images, crop_boxes, sizes: Sequence[int], angles=None, flips=None,
+                     ) -> dict[str, tf.Tensor]:
+    """Crops faces at the largest of ``sizes`` and area-downscales to the others.
+
+    Every scale therefore shows exactly the same crop. Shared by
+    ``preprocess_faces`` (no angles/flips) and the training pipeline.
+
+    Args:
+        images: uint8 or float ``[N, H, W, 3]``.
+        crop_boxes: float ``[N, 4]``.
+        sizes: output sides, e.g. ``(50, 100, 200)``.
+        angles: optional float ``[N]`` radians (see ``crop_faces``).
+        flips: optional bool ``[N]``.
+
+    Returns:
+        ``{f"image_{s}": float32 [N, s, s, 3]}`` with values 0..255.
+    """
+    sizes = [int(s) for s in sizes]
+    if not sizes:
+        raise ValueError("sizes must not be empty")
+    largest = max(sizes)
+    crop = crop_faces(images, crop_boxes, largest, angles=angles, flips=flips)
+    return {f"image_{s}": resize_area(crop, s) for s in sizes}
+
+
+def preprocess_faces(images, boxes, sizes: Sequence[int], margin: float,
+                     ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """The one crop/resize used by evaluation, prediction and the exported model.
+
+    Args:
+        images: uint8 or float ``[N, H, W, 3]`` RGB images (one face each).
+        boxes: float ``[N, 4]`` face boxes (l, t, r, b) in pixels.
+        sizes: model input sides, e.g. ``(50, 100, 200)`` for MSRRN.
+        margin: crop margin (``crop_boxes_from_face_boxes``).
+
+    Returns:
+        ``({f"image_{s}": float32 [N, s, s, 3] 0..255}, crop_boxes float32 [N, 4])``;
+        model outputs map back to pixels with ``crop_to_image(points, crop_boxes)``.
+    """
+    crop_boxes = crop_boxes_from_face_boxes(boxes, margin)
+    return multiscale_crops(images, crop_boxes, sizes), crop_boxes
+
+
+def validate_serving_inputs(images, boxes) -> tuple[tf.Tensor, tf.Tensor]:
+    """Checks the inputs of the serving signature, with clear error messages.
+
+    Static properties (rank, dtype, channels) fail at trace time with
+    ``ValueError``/``TypeError``; values fail at run time with
+    ``tf.errors.InvalidArgumentError``.
+
+    Args:
+        images: uint8 ``[N, H, W, 3]`` RGB images.
+        boxes: float32 ``[N, 4]`` face boxes (l, t, r, b) in pixels.
+
+    Returns:
+        ``(images, boxes)``, to be used after the checks have run.
+    """
+    images = tf.convert_to_tensor(images)
+    boxes = tf.convert_to_tensor(boxes)
+    if images.dtype != tf.uint8:
+        raise TypeError(f"images must be uint8 RGB [N, H, W, 3], got dtype {images.dtype.name}")
+    if boxes.dtype != tf.float32:
+        raise TypeError(f"boxes must be float32 [N, 4] (l, t, r, b), got dtype {boxes.dtype.name}")
+    shape_checks = [
+        tf.debugging.assert_rank(images, 4, message="images must be [N, H, W, 3]"),
+        tf.debugging.assert_rank(boxes, 2, message="boxes must be [N, 4] (l, t, r, b)"),
+    ]
+    # Shapes first: the value checks below index into the boxes.
+    with tf.control_dependencies(shape_checks):
+        shape = tf.shape(images)
+        shape_checks += [
+            tf.debugging.assert_equal(shape[3], 3, message="images must have 3 (RGB) channels"),
+            tf.debugging.assert_equal(tf.shape(boxes)[1], 4,
+                                      message="boxes must be [N, 4] (l, t, r, b)"),
+            tf.debugging.assert_equal(tf.shape(boxes)[0], shape[0],
+                                      message="images and boxes must have the same N"),
+            tf.debugging.assert_positive(shape[0],
+                                         message="the batch must hold at least one image"),
+            tf.debugging.assert_positive(shape[1] * shape[2], message="images must not be empty"),
+        ]
+    with tf.control_dependencies(shape_checks):
+        height = tf.cast(shape[1], tf.float32)
+        width = tf.cast(shape[2], tf.float32)
+        left, top, right, bottom = (boxes[:, i] for i in range(4))
+        checks = shape_checks + [
+            tf.debugging.assert_all_finite(boxes, message="boxes must be finite"),
+            tf.debugging.assert_positive(right - left,
+                                         message="boxes must have right > left (l, t, r, b)"),
+            tf.debugging.assert_positive(bottom - top,
+                                         message="boxes must have bottom > top (l, t, r, b)"),
+            tf.debugging.assert_less(left, width - 0.5,
+                                     message="a box lies right of its image"),
+            tf.debugging.assert_greater(right, -0.5, message="a box lies left of its image"),
+            tf.debugging.assert_less(top, height - 0.5, message="a box lies below its image"),
+            tf.debugging.assert_greater(bottom, -0.5, message="a box lies above its image"),
+        ]
+    with tf.control_dependencies(checks):
+        return tf.identity(images), tf.identity(boxes)
+
+
+# NumPy reference (tests only): the same maps without TensorFlow.
+
+def np_crop_landmark_transform(points_norm: np.ndarray, angle: float, flip: bool,
+                               flip_permutation: Sequence[int] | None) -> np.ndarray:
+    """NumPy twin of ``transform_crop_landmarks`` for one face ``[L, 2]``."""
+    p = np.asarray(points_norm, np.float64) - 0.5
+    c, s = math.cos(angle), math.sin(angle)
+    out = np.stack([0.5 + c * p[:, 0] + s * p[:, 1], 0.5 - s * p[:, 0] + c * p[:, 1]], -1)
+    if flip:
+        out[:, 0] = 1.0 - out[:, 0]
+        if flip_permutation is not None:
+            out = out[list(flip_permutation)]
+    return out

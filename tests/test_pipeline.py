@@ -1,0 +1,260 @@
+"""Tests of common.pipeline on tiny TFRecords written in a temporary folder."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common import geometry
+from common.pipeline import AugmentConfig, make_dataset
+from common.schemes import CUHK_5
+from common.tfrecord import ShardWriter, serialize_face
+
+DOT_COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]],
+                       np.float32)
+NUM_FACES = 6
+SIZES = (32, 64)
+
+
+def draw_dots(height, width, points, sigma=2.5):
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.zeros((height, width, 3), np.float32)
+    for (x, y), colour in zip(points, DOT_COLOURS):
+        blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma ** 2))
+        image = np.maximum(image, blob[..., None] * colour)
+    return np.round(image).astype(np.uint8)
+
+
+def find_dot(crop, expected_xy, radius=3):
+    size = crop.shape[0]
+    cx, cy = (round(c) for c in expected_xy)
+    y0, y1 = max(cy - radius, 0), min(cy + radius + 1, size)
+    x0, x1 = max(cx - radius, 0), min(cx + radius + 1, size)
+    window = crop[y0:y1, x0:x1].sum(-1)
+    iy, ix = np.unravel_index(np.argmax(window), window.shape)
+    colour = crop[y0 + iy, x0 + ix] / max(np.linalg.norm(crop[y0 + iy, x0 + ix]), 1e-6)
+    refs = DOT_COLOURS / np.linalg.norm(DOT_COLOURS, axis=1, keepdims=True)
+    return np.array([x0 + ix, y0 + iy], np.float64), int(np.argmax(refs @ colour))
+
+
+def write_split(folder, split, images, landmarks, boxes, num_shards=2):
+    with ShardWriter(str(folder), "test", split, num_shards=num_shards) as writer:
+        for i, (image, points, box) in enumerate(zip(images, landmarks, boxes)):
+            png = tf.io.encode_png(image).numpy()
+            writer.write(serialize_face(png, image.shape[0], image.shape[1], points, box,
+                                        split=split, source_path=f"face{i}.png"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Six 5-point faces: coloured dots on black at the landmarks, plus grey faces."""
+    folder = tmp_path_factory.mktemp("records")
+    rng = np.random.default_rng(0)
+    unit = np.array([[-0.2, -0.15], [0.2, -0.15], [0.0, 0.05], [-0.15, 0.25], [0.17, 0.22]])
+    images, landmarks, boxes = [], [], []
+    for i in range(NUM_FACES):
+        height, width = 120 + 10 * i, 140
+        side = rng.uniform(80, 120)
+        centre = np.array([width / 2, height / 2]) + rng.uniform(-5, 5, 2)
+        points = np.round(centre + unit * side).astype(np.float32)
+        images.append(draw_dots(height, width, points, sigma=3.0))
+        landmarks.append(points)
+        boxes.append(geometry.landmark_box(points).numpy())
+    write_split(folder, "train", images, landmarks, boxes)
+    grey = [np.full(im.shape, 128, np.uint8) for im in images]
+    write_split(folder, "grey", grey, landmarks, boxes, num_shards=1)
+    return folder
+
+
+def collect(dataset, count):
+    """The first ``count`` examples of a batched dataset, unbatched to NumPy."""
+    return list(dataset.unbatch().take(count).as_numpy_iterator())
+
+
+def test_eval_shapes_dtypes_and_meta(data_dir):
+    ds = make_dataset(data_dir, "train", sizes=SIZES, num_landmarks=5, margin=0.2,
+                      batch_size=4, training=False, with_meta=True)
+    batches = list(ds.as_numpy_iterator())
+    assert [b[1]["landmarks"].shape[0] for b in batches] == [4, 2]  # no drop in eval
+    inputs, targets, meta = batches[0]
+    assert sorted(inputs) == ["image_32", "image_64"]
+    for size in SIZES:
+        assert inputs[f"image_{size}"].shape == (4, size, size, 3)
+        assert inputs[f"image_{size}"].dtype == np.float32
+        assert 0.0 <= inputs[f"image_{size}"].min() and inputs[f"image_{size}"].max() <= 255.0
+    assert targets["landmarks"].shape == (4, 5, 2) and targets["landmarks"].dtype == np.float32
+    assert meta["crop_box"].shape == (4, 4) and meta["box"].shape == (4, 4)
+    assert meta["landmarks_px"].shape == (4, 5, 2)
+    assert meta["image_size"].dtype == np.int32 and meta["image_size"].shape == (4, 2)
+    assert meta["source_path"][0].decode().startswith("face")
+    spec = ds.element_spec
+    assert spec[0]["image_64"].shape.as_list() == [None, 64, 64, 3]
+    assert spec[1]["landmarks"].shape.as_list() == [None, 5, 2]
+
+
+def test_eval_is_deterministic_and_uses_preprocess_faces(data_dir):
+    kwargs = {"sizes": SIZES, "num_landmarks": 5, "margin": 0.2, "batch_size": 3,
+              "training": False, "with_meta": True}
+    first = collect(make_dataset(data_dir, "train", **kwargs), NUM_FACES)
+    second = collect(make_dataset(data_dir, "train", **kwargs), NUM_FACES)
+    for a, b in zip(first, second):
+        tf.nest.map_structure(np.testing.assert_array_equal, a, b)
+    # The same crops as preprocess_faces on the decoded record.
+    shards = sorted(str(p) for p in data_dir.glob("*-train-*.tfrecord"))
+    raw = next(iter(tf.data.TFRecordDataset(shards[0]).take(1)))
+    features = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
+                "box": tf.io.FixedLenFeature([4], tf.float32)}
+    example = tf.io.parse_single_example(raw, features)
+    image = tf.io.decode_png(example["image/encoded"], channels=3)[None]
+    inputs, crop_boxes = geometry.preprocess_faces(image, example["box"][None], SIZES, 0.2)
+    inputs0, targets0, meta0 = first[0]
+    np.testing.assert_array_equal(inputs0["image_64"], inputs["image_64"].numpy()[0])
+    np.testing.assert_array_equal(meta0["crop_box"], crop_boxes.numpy()[0])
+    # Targets map back to the pixel landmarks.
+    back = geometry.crop_to_image(targets0["landmarks"][None], meta0["crop_box"][None])
+    np.testing.assert_allclose(back.numpy()[0], meta0["landmarks_px"], atol=1e-3)
+
+
+def test_dots_found_through_augmented_pipeline(data_dir):
+    augment = AugmentConfig(rotation_deg=(-30, 30), flip_prob=0.5, box_shift=0.05,
+                            box_scale=0.1)
+    ds = make_dataset(data_dir, "train", sizes=SIZES, num_landmarks=5, margin=0.2,
+                      batch_size=4, training=True, augment=augment, seed=3)
+    flipped = set()
+    for inputs, targets in collect(ds, 2 * NUM_FACES):
+        for size in SIZES:
+            crop = inputs[f"image_{size}"]
+            ids = []
+            for point in targets["landmarks"]:
+                expected = point * size - 0.5
+                found, dot_id = find_dot(crop, expected, radius=2 if size < 64 else 3)
+                assert np.linalg.norm(found - expected) <= 1.0, (size, found, expected)
+                ids.append(dot_id)
+            # Either the identity or the flip permutation (left/right swapped).
+            assert ids in ([0, 1, 2, 3, 4], list(CUHK_5.flip_permutation)), ids
+            flipped.add(ids[0] == 1)
+    assert flipped == {True, False}
+
+
+def test_training_augmentation_varies_and_is_reproducible(data_dir):
+    augment = AugmentConfig(rotation_deg=(-15, 15), flip_prob=0.5, noise_sigma=0.5,
+                            brightness=10.0, contrast=(0.8, 1.2), box_shift=0.05,
+                            box_scale=0.05)
+    kwargs = {"sizes": (16,), "num_landmarks": 5, "margin": 0.2, "batch_size": 2,
+              "training": True, "augment": augment, "with_meta": True}
+    run_a = collect(make_dataset(data_dir, "train", seed=7, **kwargs), 2 * NUM_FACES)
+    run_b = collect(make_dataset(data_dir, "train", seed=7, **kwargs), 2 * NUM_FACES)
+    for a, b in zip(run_a, run_b):
+        tf.nest.map_structure(np.testing.assert_array_equal, a, b)
+    run_c = collect(make_dataset(data_dir, "train", seed=8, **kwargs), 2 * NUM_FACES)
+    assert not all(np.array_equal(a[0]["image_16"], c[0]["image_16"])
+                   for a, c in zip(run_a, run_c))
+    # Two epochs of one seed: every face is seen twice, augmented differently.
+    by_face = {}
+    for _, targets, meta in run_a:
+        by_face.setdefault(meta["source_path"], []).append(targets["landmarks"])
+    assert len(by_face) == NUM_FACES
+    for views in by_face.values():
+        assert len(views) == 2 and not np.allclose(views[0], views[1])
+
+
+def test_training_defaults_drop_remainder_and_shuffle(data_dir):
+    ds = make_dataset(data_dir, "train", sizes=(16,), num_landmarks=5, margin=0.2,
+                      batch_size=4, training=True, repeat=False, seed=1, with_meta=True)
+    batches = list(ds.as_numpy_iterator())
+    assert len(batches) == 1 and batches[0][1]["landmarks"].shape == (4, 5, 2)
+    assert ds.element_spec[0]["image_16"].shape.as_list() == [4, 16, 16, 3]
+    # Without augmentation, training crops are the evaluation crops.
+    evals = {m["source_path"]: i["image_16"] for i, _, m in collect(
+        make_dataset(data_dir, "train", sizes=(16,), num_landmarks=5, margin=0.2,
+                     batch_size=6, training=False, with_meta=True), NUM_FACES)}
+    inputs, _, meta = batches[0]
+    for image, path in zip(inputs["image_16"], meta["source_path"]):
+        np.testing.assert_array_equal(image, evals[path])
+
+
+def test_photometric_augmentation_statistics(data_dir):
+    kwargs = {"sizes": (32,), "num_landmarks": 5, "margin": 0.0, "batch_size": NUM_FACES,
+              "training": True, "repeat": False, "seed": 5, "drop_remainder": False}
+    clean = collect(make_dataset(data_dir, "grey", **kwargs), NUM_FACES)
+    assert all(np.all(x[0]["image_32"] == 128.0) for x in clean)  # faces inside the image
+    noisy = collect(make_dataset(data_dir, "grey", augment=AugmentConfig(noise_sigma=4.0),
+                                 **kwargs), NUM_FACES)
+    residual = np.stack([x[0]["image_32"] for x in noisy]) - 128.0
+    assert residual.std() == pytest.approx(4.0, rel=0.1) and abs(residual.mean()) < 0.2
+    shifted = collect(make_dataset(data_dir, "grey", augment=AugmentConfig(brightness=20.0),
+                                   **kwargs), NUM_FACES)
+    deltas = np.array([x[0]["image_32"].mean() - 128.0 for x in shifted])
+    assert np.all(np.abs(deltas) <= 20.0) and deltas.std() > 1.0
+    for x in shifted:  # one delta per face
+        np.testing.assert_allclose(x[0]["image_32"], x[0]["image_32"][0, 0, 0], atol=1e-3)
+
+
+def test_multiple_inputs_and_errors(data_dir):
+    shards = sorted(str(p) for p in data_dir.glob("*-train-*.tfrecord"))
+    ds = make_dataset(shards, "train", sizes=(8,), num_landmarks=5, margin=0.1,
+                      batch_size=10, training=False)
+    assert next(iter(ds))[1]["landmarks"].shape[0] == NUM_FACES
+    ds = make_dataset(str(data_dir / "*-grey-*.tfrecord"), "grey", sizes=(8,),
+                      num_landmarks=5, margin=0.1, batch_size=10, training=False)
+    assert next(iter(ds))[1]["landmarks"].shape[0] == NUM_FACES
+    with pytest.raises(FileNotFoundError):
+        make_dataset(data_dir, "nope", sizes=(8,), num_landmarks=5, margin=0.1,
+                     batch_size=2, training=False)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        next(iter(make_dataset(data_dir, "train", sizes=(8,), num_landmarks=68, margin=0.1,
+                               batch_size=2, training=False)))
+    with pytest.raises(ValueError, match="flip_permutation"):
+        make_dataset(data_dir, "train", sizes=(8,), num_landmarks=5, margin=0.1, batch_size=2,
+                     training=True, augment=AugmentConfig(flip_prob=0.5),
+                     flip_permutation=(0, 1))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"rotation_deg": (10, -10)}, {"flip_prob": 1.5}, {"noise_sigma": -1.0},
+    {"contrast": (1.2, 0.8)}, {"box_scale": 1.0}, {"brightness": -1.0},
+])
+def test_augment_config_validation(kwargs):
+    with pytest.raises(ValueError):
+        AugmentConfig(**kwargs)
+
+
+def test_augment_config_defaults_are_identity():
+    assert AugmentConfig().is_identity
+    assert AugmentConfig(rotation_choices_deg=[0.0]).is_identity
+    assert not AugmentConfig(rotation_deg=(-15, 12)).is_identity
+    assert not AugmentConfig(rotation_choices_deg=(0, -15, 12)).is_identity
+    assert AugmentConfig(rotation_deg=[-15, 15]) == AugmentConfig(rotation_deg=(-15.0, 15.0))
+
+
+def test_discrete_rotation_choices(data_dir):
+    # One face, many draws: the target moves by one of three rigid rotations only.
+    augment = AugmentConfig(rotation_choices_deg=(0, -15, 12))
+    ds = make_dataset(data_dir, "train", sizes=(8,), num_landmarks=5, margin=0.2,
+                      batch_size=NUM_FACES, training=True, augment=augment, seed=2,
+                      shuffle_buffer=1, with_meta=True)
+    angles = set()
+    for _, targets, meta in collect(ds, 4 * NUM_FACES):
+        norm = geometry.image_to_crop(meta["landmarks_px"][None], meta["crop_box"][None])
+        for angle in (0, -15, 12):
+            expected = geometry.transform_crop_landmarks(norm, [np.deg2rad(angle)], None)
+            if np.allclose(expected.numpy()[0], targets["landmarks"], atol=1e-4):
+                angles.add(angle)
+                break
+        else:
+            raise AssertionError("rotation is not one of the choices")
+    assert angles == {0, -15, 12}
+
+
+def test_sharded_input_pipelines_partition_the_data(data_dir):
+    def paths(num, index, split="train"):
+        ds = make_dataset(data_dir, split, sizes=(8,), num_landmarks=5, margin=0.2,
+                          batch_size=1, training=False, with_meta=True, shard=(num, index))
+        return [m["source_path"] for _, _, m in collect(ds, NUM_FACES)]
+
+    everything = sorted(f"face{i}.png".encode() for i in range(NUM_FACES))
+    for split in ("train", "grey"):  # by file (2 shards), by record (1 shard)
+        parts = [paths(2, i, split) for i in range(2)]
+        assert sorted(p for part in parts for p in part) == everything
+        assert all(parts)
+    with pytest.raises(ValueError, match="shard"):
+        paths(2, 2)
