@@ -1,0 +1,603 @@
+"""SavedModel (TF Serving) and TFLite export shared by MSRRN and CCNN, with parity checks.
+
+The exported SavedModel has two signatures (see ``docs/DESIGN.md``):
+
+* ``serving_default(images: uint8 [N, H, W, 3] RGB, boxes: float32 [N, 4]
+  (l, t, r, b) pixels) -> {"landmarks": float32 [N, L, 2] (x, y) image pixels}``:
+  ``validate_serving_inputs`` + ``preprocess_faces`` + model + ``crop_to_image``,
+  the very functions evaluation uses, so serving cannot drift from evaluation.
+* ``serving_cropped(image_<s>: float32 [N, s, s, 3] 0..255 for every input size)
+  -> {"landmarks": float32 [N, L, 2] normalised crop coordinates, "stage_k": ...}``:
+  the bare model on faces cropped by the caller (every output of the model).
+
+``export_info.json`` beside ``saved_model.pb`` records the sizes, margin and number
+of landmarks. Inspect an export with ``saved_model_cli show --all --dir DIR``.
+
+Exports are atomic: the new export is written to a temporary sibling directory and
+swapped in only once complete, so a crash during export never damages the previous
+export. Export to a local path (copy to GCS afterwards): directory renames are not
+atomic on object stores.
+
+TFLite (:func:`export_tflite`) converts ``serving_cropped`` only: the serving crop
+uses ``ImageProjectiveTransformV3`` and dynamic image shapes, which are not TFLite
+builtins; on-device pipelines crop with their own detector output and then map the
+normalised landmarks back with ``crop_to_image``.
+
+The fresh-process parity checks run ``python -m common.export run ...`` (a tiny
+npz-in/npz-out runner) so the SavedModel is loaded by a process that never saw the
+Python model classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from common import geometry
+
+EXPORT_INFO = "export_info.json"
+"""Name of the metadata file written into every SavedModel export."""
+
+DEFAULT_SIGNATURE = "serving_default"
+CROPPED_SIGNATURE = "serving_cropped"
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ParityError(AssertionError):
+    """An exported model disagrees with the in-process model beyond tolerance."""
+
+
+def _input_key(size: int) -> str:
+    return f"image_{int(size)}"
+
+
+def _as_output_dict(outputs: Any, output_key: str) -> dict[str, tf.Tensor]:
+    if isinstance(outputs, Mapping):
+        return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+    return {output_key: tf.cast(outputs, tf.float32)}
+
+
+class LandmarkServingModule(tf.Module):
+    """The ``tf.Module`` saved by :func:`export_saved_model`.
+
+    Args:
+        model: the Keras model, ``{f"image_{s}"} -> {"landmarks", ...}``.
+        sizes: the model's input sides.
+        margin: crop margin of ``preprocess_faces``.
+        num_landmarks: ``L``, checked against the model output when tracing
+            (``None``: not checked).
+        output_key: the model output holding the final normalised landmarks.
+    """
+
+    def __init__(self, model: keras.Model, sizes: Sequence[int], margin: float,
+                 num_landmarks: int | None, output_key: str = "landmarks"):
+        super().__init__(name="landmark_serving")
+        # Track the backing tf.Variables, not the Keras model object: with the model
+        # (and so its KerasVariable wrappers) in the object graph, the TFLite
+        # converter keeps the weights as uninitialised resource variables instead of
+        # freezing them (garbage outputs). A partial is not tracked.
+        self._call_model = functools.partial(model.__call__, training=False)
+        self.model_variables = [getattr(v, "value", v) for v in model.variables]
+        self.sizes = tuple(int(s) for s in sizes)
+        if not self.sizes:
+            raise ValueError("sizes must not be empty")
+        self.margin = float(margin)
+        self.num_landmarks = None if num_landmarks is None else int(num_landmarks)
+        self.output_key = output_key
+        self.serving_default = tf.function(
+            self._serve_images, input_signature=[
+                tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
+                tf.TensorSpec([None, 4], tf.float32, name="boxes")])
+        # *args with named specs: the signature's inputs are called image_<s>.
+        self.serving_cropped = tf.function(
+            self._serve_cropped, input_signature=[
+                tf.TensorSpec([None, s, s, 3], tf.float32, name=_input_key(s))
+                for s in self.sizes])
+
+    def _landmarks(self, outputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        if self.output_key not in outputs:
+            raise KeyError(f"model outputs {sorted(outputs)} have no {self.output_key!r}")
+        return tf.ensure_shape(outputs[self.output_key], [None, self.num_landmarks, 2])
+
+    def _run_model(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        outputs = _as_output_dict(self._call_model(inputs), self.output_key)
+        self._landmarks(outputs)
+        return outputs
+
+    def _serve_images(self, images: tf.Tensor, boxes: tf.Tensor) -> dict[str, tf.Tensor]:
+        # A loaded signature checks dtypes but not shapes, and graph optimisation
+        # folds rank assertions against the declared specs; EnsureShape is kept and
+        # fails with "Shape of tensor images [...] is not compatible with ...".
+        images = tf.ensure_shape(images, [None, None, None, 3])
+        boxes = tf.ensure_shape(boxes, [None, 4])
+        images, boxes = geometry.validate_serving_inputs(images, boxes)
+        inputs, crop_boxes = geometry.preprocess_faces(images, boxes, self.sizes, self.margin)
+        outputs = self._run_model(inputs)
+        return {"landmarks": geometry.crop_to_image(self._landmarks(outputs), crop_boxes)}
+
+    def _serve_cropped(self, *images: tf.Tensor) -> dict[str, tf.Tensor]:
+        inputs = {_input_key(s): tf.ensure_shape(image, [None, s, s, 3])
+                  for s, image in zip(self.sizes, images, strict=True)}
+        return self._run_model(inputs)
+
+
+# --------------------------------------------------------------------------------------
+# Atomic directory / file replacement
+# --------------------------------------------------------------------------------------
+
+
+def _local_path(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if "://" in path:
+        raise ValueError(f"export to a local path, then copy it ({path!r}): renames on "
+                         "object stores are not atomic")
+    return os.path.abspath(path)
+
+
+def _replace_dir(new_dir: str, target: str) -> None:
+    """Moves the complete ``new_dir`` to ``target``, replacing an existing export.
+
+    At every instant the previous export is either at ``target`` or, for the moment
+    between the two renames, at a ``.old-*`` sibling: it is deleted only after the new
+    one is in place.
+    """
+    if not os.path.lexists(target):
+        os.rename(new_dir, target)
+        return
+    parent, name = os.path.split(target)
+    old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex}")
+    os.rename(target, old)
+    try:
+        os.rename(new_dir, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_replaceable(target: str) -> None:
+    """Refuses to replace anything that is not an earlier export (or empty)."""
+    if not os.path.lexists(target):
+        return
+    if not os.path.isdir(target):
+        raise FileExistsError(f"{target} exists and is not a directory")
+    contents = os.listdir(target)
+    if contents and "saved_model.pb" not in contents:
+        raise FileExistsError(f"{target} exists and is not a SavedModel export; "
+                              "refusing to replace it")
+
+
+def _write_bytes_atomically(path: str, data: bytes) -> None:
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------
+# SavedModel
+# --------------------------------------------------------------------------------------
+
+
+def export_saved_model(model: keras.Model, export_dir: str, *, sizes: Sequence[int],
+                       margin: float, num_landmarks: int,
+                       output_key: str = "landmarks") -> str:
+    """Writes a SavedModel for TF Serving, atomically.
+
+    Signatures: ``serving_default`` (uint8 images + face boxes -> landmarks in image
+    pixels) and ``serving_cropped`` (cropped float faces -> all model outputs, in
+    normalised crop coordinates); see the module docstring.
+
+    Args:
+        model: the Keras model (``{f"image_{s}"}`` -> ``{"landmarks", ...}``).
+        export_dir: local destination directory (for TF Serving, a version folder
+            such as ``models/msrrn/1``). An existing export there is replaced only
+            once the new one is complete.
+        sizes: the model's input sides, e.g. ``(50, 100, 200)``.
+        margin: crop margin the model was trained with.
+        num_landmarks: number of landmarks ``L``.
+        output_key: the model output with the final normalised landmarks.
+
+    Returns:
+        The absolute export directory.
+
+    Raises:
+        FileExistsError: ``export_dir`` exists and is not an earlier export.
+    """
+    target = _local_path(export_dir)
+    _check_replaceable(target)
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        module = LandmarkServingModule(model, sizes, margin, num_landmarks, output_key)
+        tf.saved_model.save(module, tmp, signatures={
+            DEFAULT_SIGNATURE: module.serving_default.get_concrete_function(),
+            CROPPED_SIGNATURE: module.serving_cropped.get_concrete_function()})
+        info = {"sizes": list(module.sizes), "margin": module.margin,
+                "num_landmarks": module.num_landmarks, "output_key": output_key,
+                "signatures": [DEFAULT_SIGNATURE, CROPPED_SIGNATURE],
+                "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+                "tensorflow": tf.__version__, "keras": keras.__version__}
+        with open(os.path.join(tmp, EXPORT_INFO), "w") as f:
+            json.dump(info, f, indent=2)
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def read_export_info(export_dir: str) -> dict[str, Any]:
+    """The ``export_info.json`` of an export (sizes, margin, num_landmarks, ...)."""
+    with open(os.path.join(export_dir, EXPORT_INFO)) as f:
+        return json.load(f)
+
+
+# --------------------------------------------------------------------------------------
+# TFLite
+# --------------------------------------------------------------------------------------
+
+
+def _model_sizes(model: keras.Model) -> list[int]:
+    """Input sides from a functional model's ``image_<s>`` inputs."""
+    names = [getattr(t, "name", "") for t in (getattr(model, "inputs", None) or [])]
+    sizes = [int(n.split("_", 1)[1]) for n in names if n.startswith("image_")
+             and n.split("_", 1)[1].isdigit()]
+    if not sizes:
+        raise ValueError("cannot infer the input sizes of this model; pass sizes=")
+    return sorted(sizes)
+
+
+def export_tflite(source: str | keras.Model, path: str, *, quantize: bool = False,
+                  representative_data: Iterable[Mapping[str, np.ndarray]]
+                  | Callable[[], Iterable[Mapping[str, np.ndarray]]] | None = None,
+                  sizes: Sequence[int] | None = None,
+                  allow_select_tf_ops: bool = False) -> str:
+    """Converts the ``serving_cropped`` signature to a TFLite flatbuffer, atomically.
+
+    Inputs ``image_<s>`` float32 ``[N, s, s, 3]`` 0..255 and outputs (normalised
+    landmarks, per-stage outputs) stay float32 in every mode.
+
+    Args:
+        source: a SavedModel directory written by :func:`export_saved_model`, or a
+            Keras model (exported to a temporary SavedModel first).
+        path: destination ``.tflite`` file.
+        quantize: ``False``: float32 weights and ops. ``True`` without
+            ``representative_data``: dynamic-range quantisation (int8 weights,
+            float activations). ``True`` with ``representative_data``: full integer
+            quantisation (int8 weights and activations, float32 interface).
+        representative_data: calibration batches ``{f"image_{s}": float32 array}``
+            (or a function returning such an iterable), typically 100-500 faces of
+            the training set cropped by ``preprocess_faces``.
+        sizes: input sides, only for a Keras ``source`` whose inputs are not named
+            ``image_<s>``.
+        allow_select_tf_ops: also allow TensorFlow ops that are not TFLite builtins
+            (e.g. ``CropAndResize``); the runtime then needs the Flex delegate.
+
+    Returns:
+        ``path``.
+    """
+    if representative_data is not None and not quantize:
+        raise ValueError("representative_data is only used with quantize=True")
+    if isinstance(source, keras.Model):
+        with tempfile.TemporaryDirectory() as tmp:
+            sizes = list(sizes) if sizes is not None else _model_sizes(source)
+            module = LandmarkServingModule(source, sizes, 0.0, None)
+            saved = os.path.join(tmp, "saved_model")
+            tf.saved_model.save(module, saved, signatures={
+                CROPPED_SIGNATURE: module.serving_cropped.get_concrete_function()})
+            return export_tflite(saved, path, quantize=quantize,
+                                 representative_data=representative_data,
+                                 allow_select_tf_ops=allow_select_tf_ops)
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        os.fspath(source), signature_keys=[CROPPED_SIGNATURE])
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if representative_data is not None:
+        def calibration():
+            data = representative_data() if callable(representative_data) else (
+                representative_data)
+            for batch in data:
+                yield {k: np.asarray(v, np.float32) for k, v in batch.items()}
+
+        converter.representative_dataset = calibration
+        builtins = tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+    converter.target_spec.supported_ops = [builtins] + (
+        [tf.lite.OpsSet.SELECT_TF_OPS] if allow_select_tf_ops else [])
+    with _quiet_lite_deprecation():  # calibration runs an interpreter
+        flatbuffer = converter.convert()
+    _write_bytes_atomically(_local_path(path), flatbuffer)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Parity checks
+# --------------------------------------------------------------------------------------
+
+
+def reference_landmarks(model: keras.Model, images: np.ndarray, boxes: np.ndarray, *,
+                        sizes: Sequence[int], margin: float,
+                        output_key: str = "landmarks"
+                        ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """``preprocess_faces`` + model + ``crop_to_image`` in this process.
+
+    Args:
+        model: the Keras model.
+        images: uint8 ``[N, H, W, 3]``.
+        boxes: float ``[N, 4]`` face boxes.
+        sizes: model input sides.
+        margin: crop margin.
+        output_key: the model output with the final normalised landmarks.
+
+    Returns:
+        ``(landmarks in pixels [N, L, 2], model inputs {f"image_{s}"},
+        normalised landmarks [N, L, 2])`` as NumPy arrays.
+    """
+    inputs, crop_boxes = geometry.preprocess_faces(
+        tf.convert_to_tensor(images, tf.uint8), tf.convert_to_tensor(boxes, tf.float32),
+        sizes, margin)
+    normalised = _as_output_dict(model(inputs, training=False), output_key)[output_key]
+    pixels = geometry.crop_to_image(normalised, crop_boxes)
+    return (pixels.numpy(), {k: v.numpy() for k, v in inputs.items()},
+            normalised.numpy())
+
+
+def run_saved_model(export_dir: str, images: np.ndarray, boxes: np.ndarray,
+                    cropped: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Runs both signatures of an export (what the fresh process does).
+
+    Args:
+        export_dir: the SavedModel directory.
+        images: uint8 ``[N, H, W, 3]``.
+        boxes: float32 ``[N, 4]``.
+        cropped: optional ``{f"image_{s}"}`` inputs for ``serving_cropped``.
+
+    Returns:
+        ``{"landmarks": pixels}`` plus ``{"cropped/<output>": ...}`` when ``cropped``
+        is given.
+    """
+    loaded = tf.saved_model.load(export_dir)
+    result = loaded.signatures[DEFAULT_SIGNATURE](
+        images=tf.constant(images, tf.uint8), boxes=tf.constant(boxes, tf.float32))
+    out = {"landmarks": result["landmarks"].numpy()}
+    if cropped is not None:
+        outputs = loaded.signatures[CROPPED_SIGNATURE](
+            **{k: tf.constant(v, tf.float32) for k, v in cropped.items()})
+        out.update({f"cropped/{k}": v.numpy() for k, v in outputs.items()})
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_lite_deprecation() -> Iterator[None]:
+    """Hides tf.lite.Interpreter's deprecation notice (LiteRT is not a dependency)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated",
+                                category=UserWarning)
+        yield
+
+
+def _interpreter(tflite_path: str):
+    """A TFLite interpreter: LiteRT's when installed, else ``tf.lite``'s."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        with _quiet_lite_deprecation():
+            return tf.lite.Interpreter(model_path=os.fspath(tflite_path))
+    return Interpreter(model_path=os.fspath(tflite_path))
+
+
+def run_tflite(tflite_path: str, cropped: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Runs the ``serving_cropped`` signature of a TFLite model face by face.
+
+    Args:
+        tflite_path: the ``.tflite`` file.
+        cropped: ``{f"image_{s}": float32 [N, s, s, 3]}``.
+
+    Returns:
+        ``{output_name: [N, ...]}``.
+    """
+    runner = _interpreter(tflite_path).get_signature_runner(CROPPED_SIGNATURE)
+    count = len(next(iter(cropped.values())))
+    faces: dict[str, list[np.ndarray]] = {}
+    for i in range(count):  # batch 1: the shape every TFLite delegate supports
+        outputs = runner(**{k: np.asarray(v[i:i + 1], np.float32)
+                            for k, v in cropped.items()})
+        for key, value in outputs.items():
+            faces.setdefault(key, []).append(value)
+    return {k: np.concatenate(v) for k, v in faces.items()}
+
+
+def tflite_input_sizes(tflite_path: str) -> list[int]:
+    """The ``image_<s>`` input sides of a TFLite model's ``serving_cropped``."""
+    names = _interpreter(tflite_path).get_signature_list()[CROPPED_SIGNATURE]["inputs"]
+    return sorted(int(n.split("_", 1)[1]) for n in names)
+
+
+def _run_fresh(args: list[str], arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Runs ``python -m common.export run ...`` on npz files in a new process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = os.path.join(tmp, "inputs.npz")
+        outputs = os.path.join(tmp, "outputs.npz")
+        np.savez(inputs, **arrays)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [_PACKAGE_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        command = [sys.executable, "-m", "common.export", "run", *args,
+                   "--inputs", inputs, "--outputs", outputs]
+        done = subprocess.run(command, env=env, capture_output=True, text=True,
+                              check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"fresh-process run failed ({' '.join(command)}):\n"
+                               f"{done.stderr[-4000:]}")
+        with np.load(outputs) as data:
+            return {k: data[k] for k in data.files}
+
+
+def _compare(name: str, actual: np.ndarray, expected: np.ndarray, atol: float) -> float:
+    if actual.shape != expected.shape:
+        raise ParityError(f"{name}: shape {actual.shape} != expected {expected.shape}")
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    worst = float(diff.max()) if diff.size else 0.0
+    if not np.isfinite(worst) or worst > atol:
+        index = np.unravel_index(np.nanargmax(diff), diff.shape)
+        raise ParityError(f"{name}: max abs difference {worst:.3g} > atol {atol:g} "
+                          f"at index {tuple(int(i) for i in index)} "
+                          f"(got {actual[index]:.6g}, expected {expected[index]:.6g})")
+    return worst
+
+
+def check_parity(export_dir: str, model: keras.Model, images: np.ndarray,
+                 boxes: np.ndarray, atol: float = 1e-4,
+                 fresh_process: bool = True) -> dict[str, float]:
+    """Compares a SavedModel export with the in-process model.
+
+    ``serving_default`` is compared with ``preprocess_faces`` + model +
+    ``crop_to_image`` (pixels); ``serving_cropped`` with the model on the same crops
+    (every output). Sizes, margin and output key come from ``export_info.json``.
+
+    Args:
+        export_dir: the export.
+        model: the Keras model that was exported.
+        images: uint8 ``[N, H, W, 3]`` test images.
+        boxes: float ``[N, 4]`` face boxes.
+        atol: tolerance on every coordinate (pixels, resp. normalised units).
+        fresh_process: load the SavedModel in a new Python process (default), so
+            nothing of this process (registered classes, traced functions) helps.
+
+    Returns:
+        ``{"landmarks": max abs diff in pixels, "cropped/<output>": max abs diff,
+        "num_faces": N}``.
+
+    Raises:
+        ParityError: a difference exceeds ``atol``.
+    """
+    info = read_export_info(export_dir)
+    images = np.asarray(images, np.uint8)
+    boxes = np.asarray(boxes, np.float32)
+    pixels, cropped, _ = reference_landmarks(
+        model, images, boxes, sizes=info["sizes"], margin=info["margin"],
+        output_key=info["output_key"])
+    if fresh_process:
+        actual = _run_fresh(["--saved-model", os.fspath(export_dir)],
+                            {"images": images, "boxes": boxes, **cropped})
+    else:
+        actual = run_saved_model(export_dir, images, boxes, cropped)
+    expected_outputs = _as_output_dict(model(cropped, training=False), info["output_key"])
+    report: dict[str, float] = {"landmarks": _compare(
+        f"{DEFAULT_SIGNATURE} landmarks (pixels)", actual["landmarks"], pixels, atol)}
+    for key, value in expected_outputs.items():
+        report[f"cropped/{key}"] = _compare(
+            f"{CROPPED_SIGNATURE} {key}", actual[f"cropped/{key}"], value.numpy(), atol)
+    report["num_faces"] = len(images)
+    return report
+
+
+def check_tflite_parity(tflite_path: str, model: keras.Model, images: np.ndarray,
+                        boxes: np.ndarray, *, margin: float, atol: float = 1e-4,
+                        output_key: str = "landmarks",
+                        fresh_process: bool = True) -> dict[str, float]:
+    """Compares a TFLite export with ``preprocess_faces`` + model + ``crop_to_image``.
+
+    The faces are cropped here by ``preprocess_faces`` (as an on-device pipeline
+    would), run through the TFLite ``serving_cropped`` signature, and mapped back to
+    pixels with ``crop_to_image``. Use a larger ``atol`` for quantised models.
+
+    Args:
+        tflite_path: the ``.tflite`` file.
+        model: the Keras model that was converted.
+        images: uint8 ``[N, H, W, 3]``.
+        boxes: float ``[N, 4]`` face boxes.
+        margin: crop margin the model was trained with.
+        atol: tolerance in pixels (landmarks) and normalised units (other outputs).
+        output_key: the model output with the final normalised landmarks.
+        fresh_process: run the interpreter in a new Python process.
+
+    Returns:
+        ``{"landmarks": max abs diff in pixels, "cropped/<output>": max abs diff,
+        "num_faces": N}``.
+
+    Raises:
+        ParityError: a difference exceeds ``atol``.
+    """
+    sizes = tflite_input_sizes(tflite_path)
+    images = np.asarray(images, np.uint8)
+    boxes = np.asarray(boxes, np.float32)
+    pixels, cropped, _ = reference_landmarks(model, images, boxes, sizes=sizes,
+                                             margin=margin, output_key=output_key)
+    if fresh_process:
+        actual = _run_fresh(["--tflite", os.fspath(tflite_path)], cropped)
+    else:
+        actual = run_tflite(tflite_path, cropped)
+    crop_boxes = geometry.crop_boxes_from_face_boxes(boxes, margin)
+    actual_pixels = geometry.crop_to_image(actual[output_key], crop_boxes).numpy()
+    report = {"landmarks": _compare("TFLite landmarks (pixels)", actual_pixels, pixels,
+                                    atol)}
+    expected_outputs = _as_output_dict(model(cropped, training=False), output_key)
+    for key, value in expected_outputs.items():
+        report[f"cropped/{key}"] = _compare(f"TFLite {key}", actual[key], value.numpy(),
+                                            atol)
+    report["num_faces"] = len(images)
+    return report
+
+
+# --------------------------------------------------------------------------------------
+# Fresh-process runner: python -m common.export run --saved-model DIR|--tflite FILE ...
+# --------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of the fresh-process runner (npz in, npz out)."""
+    parser = argparse.ArgumentParser(prog="python -m common.export")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run an export on inputs.npz")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--saved-model", help="SavedModel directory")
+    source.add_argument("--tflite", help=".tflite file")
+    run.add_argument("--inputs", required=True,
+                     help="npz: images, boxes (SavedModel) and image_<s> crops")
+    run.add_argument("--outputs", required=True, help="npz to write")
+    args = parser.parse_args(argv)
+
+    with np.load(args.inputs) as data:
+        arrays = {k: data[k] for k in data.files}
+    cropped = {k: v for k, v in arrays.items() if k.startswith("image_")}
+    if args.saved_model:
+        outputs = run_saved_model(args.saved_model, arrays["images"], arrays["boxes"],
+                                  cropped or None)
+    else:
+        outputs = run_tflite(args.tflite, cropped)
+    np.savez(args.outputs, **outputs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

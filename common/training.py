@@ -1,0 +1,734 @@
+"""The training runner shared by MSRRN and CCNN: strategies, precision, resume.
+
+Both packages describe *what* to train (a model builder, an optimiser builder, a loss
+and datasets); :func:`train_model` owns *how*: distribution strategy, checkpoints,
+automatic resume, TensorBoard, progress display, validation and the final
+``model.keras``.
+
+Layout of a run directory::
+
+    run_dir/
+      config.json          resolved model config + runner settings (written atomically)
+      checkpoints/         tf.train.CheckpointManager: model, optimiser, step counter
+      tensorboard/         scalars: loss, learning rate, validation metrics
+      history.json         logged values so far (survives resume)
+      model.keras          the final model (written atomically)
+
+Why a custom loop and not ``model.fit`` + ``BackupAndRestore``: in Keras 3,
+``BackupAndRestore`` resumes at epoch granularity only (the batch index it records is
+not used to skip batches), and it writes its weights file and its metadata JSON in
+two separate, non-atomic steps, so a SIGKILL between them leaves an inconsistent
+backup. The papers train for a number of *iterations*, not epochs. A
+``tf.train.CheckpointManager`` over ``{model, optimizer, step}`` saves all three in
+one checkpoint whose index file is replaced atomically, so rerunning the same
+command resumes at exactly the saved step, with the optimiser's slots and
+iteration count (hence its learning-rate schedule) intact, and stops at the same
+total number of steps. The loop follows the ``strategy.run``-inside-``tf.function``
+pattern, scaling each replica's loss by the global batch.
+
+Running on several GPUs, a GPU cluster or a TPU:
+
+* One machine, all its GPUs: ``strategy="mirrored"``.
+* Several machines: set ``TF_CONFIG`` on every worker, e.g.
+  ``{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+  "task": {"type": "worker", "index": 0}}`` (``index`` differs per worker), and run
+  the same command with ``strategy="multi_worker"`` on each machine. ``run_dir``
+  must be on a file system every worker can read (NFS, GCS, ...): worker 0 (or the
+  ``chief``) writes checkpoints, ``config.json``, TensorBoard logs and
+  ``model.keras``; other workers write throw-away copies under
+  ``run_dir/.workers/`` and resume from the chief's checkpoints. Pass the training
+  data as a callable ``(tf.distribute.InputContext) -> tf.data.Dataset`` that shards
+  by ``input_context.input_pipeline_id`` and batches with
+  ``input_context.get_per_replica_batch_size(global_batch)``.
+* Cloud TPU: ``strategy="tpu"`` (with ``tpu="name-or-grpc-address"`` for
+  :func:`select_strategy` when not running on the TPU VM itself). ``run_dir`` and the
+  data must be on GCS; raise ``steps_per_loop`` (e.g. 100) so many steps run per host
+  round trip. TPU programs are always XLA-compiled; ``jit_compile`` is irrelevant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import os
+import pathlib
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+logger = logging.getLogger(__name__)
+
+STRATEGY_NAMES = ("default", "mirrored", "multi_worker", "tpu")
+"""The names accepted by :func:`select_strategy`."""
+
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+LossSpec = LossFn | Mapping[str, LossFn]
+DatasetSpec = tf.data.Dataset | Callable[[tf.distribute.InputContext], tf.data.Dataset]
+ValMetric = Callable[[keras.Model, tf.data.Dataset], Mapping[str, float]]
+
+
+# --------------------------------------------------------------------------------------
+# Strategy and precision
+# --------------------------------------------------------------------------------------
+
+
+def select_strategy(name: str, *, tpu: str | None = None) -> tf.distribute.Strategy:
+    """Returns the distribution strategy called ``name``.
+
+    Args:
+        name: one of :data:`STRATEGY_NAMES`:
+            ``"default"``: ``tf.distribute.get_strategy()`` (one device, no-op scope);
+            ``"mirrored"``: synchronous data parallelism over all visible GPUs of this
+            machine, or the CPU when there is none;
+            ``"multi_worker"``: ``MultiWorkerMirroredStrategy`` over the cluster
+            described by the ``TF_CONFIG`` environment variable (create it at the
+            start of the program, before any other TensorFlow op runs);
+            ``"tpu"``: ``TPUStrategy`` over the TPU found by ``TPUClusterResolver``.
+        tpu: TPU name or ``grpc://`` address for ``"tpu"``; ``None`` lets the
+            resolver find the local TPU (TPU VM) or the ``TPU_NAME`` one.
+
+    Returns:
+        The strategy.
+
+    Raises:
+        ValueError: for an unknown name, a missing ``TF_CONFIG`` with
+            ``"multi_worker"``, or no reachable TPU with ``"tpu"``.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] if gpus else ["/cpu:0"]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError(
+                'strategy "multi_worker" needs the TF_CONFIG environment variable, '
+                'e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", '
+                '"host2:12345"]}, "task": {"type": "worker", "index": 0}}\' on each '
+                'worker (see common/training.py); for one machine use "mirrored"')
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as error:
+            raise ValueError(
+                f'strategy "tpu": no TPU found (tpu={tpu!r}); run on a Cloud TPU VM, '
+                f"or pass the TPU name / grpc:// address ({error})") from error
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGY_NAMES}")
+
+
+def configure_precision(mixed_precision: bool) -> keras.DTypePolicy:
+    """Sets the global Keras dtype policy; call it before building the model.
+
+    With ``mixed_precision=True`` the policy is ``"mixed_float16"``: layers compute in
+    float16 and keep float32 variables. A model's output layers (the landmark
+    regression heads) must stay float32 (pass ``dtype="float32"`` to them), both for
+    numerical accuracy and because the exported signatures promise float32;
+    :func:`train_model` casts outputs to float32 before the loss and wraps the
+    optimiser in ``keras.optimizers.LossScaleOptimizer``.
+
+    Args:
+        mixed_precision: ``True`` for ``"mixed_float16"``, ``False`` for ``"float32"``.
+
+    Returns:
+        The policy now in force.
+    """
+    keras.mixed_precision.set_global_policy(
+        "mixed_float16" if mixed_precision else "float32")
+    return keras.mixed_precision.global_policy()
+
+
+def step_decay(initial: float, decay_rate: float, decay_steps: int
+               ) -> keras.optimizers.schedules.ExponentialDecay:
+    """A staircase learning rate: ``initial * decay_rate ** floor(step / decay_steps)``.
+
+    CCNN (Sun et al. 2013 as reimplemented) uses ``step_decay(5e-3, 0.9, 100)``.
+
+    Args:
+        initial: learning rate at step 0.
+        decay_rate: factor applied every ``decay_steps`` steps.
+        decay_steps: steps between two decays.
+
+    Returns:
+        A serialisable Keras schedule.
+    """
+    return keras.optimizers.schedules.ExponentialDecay(
+        initial_learning_rate=initial, decay_steps=decay_steps,
+        decay_rate=decay_rate, staircase=True)
+
+
+# --------------------------------------------------------------------------------------
+# Small file helpers (local paths and gs:// alike)
+# --------------------------------------------------------------------------------------
+
+
+def _join(*parts: str) -> str:
+    return "/".join([parts[0].rstrip("/")] + [p.strip("/") for p in parts[1:]])
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename.
+
+    Readers never see a half-written file: on a local file system the rename is
+    atomic; on object stores (GCS) the object appears only once fully written.
+
+    Args:
+        path: destination file.
+        text: content.
+    """
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def save_model_atomically(model: keras.Model, path: str) -> str:
+    """Saves ``model`` in Keras format to ``path`` (``*.keras``) via a temporary file.
+
+    Args:
+        model: the model.
+        path: destination, ending in ``.keras``.
+
+    Returns:
+        ``path``.
+    """
+    if not path.endswith(".keras"):
+        raise ValueError(f"Keras model path must end with .keras, got {path!r}")
+    tmp = f"{path[:-len('.keras')]}.tmp-{uuid.uuid4().hex}.keras"
+    try:
+        model.save(tmp)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+    return path
+
+
+def _to_jsonable(value: Any) -> Any:
+    """Turns dataclasses, tuples, numpy values, enums and paths into JSON types."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_jsonable(getattr(value, f.name))
+                for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, enum.Enum):
+        return _to_jsonable(value.value)
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def resolve_config(config: Any) -> dict[str, Any]:
+    """Returns ``config`` (dataclass, mapping or ``None``) as a JSON-ready dict.
+
+    Args:
+        config: the model/training config object.
+
+    Returns:
+        ``{"class": "module.Name" or None, "values": {...}}``.
+    """
+    if config is None:
+        return {"class": None, "values": {}}
+    cls = type(config)
+    name = None if isinstance(config, Mapping) else f"{cls.__module__}.{cls.__qualname__}"
+    return {"class": name, "values": _to_jsonable(config)}
+
+
+# --------------------------------------------------------------------------------------
+# Runner
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train_model` returns.
+
+    Attributes:
+        model: the trained model (built under the strategy's scope).
+        history: logged values, lists aligned per prefix: ``step``, ``loss``,
+            ``learning_rate`` for training logs; ``val_step`` and ``val_<name>`` for
+            each validation. Restored from ``history.json`` on resume.
+        steps_done: the global step reached (``steps`` unless interrupted).
+        run_dir: the run directory.
+        initial_step: the step the run started from (0, or the resumed checkpoint).
+        optimizer: the optimiser (its ``iterations`` count every step ever taken).
+    """
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    steps_done: int
+    run_dir: str
+    initial_step: int = 0
+    optimizer: keras.optimizers.Optimizer | None = None
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the one worker that writes checkpoints, logs and the final model."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or isinstance(
+            resolver, tf.distribute.cluster_resolver.TPUClusterResolver):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type is None or task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def _worker_dir(run_dir: str, strategy: tf.distribute.Strategy) -> str:
+    """A per-worker scratch directory for non-chief writes (all workers must save)."""
+    resolver = strategy.cluster_resolver
+    return _join(run_dir, ".workers", f"{resolver.task_type}_{resolver.task_id}")
+
+
+def _strip_to_pair(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Drops a third (metadata) element so only ``(inputs, targets)`` is distributed."""
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) < 2:
+        raise ValueError(
+            "datasets must yield (inputs, targets) or (inputs, targets, meta); "
+            f"got element_spec {spec}")
+    if len(spec) == 2:
+        return dataset
+    return dataset.map(lambda inputs, targets, *rest: (inputs, targets))
+
+
+def _distribute(strategy: tf.distribute.Strategy, dataset: DatasetSpec,
+                repeat: bool) -> tf.distribute.DistributedDataset:
+    """Distributes a dataset or a ``(input_context) -> dataset`` function."""
+    def prepare(ds: tf.data.Dataset) -> tf.data.Dataset:
+        ds = _strip_to_pair(ds)
+        return ds.repeat() if repeat else ds
+
+    if isinstance(dataset, tf.data.Dataset):
+        return strategy.experimental_distribute_dataset(prepare(dataset))
+    if callable(dataset):
+        return strategy.distribute_datasets_from_function(
+            lambda context: prepare(dataset(context)))
+    raise TypeError(f"expected a tf.data.Dataset or a callable, got {type(dataset)}")
+
+
+def _build_once(model: keras.Model, dataset: DatasetSpec) -> None:
+    """Builds a model that has no variables yet by calling it on a dummy batch."""
+    if model.built and model.weights:
+        return
+    if isinstance(dataset, tf.data.Dataset):
+        spec = dataset.element_spec[0]
+    else:
+        spec = dataset(tf.distribute.InputContext()).element_spec[0]
+    dummy = tf.nest.map_structure(
+        lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), spec)
+    model(dummy, training=False)
+
+
+def _unreduced(fn: LossFn) -> LossFn:
+    """A Keras ``Loss`` object as its per-example (``reduction="none"``) twin.
+
+    Keras 3 ``Loss`` objects already divide their batch mean by the number of
+    replicas inside a replica context; evaluating them per example and averaging
+    over the global batch here keeps one reduction rule for every kind of loss.
+    """
+    if isinstance(fn, keras.losses.Loss) and fn.reduction not in (None, "none"):
+        return type(fn).from_config({**fn.get_config(), "reduction": "none"})
+    return fn
+
+
+class _LossComputer:
+    """Weighted sum of per-output losses, reduced for distributed training.
+
+    ``loss`` is one callable ``(y_true, y_pred)`` applied to the ``"landmarks"``
+    output, or a mapping ``{output_key: callable}``. An output key absent from the
+    targets is supervised with ``targets["landmarks"]`` (cascade stages share the
+    final ground truth). A callable may return a tensor with a leading batch axis
+    (averaged over the other axes, then over the *global* batch) or a scalar (taken
+    as the mean over the replica's batch). Keras ``Loss`` objects are evaluated per
+    example (their batch reduction is replaced by the global-batch mean).
+    """
+
+    def __init__(self, loss: LossSpec, loss_weights: Mapping[str, float] | None):
+        losses = dict(loss) if isinstance(loss, Mapping) else {"landmarks": loss}
+        self.losses = {key: _unreduced(fn) for key, fn in losses.items()}
+        self.weights = dict(loss_weights or {})
+        unknown = set(self.weights) - set(self.losses)
+        if unknown:
+            raise ValueError(f"loss_weights keys {sorted(unknown)} have no loss")
+
+    def _terms(self, targets, outputs):
+        if not isinstance(outputs, Mapping):
+            outputs = {"landmarks": outputs}
+        if not isinstance(targets, Mapping):
+            targets = {"landmarks": targets}
+        for key, fn in self.losses.items():
+            if key not in outputs:
+                raise KeyError(f"loss for output {key!r} but the model returns "
+                               f"{sorted(outputs)}")
+            y_true = targets[key] if key in targets else targets["landmarks"]
+            y_pred = tf.cast(outputs[key], tf.float32)
+            value = tf.cast(fn(tf.cast(y_true, tf.float32), y_pred), tf.float32)
+            yield self.weights.get(key, 1.0), value, y_pred
+
+    def replica_mean(self, targets, outputs) -> tf.Tensor:
+        """This replica's share of the global-batch mean loss (sums to the mean)."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        total = tf.constant(0.0)
+        for weight, value, _ in self._terms(targets, outputs):
+            if value.shape.rank == 0:
+                term = value / replicas
+            else:
+                per_example = tf.reduce_mean(value, axis=list(range(1, value.shape.rank)))
+                term = tf.nn.compute_average_loss(per_example)
+            total += weight * term
+        return total
+
+    def batch_sum(self, targets, outputs) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(sum over the batch of the per-example loss, batch size)``."""
+        total = tf.constant(0.0)
+        count = tf.constant(0.0)
+        for weight, value, y_pred in self._terms(targets, outputs):
+            batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
+            if value.shape.rank == 0:
+                term = value * batch
+            else:
+                term = tf.reduce_sum(
+                    tf.reduce_mean(value, axis=list(range(1, value.shape.rank))))
+            total += weight * term
+            count = batch
+        return total, count
+
+
+def _resolve_init_checkpoint(path: str) -> str:
+    """A checkpoint prefix from a run dir, a checkpoints dir or a prefix."""
+    for candidate in (_join(path, "checkpoints"), path):
+        if tf.io.gfile.isdir(candidate):
+            latest = tf.train.latest_checkpoint(candidate)
+            if latest:
+                return latest
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    raise FileNotFoundError(f"init_checkpoint {path!r}: no checkpoint found")
+
+
+def _build_model_and_optimizer(
+        build_model: Callable[[], keras.Model],
+        build_optimizer: Callable[[], keras.optimizers.Optimizer],
+        dataset: DatasetSpec) -> tuple[keras.Model, keras.optimizers.Optimizer, tf.Variable]:
+    """Builds model, optimiser (with its slots) and step counter; call under a scope."""
+    model = build_model()
+    _build_once(model, dataset)
+    optimizer = build_optimizer()
+    if (keras.mixed_precision.global_policy().compute_dtype == "float16"
+            and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    # Slots exist before a restore, so checkpointed optimiser state is loaded at once.
+    optimizer.build(model.trainable_variables)
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    return model, optimizer, step_var
+
+
+def _make_train_loop(strategy: tf.distribute.Strategy, model: keras.Model,
+                     optimizer: keras.optimizers.Optimizer, loss_computer: _LossComputer,
+                     step_var: tf.Variable, jit_compile: bool) -> Callable:
+    """``train_loop(iterator, num_steps) -> mean loss``: runs steps on every replica."""
+    def replica_step(inputs, targets):
+        with tf.GradientTape() as tape:
+            outputs = model(inputs, training=True)
+            value = loss_computer.replica_mean(targets, outputs)
+            if model.losses:
+                value += tf.nn.scale_regularization_loss(
+                    tf.add_n([tf.cast(x, tf.float32) for x in model.losses]))
+            scaled = optimizer.scale_loss(value)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        # Keras optimisers all-reduce (sum) the replicas' gradients here.
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return value
+
+    if jit_compile:  # the replica step only: iterators cannot be XLA-compiled
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+        total = tf.constant(0.0)
+        for _ in tf.range(num_steps):
+            inputs, targets = next(iterator)
+            per_replica = strategy.run(replica_step, args=(inputs, targets))
+            total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        step_var.assign_add(tf.cast(num_steps, tf.int64))
+        return total / tf.cast(num_steps, tf.float32)
+
+    return train_loop
+
+
+def train_model(
+    *,
+    build_model: Callable[[], keras.Model],
+    build_optimizer: Callable[[], keras.optimizers.Optimizer],
+    loss: LossSpec,
+    train_dataset: DatasetSpec,
+    steps: int,
+    run_dir: str | os.PathLike,
+    val_dataset: tf.data.Dataset | None = None,
+    checkpoint_every: int = 500,
+    eval_every: int | None = None,
+    log_every: int = 50,
+    strategy: str | tf.distribute.Strategy = "default",
+    config: Any = None,
+    val_metric: ValMetric | None = None,
+    loss_weights: Mapping[str, float] | None = None,
+    mixed_precision: bool | None = None,
+    jit_compile: bool = False,
+    steps_per_loop: int = 1,
+    max_checkpoints: int = 3,
+    init_checkpoint: str | None = None,
+    save_final_model: bool = True,
+    verbose: bool = True,
+) -> TrainResult:
+    """Trains a model for ``steps`` global steps, resuming from ``run_dir`` if possible.
+
+    Rerunning the same call with the same ``run_dir`` continues from the latest
+    checkpoint (model weights, optimiser state and step counter) and stops at the
+    same total ``steps``; a run killed at any moment (even SIGKILL) resumes from its
+    last complete checkpoint. Checkpoints are written every ``checkpoint_every``
+    steps and at the end. The data pipeline is not checkpointed: a resumed run draws
+    fresh shuffled batches.
+
+    Args:
+        build_model: returns the (registered, serialisable) model; called inside
+            ``strategy.scope()``. Models take ``{f"image_{s}": ...}`` and return
+            ``{"landmarks": ..., "stage_k": ...}``.
+        build_optimizer: returns the optimiser; called inside ``strategy.scope()``.
+        loss: ``(y_true, y_pred) -> loss`` on ``"landmarks"``, or
+            ``{output_key: fn}`` (see ``loss_weights``). A fn returns a scalar batch
+            mean or per-example values with a leading batch axis.
+        train_dataset: yields ``(inputs, targets)`` (or ``(inputs, targets, meta)``,
+            meta is dropped) batched by the *global* batch size; or a function
+            ``(tf.distribute.InputContext) -> dataset`` batched per replica
+            (needed for ``multi_worker`` input sharding). Repeated indefinitely.
+        steps: total number of training steps (not additional steps).
+        run_dir: directory for checkpoints, logs, ``config.json``, ``model.keras``.
+        val_dataset: optional finite validation dataset, same element structure.
+        checkpoint_every: save a checkpoint every this many steps.
+        eval_every: validate every this many steps (and at the end); ``None``:
+            only at the end. Ignored without ``val_dataset``.
+        log_every: log the mean loss since the last log and the learning rate to
+            TensorBoard and the history every this many steps.
+        strategy: a strategy or a name for :func:`select_strategy`.
+        config: the resolved model config (dataclass or mapping), written to
+            ``run_dir/config.json`` together with these runner settings.
+        val_metric: ``(model, val_dataset) -> {name: value}`` (e.g. NME); reported
+            as ``val_<name>``. Default: the mean loss on ``val_dataset``
+            (``val_loss``).
+        loss_weights: ``{output_key: weight}`` for a mapping ``loss``; missing
+            keys weigh 1.
+        mixed_precision: ``True``/``False`` sets the global policy with
+            :func:`configure_precision` before building; ``None`` keeps it.
+        jit_compile: XLA-compile the per-replica training step.
+        steps_per_loop: training steps per ``tf.function`` call (raise it on TPU).
+        max_checkpoints: number of checkpoints kept.
+        init_checkpoint: warm start: model weights (only) from this run dir,
+            checkpoint dir or prefix, used when ``run_dir`` has no checkpoint yet.
+        save_final_model: write ``run_dir/model.keras`` at the end.
+        verbose: show a progress bar.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: for inconsistent arguments.
+    """
+    run_dir = os.fspath(run_dir)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if checkpoint_every < 1 or log_every < 1 or steps_per_loop < 1:
+        raise ValueError("checkpoint_every, log_every and steps_per_loop must be >= 1")
+    if eval_every is not None and eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1 or None, got {eval_every}")
+    if isinstance(strategy, str):
+        strategy = select_strategy(strategy)
+    if mixed_precision is not None:
+        configure_precision(mixed_precision)
+
+    chief = _is_chief(strategy)
+    write_dir = run_dir if chief else _worker_dir(run_dir, strategy)
+    tf.io.gfile.makedirs(write_dir)
+    loss_computer = _LossComputer(loss, loss_weights)
+
+    with strategy.scope():
+        model, optimizer, step_var = _build_model_and_optimizer(
+            build_model, build_optimizer, train_dataset)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
+        manager = tf.train.CheckpointManager(checkpoint, _join(write_dir, "checkpoints"),
+                                             max_to_keep=max_checkpoints)
+        # Every worker restores from the chief's checkpoints (shared file system).
+        latest = tf.train.latest_checkpoint(_join(run_dir, "checkpoints"))
+        if latest:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+        elif init_checkpoint:
+            source = _resolve_init_checkpoint(init_checkpoint)
+            tf.train.Checkpoint(model=model).restore(source).expect_partial()
+            logger.info("warm start from %s", source)
+
+    initial_step = int(step_var.numpy())
+    settings = {
+        "steps": steps, "checkpoint_every": checkpoint_every, "eval_every": eval_every,
+        "log_every": log_every, "steps_per_loop": steps_per_loop,
+        "strategy": type(strategy).__name__,
+        "num_replicas": strategy.num_replicas_in_sync,
+        "dtype_policy": keras.mixed_precision.global_policy().name,
+        "jit_compile": jit_compile, "init_checkpoint": init_checkpoint,
+        "optimizer": _to_jsonable(keras.optimizers.serialize(optimizer)),
+    }
+    if chief:
+        record = {"config": resolve_config(config), "training": settings,
+                  "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
+        atomic_write_text(_join(run_dir, "config.json"),
+                          json.dumps(record, indent=2, sort_keys=True) + "\n")
+    if latest:
+        logger.info("resuming %s from step %d", run_dir, initial_step)
+
+    history = _load_history(run_dir, initial_step)
+    writer = (tf.summary.create_file_writer(_join(run_dir, "tensorboard")) if chief
+              else tf.summary.create_noop_writer())
+
+    train_loop = _make_train_loop(strategy, model, optimizer, loss_computer, step_var,
+                                  jit_compile)
+
+    @tf.function
+    def eval_step(inputs, targets):
+        return loss_computer.batch_sum(targets, model(inputs, training=False))
+
+    def evaluate() -> dict[str, float]:
+        if val_metric is not None:
+            metrics = val_metric(model, val_dataset)
+            return {k if k.startswith("val_") else f"val_{k}": float(v)
+                    for k, v in metrics.items()}
+        return {"val_loss": _mean_loss(strategy, eval_step, val_dataset)}
+
+    step = initial_step
+    progbar = None
+    if verbose:
+        progbar = keras.utils.Progbar(steps, stateless_metrics=[])  # show as-is
+        progbar.update(min(step, steps))
+    if step < steps:
+        iterator = iter(_distribute(strategy, train_dataset, repeat=True))
+    val_logs: dict[str, float] = {}
+    window_sum, window_steps = 0.0, 0
+    while step < steps:
+        boundaries = [steps, _next_multiple(step, checkpoint_every),
+                      _next_multiple(step, log_every), step + steps_per_loop]
+        if val_dataset is not None and eval_every:
+            boundaries.append(_next_multiple(step, eval_every))
+        chunk = min(boundaries) - step
+        chunk_loss = float(train_loop(iterator, tf.constant(chunk, tf.int32)))
+        step += chunk
+        if not np.isfinite(chunk_loss):
+            raise FloatingPointError(f"loss became {chunk_loss} at step {step}")
+        window_sum += chunk_loss * chunk
+        window_steps += chunk
+        mean_loss = window_sum / window_steps  # mean since the last log
+        learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        if step % log_every == 0 or step == steps:
+            _append(history, step=step, loss=mean_loss, learning_rate=learning_rate)
+            _write_scalars(writer, step, {"loss": mean_loss,
+                                          "learning_rate": learning_rate})
+            window_sum, window_steps = 0.0, 0
+        if val_dataset is not None and (
+                step == steps or (eval_every and step % eval_every == 0)):
+            val_logs = evaluate()
+            _append(history, val_step=step, **val_logs)
+            _write_scalars(writer, step, val_logs)
+        if step % checkpoint_every == 0 or step == steps:
+            manager.save(checkpoint_number=step)
+            if chief:
+                atomic_write_text(_join(run_dir, "history.json"),
+                                  json.dumps(history) + "\n")
+        if progbar is not None:
+            progbar.update(step, [("loss", mean_loss), ("lr", learning_rate),
+                                  *val_logs.items()])
+    writer.flush()
+
+    if save_final_model and (chief and (step > initial_step or not tf.io.gfile.exists(
+            _join(run_dir, "model.keras")))):
+        save_model_atomically(model, _join(run_dir, "model.keras"))
+    if not chief:
+        tf.io.gfile.rmtree(write_dir)
+    return TrainResult(model=model, history=history, steps_done=step, run_dir=run_dir,
+                       initial_step=initial_step, optimizer=optimizer)
+
+
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR).SerializeToString()
+
+
+def _write_scalars(writer, step: int, values: Mapping[str, float]) -> None:
+    """Writes TensorBoard scalars with core TF ops.
+
+    ``tf.summary.scalar`` needs the ``tensorboard`` package at write time; this writes
+    the same event records (scalars plugin metadata) without it.
+    """
+    with writer.as_default(step=step):
+        for name, value in values.items():
+            tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+
+
+def _next_multiple(step: int, every: int) -> int:
+    return (step // every + 1) * every
+
+
+def _append(history: dict[str, list[float]], **values: float) -> None:
+    for key, value in values.items():
+        history.setdefault(key, []).append(value)
+
+
+def _load_history(run_dir: str, initial_step: int) -> dict[str, list[float]]:
+    """The saved history up to ``initial_step`` (later entries were not checkpointed)."""
+    path = _join(run_dir, "history.json")
+    if initial_step == 0 or not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        saved = json.load(f)
+    history: dict[str, list[float]] = {}
+    for step_key in ("step", "val_step"):
+        keep = [i for i, s in enumerate(saved.get(step_key, [])) if s <= initial_step]
+        prefix_keys = [k for k in saved
+                       if (k.startswith("val_") if step_key == "val_step"
+                           else not k.startswith("val_"))]
+        for key in prefix_keys:
+            history[key] = [saved[key][i] for i in keep if i < len(saved[key])]
+    return history
+
+
+def _mean_loss(strategy: tf.distribute.Strategy, eval_step: Callable,
+               dataset: tf.data.Dataset) -> float:
+    """Mean per-example loss over a finite dataset, evaluated on every replica.
+
+    ``eval_step(inputs, targets) -> (loss_sum, count)`` runs on each replica.
+    """
+    total, count = 0.0, 0.0
+    for inputs, targets in _distribute(strategy, dataset, repeat=False):
+        sums, counts = strategy.run(eval_step, args=(inputs, targets))
+        total += float(strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None))
+        count += float(strategy.reduce(tf.distribute.ReduceOp.SUM, counts, axis=None))
+    if count == 0:
+        raise ValueError("val_dataset is empty")
+    return total / count

@@ -1,0 +1,233 @@
+"""Tests of SavedModel / TFLite export and the parity checks (common/export.py)."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common import export, geometry
+
+SIZE = 32
+NUM_LANDMARKS = 5
+MARGIN = 0.2
+
+
+@keras.saving.register_keras_serializable(package="common_tests")
+class TinyExportNet(keras.Model):
+    """``{"image_32"}`` -> ``{"stage_0", "landmarks"}``: a two-stage toy cascade."""
+
+    def __init__(self, size: int = SIZE, num_landmarks: int = NUM_LANDMARKS,
+                 filters: int = 4, **kwargs):
+        key = f"image_{size}"
+        inputs = {key: keras.Input((size, size, 3), name=key)}
+        x = keras.layers.Rescaling(1.0 / 255.0)(inputs[key])
+        x = keras.layers.Conv2D(filters, 3, strides=2, activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        stage_0 = keras.layers.Reshape((num_landmarks, 2))(
+            keras.layers.Dense(num_landmarks * 2, activation="sigmoid")(x))
+        delta = keras.layers.Reshape((num_landmarks, 2))(
+            keras.layers.Dense(num_landmarks * 2)(x))
+        landmarks = keras.layers.Add()([stage_0, delta])
+        super().__init__(inputs=inputs, outputs={"stage_0": stage_0, "landmarks": landmarks},
+                         **kwargs)
+        self.size = size
+        self.num_landmarks = num_landmarks
+        self.filters = filters
+
+    def get_config(self):
+        return {"size": self.size, "num_landmarks": self.num_landmarks,
+                "filters": self.filters, "name": self.name, "trainable": self.trainable}
+
+
+def make_model(seed: int) -> TinyExportNet:
+    keras.utils.set_random_seed(seed)
+    return TinyExportNet()
+
+
+def export_model(model, export_dir):
+    return export.export_saved_model(model, str(export_dir), sizes=[SIZE], margin=MARGIN,
+                                     num_landmarks=NUM_LANDMARKS)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model(0)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    return export_model(model, tmp_path_factory.mktemp("export") / "1")
+
+
+@pytest.fixture(scope="module")
+def faces():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 60, 80, 3), dtype=np.uint8)
+    boxes = np.array([[10, 12, 40, 45], [0, 0, 79, 59], [30, 20, 70, 50]], np.float32)
+    return images, boxes
+
+
+def test_signatures_and_export_info(exported):
+    loaded = tf.saved_model.load(exported)
+    assert set(loaded.signatures) == {"serving_default", "serving_cropped"}
+    default = loaded.signatures["serving_default"]
+    _, inputs = default.structured_input_signature
+    assert inputs["images"].dtype == tf.uint8
+    assert inputs["images"].shape.as_list() == [None, None, None, 3]
+    assert inputs["boxes"].dtype == tf.float32
+    assert inputs["boxes"].shape.as_list() == [None, 4]
+    assert list(default.structured_outputs) == ["landmarks"]
+    assert default.structured_outputs["landmarks"].shape.as_list() == [None, NUM_LANDMARKS, 2]
+
+    cropped = loaded.signatures["serving_cropped"]
+    _, inputs = cropped.structured_input_signature
+    assert inputs["image_32"].shape.as_list() == [None, SIZE, SIZE, 3]
+    assert inputs["image_32"].dtype == tf.float32
+    assert set(cropped.structured_outputs) == {"landmarks", "stage_0"}
+
+    info = export.read_export_info(exported)
+    assert info["sizes"] == [SIZE] and info["margin"] == MARGIN
+    assert info["num_landmarks"] == NUM_LANDMARKS
+    assert info["model_class"].endswith("TinyExportNet")
+
+
+def test_serving_default_matches_preprocess_model_crop_to_image(exported, model, faces):
+    images, boxes = faces
+    loaded = tf.saved_model.load(exported)
+    served = loaded.signatures["serving_default"](images=tf.constant(images),
+                                                  boxes=tf.constant(boxes))["landmarks"]
+    inputs, crop_boxes = geometry.preprocess_faces(images, boxes, [SIZE], MARGIN)
+    expected = geometry.crop_to_image(model(inputs)["landmarks"], crop_boxes)
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+
+
+def test_in_process_parity(exported, model, faces):
+    report = export.check_parity(exported, model, *faces, atol=1e-4, fresh_process=False)
+    assert report["num_faces"] == 3
+    assert set(report) == {"landmarks", "cropped/landmarks", "cropped/stage_0", "num_faces"}
+
+
+@pytest.mark.slow
+def test_fresh_process_parity(exported, model, faces):
+    report = export.check_parity(exported, model, *faces, atol=1e-4)
+    assert max(report["landmarks"], report["cropped/stage_0"]) <= 1e-4
+
+
+def test_parity_failure_is_reported(exported, faces):
+    with pytest.raises(export.ParityError, match=r"serving_default landmarks \(pixels\): "
+                                                 r"max abs difference .* > atol"):
+        export.check_parity(exported, make_model(1), *faces, fresh_process=False)
+
+
+@pytest.fixture(scope="module")
+def tflite_float(exported, tmp_path_factory):
+    return export.export_tflite(exported, str(tmp_path_factory.mktemp("lite") / "m.tflite"))
+
+
+def test_tflite_float_parity(tflite_float, model, faces):
+    assert export.tflite_input_sizes(tflite_float) == [SIZE]
+    report = export.check_tflite_parity(tflite_float, model, *faces, margin=MARGIN,
+                                        atol=1e-4, fresh_process=False)
+    assert report["num_faces"] == 3 and "cropped/stage_0" in report
+    assert os.listdir(os.path.dirname(tflite_float)) == ["m.tflite"]  # no temp files
+
+
+@pytest.mark.slow
+def test_tflite_fresh_process_parity(tflite_float, model, faces):
+    report = export.check_tflite_parity(tflite_float, model, *faces, margin=MARGIN,
+                                        atol=1e-4)
+    assert report["landmarks"] <= 1e-4
+
+
+def test_tflite_quantized(model, faces, tmp_path):
+    inputs, _ = geometry.preprocess_faces(*faces, [SIZE], MARGIN)
+    calibration = [{"image_32": inputs["image_32"][i:i + 1].numpy()} for i in range(3)]
+    dynamic = export.export_tflite(model, str(tmp_path / "dynamic.tflite"), quantize=True)
+    full = export.export_tflite(model, str(tmp_path / "int8.tflite"), quantize=True,
+                                representative_data=calibration)
+    for path in (dynamic, full):
+        report = export.check_tflite_parity(path, model, *faces, margin=MARGIN,
+                                            atol=2.0, fresh_process=False)
+        assert report["landmarks"] <= 2.0  # pixels, on ~30-80 px crops
+    with pytest.raises(ValueError, match="quantize=True"):
+        export.export_tflite(model, str(tmp_path / "x.tflite"),
+                             representative_data=calibration)
+
+
+def tree_digest(directory) -> dict[str, bytes]:
+    """Every file under ``directory`` (relative path -> content)."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, directory)] = f.read()
+    return files
+
+
+def test_export_is_atomic(tmp_path, faces, monkeypatch):
+    old_model, new_model = make_model(2), make_model(3)
+    target = tmp_path / "1"
+    export_model(old_model, target)
+    before = tree_digest(target)
+    real_save = tf.saved_model.save
+
+    def crashing_save(obj, export_dir, **kwargs):
+        real_save(obj, export_dir, **kwargs)
+        with open(os.path.join(export_dir, "variables", "variables.index"), "wb") as f:
+            f.write(b"half written")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(tf.saved_model, "save", crashing_save)
+    with pytest.raises(OSError, match="simulated"):
+        export_model(new_model, target)
+    monkeypatch.undo()
+    # The previous export is untouched and nothing is left behind.
+    assert os.listdir(tmp_path) == ["1"]
+    assert tree_digest(target) == before
+
+    export_model(new_model, target)
+    assert os.listdir(tmp_path) == ["1"]
+    export.check_parity(str(target), new_model, *faces, fresh_process=False)
+
+
+def test_refuses_to_replace_other_directories(model, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a SavedModel"):
+        export_model(model, tmp_path)
+    with pytest.raises(ValueError, match="local path"):
+        export_model(model, "gs://bucket/model/1")
+
+
+@pytest.mark.parametrize("images, boxes, message", [
+    (np.zeros((20, 20, 3), np.uint8), [[1, 1, 10, 10]],
+     r"Shape of tensor images \[20,20,3\] is not compatible"),
+    (np.zeros((1, 20, 20, 4), np.uint8), [[1, 1, 10, 10]],
+     r"Shape of tensor images \[1,20,20,4\] is not compatible"),
+    (np.zeros((1, 20, 20, 3), np.float32), [[1, 1, 10, 10]], "uint8"),
+    (np.zeros((1, 20, 20, 3), np.uint8), [1, 1, 10, 10],
+     r"Shape of tensor boxes \[4\] is not compatible"),
+    (np.zeros((0, 20, 20, 3), np.uint8), np.zeros((0, 4)), "at least one image"),
+    (np.zeros((1, 20, 20, 3), np.uint8), [[5, 5, 5, 10]], "right > left"),
+    (np.zeros((1, 20, 20, 3), np.uint8), [[5, 5, 10, 5]], "bottom > top"),
+    (np.zeros((2, 20, 20, 3), np.uint8), [[1, 1, 10, 10]], "same N"),
+])
+def test_serving_input_validation(exported, images, boxes, message):
+    serve = tf.saved_model.load(exported).signatures["serving_default"]
+    boxes = tf.constant(np.asarray(boxes, np.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serve(images=tf.constant(images), boxes=boxes)
+
+
+def test_cropped_input_validation(exported):
+    serve = tf.saved_model.load(exported).signatures["serving_cropped"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image_32"):
+        serve(image_32=tf.zeros((1, 16, 16, 3)))
+
+
+def test_export_info_is_json(exported):
+    with open(os.path.join(exported, export.EXPORT_INFO)) as f:
+        assert json.load(f)["signatures"] == ["serving_default", "serving_cropped"]
