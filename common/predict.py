@@ -1,0 +1,1314 @@
+"""Landmark prediction on real-world inputs (folders of photos, videos), for both models.
+
+Three layers:
+
+* :class:`LandmarkPredictor`: one image + face boxes -> landmarks in image pixels,
+  from an exported SavedModel (``common.export``) or a Keras model / training run.
+* :func:`predict_paths`: files, folders and videos -> one status per file, a JSON
+  (JSON lines for videos) per readable file, overlay images/videos and a summary.
+* :func:`define_flags` / :func:`main`: the command line shared by
+  ``python -m msrrn_tf.predict`` and ``python -m ccnn_tf.predict``.
+
+Batching without replicating images
+-----------------------------------
+``serving_default`` takes one image per face (``images [N, H, W, 3]``), so a photo with
+ten faces would be copied ten times, and ``crop_faces`` turns the whole image into
+float32 plus a 6-level mip-map pyramid: 770 MB per copy for an 8000 x 8000 photo.
+Instead, each face is cropped on the Python side by ``common.geometry.multiscale_crops``
+(the crop ``preprocess_faces`` uses) from its *support region* only: the crop box plus
+``2 ** PYRAMID_LEVELS + 2`` pixels, with its top-left corner on a multiple of
+``2 ** (PYRAMID_LEVELS - 1)`` and its bottom-right corner on such a multiple or on the
+image edge. Every pyramid block of the region is then a block of the full image's
+pyramid (same pixels, same odd-edge padding), and every sample the crop reads lies
+inside the region or outside the full image, so the crop equals the full-image crop up
+to float32 rounding of the shifted coordinates (about 1e-5 px). The crops of many faces
+(across files and video frames) are stacked into batches of ``batch_size`` for the bare
+model (the export's ``serving_cropped`` signature, or the Keras model) and mapped back
+with ``common.geometry.crop_to_image`` using crop boxes computed from the full-image
+face boxes, exactly as ``serving_default`` does.
+
+Robustness
+----------
+``predict_paths`` streams its inputs (a generator over folders, frames read one at a
+time) and never stops on a bad file: each file gets exactly one status, ``"ok"``,
+``"no_face"`` or ``"error: <reason>"``. Decoding goes by content
+(``common.images.load_image``: grey, RGBA, 16-bit, PNG named ``.jpg`` all work);
+detection runs on a copy downscaled to ``detect_max_side`` (huge photos), with the
+boxes mapped back to full resolution for the landmarks. Memory is bounded: at most
+``batch_size`` faces are waiting for the model, and at most ``max_pending_units``
+images/frames (each kept only as its overlay canvas, at most ``overlay_max_side``
+pixels) or ``max_pending_bytes`` of them are waiting to be written.
+
+Output layout (``output_dir``)::
+
+    landmarks/<name>.json     one per readable image: faces with box, score, landmarks
+    landmarks/<name>.jsonl    one per video: a line per frame
+    overlays/<name>.jpg       landmarks drawn (images with faces)
+    overlays/<name>.mp4       landmarks drawn on every frame (mp4v; MJPG .avi fallback)
+    summary.json, summary.csv one row per file: file, status, faces, frames, seconds
+
+``<name>`` is the file's path relative to the input folder (or its file name for a
+file given directly), keeping its extension, so ``a.jpg`` and ``a.png`` do not collide.
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TextIO
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from common import geometry
+from common.images import load_image
+from common.records import DataError
+from common.schemes import SCHEMES, LandmarkScheme, scheme_for
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg",
+                              ".mpeg", ".wmv", ".flv", ".3gp"})
+"""File extensions read as videos (``cv2.VideoCapture``); everything else is an image."""
+
+STATUS_OK = "ok"
+STATUS_NO_FACE = "no_face"
+STATUS_ERROR = "error"
+
+DEFAULT_DETECT_MAX_SIDE = 1600
+"""Longest side of the copy the detector sees. dlib's HOG detector with ``upsample=1``
+finds faces down to about 40 px of that copy (faces of 200 px in an 8000 px photo)
+and takes about 1 s per megapixel of it."""
+
+DEFAULT_OVERLAY_MAX_SIDE = 2048
+"""Longest side of overlay images and videos (larger inputs are drawn downscaled)."""
+
+DEFAULT_MAX_PENDING_BYTES = 512 * 2**20
+"""Flush a partial batch once the waiting overlay canvases and crops hold this much."""
+
+_SUPPORT_ALIGN = 2 ** (geometry.PYRAMID_LEVELS - 1)
+_SUPPORT_PAD = 2 ** geometry.PYRAMID_LEVELS + 2
+_VIDEO_CODECS = (("mp4v", ".mp4"), ("MJPG", ".avi"))
+_BOX_COLOUR = (0, 200, 0)  # RGB
+_POINT_COLOUR = (255, 40, 40)
+_LINE_COLOUR = (255, 210, 0)
+_SAVED_MODEL_FILE = "saved_model.pb"
+_RUN_CONFIG = "config.json"
+
+
+# --------------------------------------------------------------------------------------
+# Predictor
+# --------------------------------------------------------------------------------------
+
+
+def _input_key(size: int) -> str:
+    return f"image_{int(size)}"
+
+
+def support_region(crop_box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """The part of an image that ``crop_faces`` reads for one crop box.
+
+    See the module docstring: cropping the region and shifting the crop box by its
+    corner gives the full-image crop.
+
+    Args:
+        crop_box: ``(4,)`` crop box (l, t, r, b) in image pixels.
+        height: image rows.
+        width: image columns.
+
+    Returns:
+        ``(x0, y0, x1, y1)`` integer pixel bounds (``image[y0:y1, x0:x1]``), non-empty
+        for a crop box that overlaps the image.
+    """
+    left, top, right, bottom = (float(v) for v in crop_box)
+
+    def bounds(lo: float, hi: float, size: int) -> tuple[int, int]:
+        start = math.floor((lo - _SUPPORT_PAD) / _SUPPORT_ALIGN) * _SUPPORT_ALIGN
+        stop = math.ceil((hi + _SUPPORT_PAD) / _SUPPORT_ALIGN) * _SUPPORT_ALIGN
+        start = min(max(start, 0), max(size - 1, 0) // _SUPPORT_ALIGN * _SUPPORT_ALIGN)
+        return start, max(min(stop, size), start + 1)
+
+    x0, x1 = bounds(left, right, width)
+    y0, y1 = bounds(top, bottom, height)
+    return x0, y0, x1, y1
+
+
+def check_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Validates face boxes with the rules of the serving signature.
+
+    Args:
+        boxes: ``[K, 4]`` (l, t, r, b) pixels.
+        height: image rows.
+        width: image columns.
+
+    Returns:
+        float32 ``[K, 4]``.
+
+    Raises:
+        ValueError: a box is not finite, empty, or lies outside the image.
+    """
+    boxes = np.asarray(boxes, np.float32)
+    if boxes.size == 0:
+        return boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be [K, 4] (l, t, r, b), got shape {boxes.shape}")
+    for box in boxes:
+        left, top, right, bottom = (float(v) for v in box)
+        if not np.all(np.isfinite(box)):
+            raise ValueError(f"box {box.tolist()} is not finite")
+        if right <= left or bottom <= top:
+            raise ValueError(f"box {box.tolist()} must have right > left and bottom > top")
+        if left >= width - 0.5 or right <= -0.5 or top >= height - 0.5 or bottom <= -0.5:
+            raise ValueError(f"box {box.tolist()} lies outside the {width}x{height} image")
+    return boxes
+
+
+def _read_run_config(path: str) -> dict[str, Any]:
+    """The model config values of a training run (``config.json``), or ``{}``."""
+    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    config_path = os.path.join(directory, _RUN_CONFIG)
+    if not os.path.isfile(config_path):
+        return {}
+    with open(config_path) as f:
+        record = json.load(f)
+    config = record.get("config", record)
+    return dict(config.get("values", config)) if isinstance(config, Mapping) else {}
+
+
+def _sizes_from_config(values: Mapping[str, Any]) -> list[int] | None:
+    for key in ("sizes", "scales"):  # MSRRN: scales
+        if values.get(key):
+            return [int(s) for s in values[key]]
+    if values.get("input_size"):  # CCNN
+        return [int(values["input_size"])]
+    return None
+
+
+def _sizes_from_model(model) -> list[int] | None:
+    names = [getattr(t, "name", "") for t in (getattr(model, "inputs", None) or [])]
+    sizes = [int(n.split("_", 1)[1]) for n in names
+             if n.startswith("image_") and n.split("_", 1)[1].isdigit()]
+    return sorted(sizes) or None
+
+
+class LandmarkPredictor:
+    """Face boxes -> landmarks in image pixels, batched across faces and images.
+
+    Build it with :meth:`from_path` (a SavedModel export, a ``.keras`` file or a
+    training run directory) or :meth:`from_keras`.
+
+    Args:
+        run_crops: ``{f"image_{s}": float32 [N, s, s, 3]}`` -> normalised landmarks
+            ``[N, L, 2]`` (the bare model).
+        sizes: model input sides.
+        margin: crop margin of ``preprocess_faces``.
+        num_landmarks: ``L``.
+        name: model name written into the outputs.
+        source: where the model came from (path).
+    """
+
+    def __init__(self, run_crops: Callable[[dict[str, np.ndarray]], np.ndarray], *,
+                 sizes: Sequence[int], margin: float, num_landmarks: int,
+                 name: str = "model", source: str = ""):
+        self.sizes = tuple(int(s) for s in sizes)
+        if not self.sizes:
+            raise ValueError("sizes must not be empty")
+        self.margin = float(margin)
+        self.num_landmarks = int(num_landmarks)
+        self.name = name
+        self.source = source
+        self._run_crops = run_crops
+        sizes_ = self.sizes
+
+        def crop(image: tf.Tensor, crop_box: tf.Tensor) -> dict[str, tf.Tensor]:
+            return geometry.multiscale_crops(image[None], crop_box[None], sizes_)
+
+        self._crop = tf.function(crop, input_signature=[
+            tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([4], tf.float32)])
+
+    # ---- construction ----------------------------------------------------------------
+
+    @classmethod
+    def from_path(cls, path: str, *, sizes: Sequence[int] | None = None,
+                  margin: float | None = None, name: str | None = None) -> LandmarkPredictor:
+        """Loads a predictor.
+
+        Args:
+            path: a SavedModel directory of ``common.export.export_saved_model``
+                (sizes, margin and ``L`` from its ``export_info.json``), a ``.keras``
+                file or a training run directory (``common.evaluation.load_model``;
+                sizes and margin from the run's ``config.json``, the one beside a
+                ``.keras`` file, or these arguments).
+            sizes: input sides, overriding the config (Keras models only).
+            margin: crop margin, overriding the config (Keras models only).
+            name: model name in the outputs (default: the model class).
+
+        Returns:
+            The predictor.
+
+        Raises:
+            FileNotFoundError: nothing loadable at ``path``.
+            ValueError: the margin of a Keras model is unknown.
+        """
+        path = os.fspath(path)
+        if os.path.isfile(os.path.join(path, _SAVED_MODEL_FILE)):
+            return cls._from_saved_model(path, name)
+        from common.evaluation import load_model  # imports the model packages
+
+        model = load_model(path)
+        values = _read_run_config(path)
+        sizes = list(sizes) if sizes else _sizes_from_config(values)
+        margin = values.get("margin") if margin is None else margin
+        if margin is None:
+            raise ValueError(f"the crop margin of {path} is unknown (no config.json with "
+                             "'margin'); pass margin=")
+        return cls.from_keras(model, sizes=sizes, margin=float(margin), name=name,
+                              source=os.path.abspath(path))
+
+    @classmethod
+    def _from_saved_model(cls, path: str, name: str | None) -> LandmarkPredictor:
+        from common.export import CROPPED_SIGNATURE, read_export_info
+
+        info = read_export_info(path)
+        loaded = tf.saved_model.load(path)
+        signature = loaded.signatures[CROPPED_SIGNATURE]
+        output_key = info.get("output_key", "landmarks")
+
+        def run_crops(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            outputs = signature(**{k: tf.constant(v, tf.float32) for k, v in inputs.items()})
+            return outputs[output_key].numpy()
+
+        run_crops.loaded = loaded  # keeps the SavedModel's resources alive
+        default_name = str(info.get("model_class", "")).rsplit(".", 1)[-1]
+        return cls(run_crops, sizes=info["sizes"], margin=info["margin"],
+                   num_landmarks=info["num_landmarks"],
+                   name=name or default_name or os.path.basename(os.path.abspath(path)),
+                   source=os.path.abspath(path))
+
+    @classmethod
+    def from_keras(cls, model, *, margin: float, sizes: Sequence[int] | None = None,
+                   name: str | None = None, output_key: str = "landmarks",
+                   source: str = "") -> LandmarkPredictor:
+        """A predictor running a Keras model in this process.
+
+        Args:
+            model: ``{f"image_{s}"}`` -> ``{"landmarks": [N, L, 2], ...}`` (or a tensor).
+            margin: crop margin the model was trained with.
+            sizes: input sides; default from the model's ``image_<s>`` inputs.
+            name: model name in the outputs (default: the model class).
+            output_key: the output with the final normalised landmarks.
+            source: where the model came from.
+
+        Returns:
+            The predictor.
+        """
+        sizes = list(sizes) if sizes else _sizes_from_model(model)
+        if not sizes:
+            raise ValueError("cannot infer the input sizes of this model; pass sizes=")
+        call = tf.function(lambda inputs: model(inputs, training=False),
+                           reduce_retracing=True)
+
+        def run_crops(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            outputs = call({k: tf.constant(v, tf.float32) for k, v in inputs.items()})
+            if isinstance(outputs, Mapping):
+                outputs = outputs[output_key]
+            return np.asarray(outputs, np.float32)
+
+        probe = run_crops({_input_key(s): np.zeros((1, s, s, 3), np.float32) for s in sizes})
+        return cls(run_crops, sizes=sizes, margin=margin, num_landmarks=probe.shape[1],
+                   name=name or type(model).__name__, source=source)
+
+    # ---- prediction ------------------------------------------------------------------
+
+    def crop_boxes(self, boxes: np.ndarray) -> np.ndarray:
+        """``crop_boxes_from_face_boxes`` with this model's margin: float32 ``[K, 4]``."""
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        return geometry.crop_boxes_from_face_boxes(boxes, self.margin).numpy()
+
+    def crop_face(self, image: np.ndarray, crop_box: np.ndarray) -> dict[str, np.ndarray]:
+        """Crops one face from its support region (module docstring).
+
+        Args:
+            image: uint8 ``[H, W, 3]`` RGB.
+            crop_box: ``(4,)`` crop box from :meth:`crop_boxes`.
+
+        Returns:
+            ``{f"image_{s}": float32 [1, s, s, 3]}``.
+        """
+        height, width = image.shape[:2]
+        x0, y0, x1, y1 = support_region(crop_box, height, width)
+        region = np.ascontiguousarray(image[y0:y1, x0:x1])
+        local = np.asarray(crop_box, np.float32) - np.array([x0, y0, x0, y0], np.float32)
+        crops = self._crop(tf.constant(region, tf.uint8), tf.constant(local, tf.float32))
+        return {k: v.numpy() for k, v in crops.items()}
+
+    def run_crops(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The bare model on a batch of crops: normalised landmarks ``[N, L, 2]``."""
+        return np.asarray(self._run_crops(dict(inputs)), np.float32)
+
+    @staticmethod
+    def to_image(normalised: np.ndarray, crop_boxes: np.ndarray) -> np.ndarray:
+        """``crop_to_image``: normalised ``[N, L, 2]`` -> image pixels (float32)."""
+        return geometry.crop_to_image(np.asarray(normalised, np.float32),
+                                      np.asarray(crop_boxes, np.float32)).numpy()
+
+    def predict(self, image: np.ndarray, boxes: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Landmarks of the faces in one image.
+
+        Equals the export's ``serving_default`` on the image repeated per box (up to
+        float rounding), without copying the image.
+
+        Args:
+            image: uint8 ``[H, W, 3]`` RGB.
+            boxes: ``[K, 4]`` face boxes (l, t, r, b) pixels.
+            batch_size: faces per model call.
+
+        Returns:
+            float32 ``[K, L, 2]`` (x, y) image pixels.
+
+        Raises:
+            ValueError: a bad image or box.
+        """
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be uint8 [H, W, 3] RGB, got {image.dtype} "
+                             f"{image.shape}")
+        boxes = check_boxes(boxes, *image.shape[:2])
+        if not len(boxes):
+            return np.zeros((0, self.num_landmarks, 2), np.float32)
+        crop_boxes = self.crop_boxes(boxes)
+        results = []
+        for start in range(0, len(boxes), batch_size):
+            crops = [self.crop_face(image, c) for c in crop_boxes[start:start + batch_size]]
+            batch = {k: np.concatenate([c[k] for c in crops]) for k in crops[0]}
+            results.append(self.run_crops(batch))
+        return self.to_image(np.concatenate(results), crop_boxes)
+
+
+# --------------------------------------------------------------------------------------
+# Detection, boxes files, drawing
+# --------------------------------------------------------------------------------------
+
+Detection = tuple[np.ndarray, float | None]
+Finder = Callable[[np.ndarray], Sequence[Detection]]
+
+
+def detect_faces(finder: Finder, image: np.ndarray,
+                 max_side: int | None = DEFAULT_DETECT_MAX_SIDE) -> list[Detection]:
+    """Runs a detector on a copy of ``image`` at most ``max_side`` pixels long.
+
+    Args:
+        finder: ``image -> [(box, score)]`` (``common.boxes.DlibBoxFinder``).
+        image: uint8 ``[H, W, 3]``.
+        max_side: longest side the detector sees (``None``: full resolution).
+
+    Returns:
+        ``(box, score)`` per face, boxes in full-resolution pixels (pixel edges scale,
+        so a box at ``x`` in the copy is at ``(x + 0.5) * W / w - 0.5``).
+    """
+    height, width = image.shape[:2]
+    if not max_side or max(height, width) <= max_side:
+        return [(np.asarray(b, np.float32), s) for b, s in finder(image)]
+    factor = max_side / max(height, width)
+    small_w, small_h = max(1, round(width * factor)), max(1, round(height * factor))
+    small = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA)
+    scale = np.array([width / small_w, height / small_h] * 2, np.float32)
+    return [((np.asarray(b, np.float32) + 0.5) * scale - 0.5, s) for b, s in finder(small)]
+
+
+def load_boxes_json(path: str) -> dict[str, Any]:
+    """Reads a boxes file for ``predict_paths(boxes=...)``.
+
+    Format: a JSON object from file to boxes. A key is the file as given, its
+    absolute path, its path relative to the input folder, or its file name. A value
+    is a list of boxes, each ``[l, t, r, b]`` (pixels, pixel centres at integers) or
+    ``{"box": [l, t, r, b], "score": s}``; for a video, either such a list (used on
+    every frame) or ``{"<frame index>": [boxes]}`` (frames not listed have no face).
+    A listed file is never run through the detector; ``[]`` means "no face".
+
+    Raises:
+        DataError: the file is not such a JSON object.
+    """
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as error:
+        raise DataError(path, f"cannot read boxes JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise DataError(path, "boxes JSON must be an object {file: [[l, t, r, b], ...]}")
+    return data
+
+
+def _parse_boxes(value: Any) -> list[Detection]:
+    if not isinstance(value, list):
+        raise TypeError(f"boxes must be a list, got {type(value).__name__}")
+    found = []
+    for item in value:
+        score = None
+        if isinstance(item, Mapping):
+            score = item.get("score")
+            item = item.get("box")
+        box = np.asarray(item, np.float32)
+        if box.shape != (4,):
+            raise ValueError(f"a box must be [l, t, r, b], got {item!r}")
+        found.append((box, None if score is None else float(score)))
+    return found
+
+
+def _segments(scheme: LandmarkScheme) -> list[tuple[list[int], bool]]:
+    """Consecutive points of one feature (names ``<feature>_<i>``): (indices, closed)."""
+    groups: list[tuple[str, list[int]]] = []
+    for index, point in enumerate(scheme.point_names):
+        feature = point.rsplit("_", 1)[0] if point.rsplit("_", 1)[-1].isdigit() else point
+        if groups and groups[-1][0] == feature:
+            groups[-1][1].append(index)
+        else:
+            groups.append((feature, [index]))
+    return [(idx, "eye" in feature or "lip" in feature) for feature, idx in groups
+            if len(idx) > 1]
+
+
+def draw_landmarks(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray,
+                   scheme: LandmarkScheme | None = None, scale: float = 1.0) -> np.ndarray:
+    """Draws face boxes and landmarks (anti-aliased, sub-pixel) on a copy of ``image``.
+
+    Args:
+        image: uint8 ``[h, w, 3]`` RGB canvas (possibly a downscaled copy).
+        boxes: ``[K, 4]`` boxes in pixels of the original image.
+        landmarks: ``[K, L, 2]`` points in pixels of the original image.
+        scheme: draws the contours of the scheme's features (68 points) when given.
+        scale: canvas size over original size (coordinates map as
+            ``(x + 0.5) * scale - 0.5``).
+
+    Returns:
+        uint8 ``[h, w, 3]`` RGB.
+    """
+    canvas = np.ascontiguousarray(image, np.uint8).copy()
+    shift = 4
+    unit = 1 << shift
+
+    def fixed(points: np.ndarray) -> np.ndarray:
+        points = (np.asarray(points, np.float64) + 0.5) * scale - 0.5
+        return np.round(np.clip(points, -1e5, 1e5) * unit).astype(np.int32)
+
+    segments = _segments(scheme) if scheme is not None else []
+    for box, points in zip(np.asarray(boxes).reshape(-1, 4), np.asarray(landmarks)):
+        side = max(float(box[2] - box[0]), float(box[3] - box[1])) * scale
+        thickness = max(1, round(side / 150))
+        radius = max(1.0, side / 80)
+        corners = fixed(box.reshape(2, 2))
+        cv2.rectangle(canvas, tuple(int(v) for v in corners[0]), tuple(int(v) for v in corners[1]),
+                      _BOX_COLOUR, thickness, cv2.LINE_AA, shift)
+        pts = fixed(points)
+        if len(points) == (scheme.num_points if scheme else -1):
+            for indices, closed in segments:
+                cv2.polylines(canvas, [pts[indices].reshape(-1, 1, 2)], closed, _LINE_COLOUR,
+                              thickness, cv2.LINE_AA, shift)
+        for x, y in pts:
+            cv2.circle(canvas, (int(x), int(y)), round(radius * unit), _POINT_COLOUR, -1,
+                       cv2.LINE_AA, shift)
+    return canvas
+
+
+def _downscaled(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
+    height, width = image.shape[:2]
+    if not max_side or max(height, width) <= max_side:
+        return image, 1.0
+    factor = max_side / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), size[0] / width
+
+
+# --------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FileResult:
+    """The outcome of one input file (a row of the summary).
+
+    Attributes:
+        file: the path as found.
+        status: ``"ok"``, ``"no_face"`` or ``"error: <reason>"``.
+        faces: faces found (over all frames of a video).
+        seconds: time spent on the file: decoding, detection, cropping, writing, and
+            its share of the batched model calls.
+        kind: ``"image"`` or ``"video"``.
+        frames: frames read (videos).
+        landmarks: the JSON / JSON lines file written, or ``""``.
+        overlay: the overlay image / video written, or ``""``.
+    """
+
+    file: str
+    status: str
+    faces: int = 0
+    seconds: float = 0.0
+    kind: str = "image"
+    frames: int = 0
+    landmarks: str = ""
+    overlay: str = ""
+
+    @property
+    def category(self) -> str:
+        """``"ok"``, ``"no_face"`` or ``"error"``."""
+        return STATUS_ERROR if self.status.startswith(STATUS_ERROR) else self.status
+
+
+@dataclasses.dataclass
+class Summary:
+    """What :func:`predict_paths` did.
+
+    Attributes:
+        results: one row per input file, in input order.
+        seconds: wall time.
+        model: the model name.
+        output_dir: where everything was written.
+    """
+
+    results: list[FileResult]
+    seconds: float
+    model: str = ""
+    output_dir: str = ""
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Files per status category (``ok``, ``no_face``, ``error``)."""
+        counts = {STATUS_OK: 0, STATUS_NO_FACE: 0, STATUS_ERROR: 0}
+        for result in self.results:
+            counts[result.category] += 1
+        return counts
+
+    @property
+    def num_faces(self) -> int:
+        return sum(r.faces for r in self.results)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(r.frames for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        elapsed = max(self.seconds, 1e-9)
+        return {"model": self.model, "files": len(self.results), "counts": self.counts,
+                "faces": self.num_faces, "frames": self.num_frames,
+                "seconds": round(self.seconds, 3),
+                "files_per_second": round(len(self.results) / elapsed, 3),
+                "faces_per_second": round(self.num_faces / elapsed, 3),
+                "results": [dataclasses.asdict(r) for r in self.results]}
+
+    def format(self, max_errors: int = 20) -> str:
+        """A short human-readable summary (what the command line prints)."""
+        counts = self.counts
+        elapsed = max(self.seconds, 1e-9)
+        lines = [(f"{len(self.results)} files in {self.seconds:.1f} s "
+                  f"({len(self.results) / elapsed:.2f} files/s): {counts[STATUS_OK]} ok, "
+                  f"{counts[STATUS_NO_FACE]} no face, {counts[STATUS_ERROR]} errors"),
+                 f"{self.num_faces} faces ({self.num_faces / elapsed:.2f} faces/s)"
+                 + (f", {self.num_frames} video frames" if self.num_frames else "")]
+        errors = [r for r in self.results if r.category == STATUS_ERROR]
+        for result in errors[:max_errors]:
+            lines.append(f"  {result.file}: {result.status}")
+        if len(errors) > max_errors:
+            lines.append(f"  ... and {len(errors) - max_errors} more errors")
+        if self.output_dir:
+            lines.append(f"results in {self.output_dir} (summary.json, summary.csv)")
+        return "\n".join(lines)
+
+
+def _atomic_write(path: str, data: bytes | str) -> None:
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_summary(summary: Summary, output_dir: str) -> None:
+    _atomic_write(os.path.join(output_dir, "summary.json"),
+                  json.dumps(summary.to_json(), indent=1) + "\n")
+    text = io.StringIO()
+    fields = [f.name for f in dataclasses.fields(FileResult)]
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for result in summary.results:
+        row = dataclasses.asdict(result)
+        row["seconds"] = f"{result.seconds:.4f}"
+        writer.writerow(row)
+    _atomic_write(os.path.join(output_dir, "summary.csv"), text.getvalue())
+
+
+class _Progress:
+    """Files/s and faces/s on stderr, redrawn in place on a terminal."""
+
+    def __init__(self, stream: TextIO | None, interval: float = 1.0):
+        self.stream = stream
+        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        self.interval = interval if self.tty else 10.0
+        self.start = time.monotonic()
+        self._last = self.start
+        self.files = self.faces = self.frames = self.errors = 0
+
+    def update(self, files: int = 0, faces: int = 0, frames: int = 0, errors: int = 0) -> None:
+        self.files += files
+        self.faces += faces
+        self.frames += frames
+        self.errors += errors
+        now = time.monotonic()
+        if self.stream is not None and now - self._last >= self.interval:
+            self._last = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self.start, 1e-9)
+        text = (f"predict: {self.files} files ({self.files / elapsed:.2f} files/s), "
+                f"{self.faces} faces ({self.faces / elapsed:.2f} faces/s)"
+                + (f", {self.frames} frames" if self.frames else "")
+                + f", {self.errors} errors, {elapsed:.0f} s")
+        self.stream.write(("\r" + text) if self.tty else (text + "\n"))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self._draw(time.monotonic())
+            if self.tty:
+                self.stream.write("\n")
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------------------
+# The streaming pipeline
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class _Unit:
+    """One image or video frame whose faces go through the model.
+
+    ``canvas`` is the (downscaled) overlay base; the full image is dropped once its
+    faces are cropped. ``on_done`` runs when every face has landmarks, in
+    submission order.
+    """
+
+    on_done: Callable[[_Unit], None]
+    boxes: np.ndarray
+    scores: list[float | None]
+    sources: list[str]
+    landmarks: np.ndarray
+    canvas: np.ndarray | None = None
+    canvas_scale: float = 1.0
+    image_size: tuple[int, int] = (0, 0)
+    frame: int = -1
+    remaining: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.canvas is None else int(self.canvas.nbytes)
+
+    def faces_json(self) -> list[dict[str, Any]]:
+        return [{"box": [round(float(v), 3) for v in box],
+                 "score": None if score is None else round(float(score), 4),
+                 "box_source": source,
+                 "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in points]}
+                for box, score, source, points in zip(self.boxes, self.scores, self.sources,
+                                                      self.landmarks)]
+
+
+class _BatchQueue:
+    """Faces waiting for the model, and the units waiting to be finished in order."""
+
+    def __init__(self, predictor: LandmarkPredictor, batch_size: int, max_units: int,
+                 max_bytes: int):
+        self.predictor = predictor
+        self.batch_size = int(batch_size)
+        self.max_units = int(max_units)
+        self.max_bytes = int(max_bytes)
+        self.units: collections.deque[_Unit] = collections.deque()
+        self.faces: list[tuple[_Unit, int]] = []
+        self.crops: list[dict[str, np.ndarray]] = []
+        self.crop_boxes: list[np.ndarray] = []
+        self.unit_bytes = 0
+        self.crop_bytes = 0
+
+    def submit(self, unit: _Unit, image: np.ndarray | None) -> None:
+        """Queues ``unit`` and crops its faces from ``image`` (released afterwards)."""
+        start = time.monotonic()
+        self.units.append(unit)
+        self.unit_bytes += unit.nbytes
+        unit.remaining = len(unit.boxes)
+        if unit.remaining:
+            try:
+                crop_boxes = self.predictor.crop_boxes(unit.boxes)
+                for k, crop_box in enumerate(crop_boxes):
+                    crops = self.predictor.crop_face(image, crop_box)
+                    self.faces.append((unit, k))
+                    self.crops.append(crops)
+                    self.crop_boxes.append(crop_box)
+                    self.crop_bytes += sum(int(c.nbytes) for c in crops.values())
+                    if len(self.faces) >= self.batch_size:
+                        unit.seconds += time.monotonic() - start
+                        self.run_batch()
+                        start = time.monotonic()
+            except Exception as error:  # noqa: BLE001  (one bad face must not stop the run)
+                self._fail(unit, f"cropping failed ({type(error).__name__}: {error})")
+        unit.seconds += time.monotonic() - start
+        if (len(self.units) > self.max_units
+                or self.unit_bytes + self.crop_bytes > self.max_bytes):
+            self.run_batch()
+        self.finish_ready()
+
+    def _fail(self, unit: _Unit, reason: str) -> None:
+        unit.error = unit.error or reason
+        keep = [i for i, (owner, _) in enumerate(self.faces) if owner is not unit]
+        self.faces = [self.faces[i] for i in keep]
+        self.crops = [self.crops[i] for i in keep]
+        self.crop_boxes = [self.crop_boxes[i] for i in keep]
+        self.crop_bytes = sum(sum(int(c.nbytes) for c in crops.values()) for crops in self.crops)
+        unit.remaining = 0
+
+    def run_batch(self) -> None:
+        """Runs the model on the waiting faces (if any) and finishes ready units."""
+        if self.faces:
+            start = time.monotonic()
+            faces, crops, crop_boxes = self.faces, self.crops, self.crop_boxes
+            self.faces, self.crops, self.crop_boxes, self.crop_bytes = [], [], [], 0
+            try:
+                batch = {k: np.concatenate([c[k] for c in crops]) for k in crops[0]}
+                points = self.predictor.to_image(self.predictor.run_crops(batch),
+                                                 np.stack(crop_boxes))
+                error = ""
+            except Exception as e:  # noqa: BLE001  (reported on the files of the batch)
+                points, error = None, f"model failed ({type(e).__name__}: {e})"
+            share = (time.monotonic() - start) / len(faces)
+            for i, (unit, k) in enumerate(faces):
+                unit.seconds += share
+                if error:
+                    unit.error = unit.error or error
+                else:
+                    unit.landmarks[k] = points[i]
+                unit.remaining -= 1
+        self.finish_ready()
+
+    def finish_ready(self) -> None:
+        while self.units and self.units[0].remaining <= 0:
+            unit = self.units.popleft()
+            self.unit_bytes -= unit.nbytes
+            unit.on_done(unit)
+            unit.canvas = None
+
+    def flush(self) -> None:
+        while self.faces or self.units:
+            self.run_batch()
+
+
+class _VideoOutput:
+    """The JSON lines and overlay video of one video, written to temporary files."""
+
+    def __init__(self, landmarks_path: str, overlay_stem: str | None, fps: float):
+        self.landmarks_path = landmarks_path
+        os.makedirs(os.path.dirname(landmarks_path), exist_ok=True)
+        handle, self.landmarks_tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(landmarks_path)}.tmp-",
+            dir=os.path.dirname(landmarks_path))
+        self.lines = os.fdopen(handle, "w")
+        self.overlay_stem = overlay_stem
+        self.overlay_path = ""
+        self.overlay_tmp = ""
+        self.writer = None
+        self.fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
+
+    def write(self, frame: int, faces: list[dict[str, Any]], canvas: np.ndarray | None) -> None:
+        self.lines.write(json.dumps({"frame": frame, "time": round(frame / self.fps, 4),
+                                     "faces": faces}) + "\n")
+        if canvas is None or self.overlay_stem is None:
+            return
+        if self.writer is None:
+            self._open(canvas.shape[1], canvas.shape[0])
+        if self.writer is not None:
+            self.writer.write(np.ascontiguousarray(canvas[:, :, ::-1]))
+
+    def _open(self, width: int, height: int) -> None:
+        directory = os.path.dirname(self.overlay_stem)
+        os.makedirs(directory, exist_ok=True)
+        for codec, extension in _VIDEO_CODECS:
+            tmp = os.path.join(directory, f".{os.path.basename(self.overlay_stem)}.tmp-"
+                                          f"{uuid.uuid4().hex}{extension}")
+            writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*codec), self.fps,
+                                     (width, height))
+            if writer.isOpened():
+                self.writer, self.overlay_tmp = writer, tmp
+                self.overlay_path = self.overlay_stem + extension
+                return
+            writer.release()
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise RuntimeError("no video codec works (tried mp4v/.mp4 and MJPG/.avi)")
+
+    def commit(self) -> None:
+        self.lines.close()
+        os.replace(self.landmarks_tmp, self.landmarks_path)
+        if self.writer is not None:
+            self.writer.release()
+            os.replace(self.overlay_tmp, self.overlay_path)
+            self.writer = None
+
+    def abort(self) -> None:
+        if not self.lines.closed:
+            self.lines.close()
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+        for tmp in (self.landmarks_tmp, self.overlay_tmp):
+            if tmp and os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def iter_input_files(inputs: Iterable[str], exclude: str | None = None
+                     ) -> Iterator[tuple[str, str]]:
+    """Walks files and folders lazily, in sorted order.
+
+    Args:
+        inputs: files, folders (recursed; hidden entries skipped) and videos.
+        exclude: a folder whose contents are skipped (the output folder).
+
+    Yields:
+        ``(path, name)`` with ``name`` the path relative to its input folder, or the
+        file name of a file given directly.
+    """
+    exclude = os.path.realpath(exclude) if exclude else None
+    for item in inputs:
+        item = os.fspath(item)
+        if not os.path.isdir(item):
+            yield item, os.path.basename(item.rstrip("/\\")) or item
+            continue
+        for root, dirs, files in os.walk(item):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                             and os.path.realpath(os.path.join(root, d)) != exclude)
+            for name in sorted(files):
+                if not name.startswith("."):
+                    path = os.path.join(root, name)
+                    yield path, os.path.relpath(path, item)
+
+
+class _Run:
+    """State of one :func:`predict_paths` call."""
+
+    def __init__(self, predictor: LandmarkPredictor, output_dir: str, *, batch_size: int,
+                 finder: Finder | None, upsample: int, overlay: bool,
+                 boxes: Mapping[str, Any] | None, scheme: LandmarkScheme | None,
+                 detect_max_side: int | None, overlay_max_side: int | None,
+                 max_frames: int | None, max_pending_units: int, max_pending_bytes: int,
+                 progress: _Progress):
+        self.predictor = predictor
+        self.output_dir = output_dir
+        self.overlay = overlay
+        self.boxes = dict(boxes or {})
+        self.scheme = scheme
+        self.detect_max_side = detect_max_side
+        self.overlay_max_side = overlay_max_side
+        self.max_frames = max_frames
+        self.upsample = upsample
+        self._finder = finder
+        self.progress = progress
+        self.queue = _BatchQueue(predictor, batch_size, max_pending_units, max_pending_bytes)
+        self.results: list[FileResult] = []
+        self.used_names: set[str] = set()
+        self.open_videos: list[_VideoOutput] = []
+
+    @property
+    def finder(self) -> Finder:
+        if self._finder is None:
+            from common.boxes import DlibBoxFinder
+
+            self._finder = DlibBoxFinder(self.upsample)
+        return self._finder
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    def _unique(self, name: str) -> str:
+        name = name.replace("\\", "/").lstrip("/")
+        candidate, n = name, 1
+        while candidate.lower() in self.used_names:
+            n += 1
+            stem, ext = os.path.splitext(name)
+            candidate = f"{stem}-{n}{ext}"
+        self.used_names.add(candidate.lower())
+        return candidate
+
+    def _given_boxes(self, path: str, name: str) -> Any:
+        for key in (path, os.path.abspath(path), name, os.path.basename(path)):
+            if key in self.boxes:
+                return self.boxes[key]
+        return None
+
+    def _faces(self, image: np.ndarray, given: Any) -> tuple[np.ndarray, list, list[str]]:
+        if given is None:
+            found, source = detect_faces(self.finder, image, self.detect_max_side), "dlib"
+        else:
+            found, source = _parse_boxes(given), "given"
+        boxes = check_boxes(np.array([b for b, _ in found], np.float32).reshape(-1, 4),
+                            *image.shape[:2])
+        return boxes, [s for _, s in found], [source] * len(found)
+
+    def _unit(self, image: np.ndarray, boxes: np.ndarray, scores: list, sources: list[str],
+              on_done: Callable[[_Unit], None], frame: int = -1, canvas: bool = True) -> _Unit:
+        canvas, scale = (_downscaled(image, self.overlay_max_side) if self.overlay and canvas
+                         else (None, 1.0))
+        if canvas is image:
+            canvas = image.copy()
+        return _Unit(on_done, boxes, scores, sources,
+                     np.zeros((len(boxes), self.predictor.num_landmarks, 2), np.float32),
+                     canvas, scale, image.shape[:2], frame)
+
+    def _record(self, result: FileResult) -> None:
+        self.results.append(result)
+        self.progress.update(files=1, faces=result.faces,
+                             errors=int(result.category == STATUS_ERROR))
+
+    def _draw(self, unit: _Unit) -> np.ndarray:
+        return draw_landmarks(unit.canvas, unit.boxes, unit.landmarks, self.scheme,
+                              unit.canvas_scale)
+
+    # ---- images ----------------------------------------------------------------------
+
+    def image(self, path: str, name: str) -> None:
+        start = time.monotonic()
+        try:
+            image = load_image(path)
+            boxes, scores, sources = self._faces(image, self._given_boxes(path, name))
+        except DataError as error:
+            self._record(FileResult(path, f"{STATUS_ERROR}: {error.reason}",
+                                    seconds=time.monotonic() - start))
+            return
+        except Exception as error:  # noqa: BLE001  (never stop on one file)
+            self._record(FileResult(path, f"{STATUS_ERROR}: {type(error).__name__}: {error}",
+                                    seconds=time.monotonic() - start))
+            return
+        name = self._unique(name)
+        unit = self._unit(image, boxes, scores, sources,
+                          lambda u: self._finish_image(u, path, name), canvas=len(boxes) > 0)
+        unit.seconds = time.monotonic() - start
+        self.queue.submit(unit, image)
+
+    def _finish_image(self, unit: _Unit, path: str, name: str) -> None:
+        start = time.monotonic()
+        result = FileResult(path, STATUS_OK if len(unit.boxes) else STATUS_NO_FACE,
+                            faces=len(unit.boxes))
+        try:
+            if unit.error:
+                raise RuntimeError(unit.error)
+            result.landmarks = os.path.join(self.output_dir, "landmarks", name + ".json")
+            height, width = unit.image_size
+            record = {"file": path, "status": result.status,
+                      "image_size": {"width": width, "height": height},
+                      "model": self.predictor.name,
+                      "scheme": self.scheme.name if self.scheme else None,
+                      "faces": unit.faces_json()}
+            _atomic_write(result.landmarks, json.dumps(record) + "\n")
+            if self.overlay and len(unit.boxes):
+                result.overlay = os.path.join(self.output_dir, "overlays", name + ".jpg")
+                ok, data = cv2.imencode(".jpg", self._draw(unit)[:, :, ::-1],
+                                        [cv2.IMWRITE_JPEG_QUALITY, 90])
+                if not ok:
+                    raise RuntimeError("could not encode the overlay JPEG")
+                _atomic_write(result.overlay, data.tobytes())
+        except Exception as error:  # noqa: BLE001
+            reason = unit.error or f"{type(error).__name__}: {error}"
+            result = FileResult(path, f"{STATUS_ERROR}: {reason}", landmarks="", overlay="")
+        result.seconds = unit.seconds + time.monotonic() - start
+        self._record(result)
+
+    # ---- videos ----------------------------------------------------------------------
+
+    def video(self, path: str, name: str) -> None:
+        start = time.monotonic()
+        capture = cv2.VideoCapture(path)
+        if not capture.isOpened():
+            capture.release()
+            reason = "file not found" if not os.path.exists(path) else "cannot open video"
+            self._record(FileResult(path, f"{STATUS_ERROR}: {reason}", kind="video",
+                                    seconds=time.monotonic() - start))
+            return
+        given = self._given_boxes(path, name)
+        name = self._unique(name)
+        output = _VideoOutput(os.path.join(self.output_dir, "landmarks", name + ".jsonl"),
+                              os.path.join(self.output_dir, "overlays", name)
+                              if self.overlay else None,
+                              capture.get(cv2.CAP_PROP_FPS))
+        self.open_videos.append(output)
+        state = {"frames": 0, "faces": 0, "seconds": time.monotonic() - start, "error": ""}
+        try:
+            index = 0
+            while self.max_frames is None or index < self.max_frames:
+                frame_start = time.monotonic()
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                image = np.ascontiguousarray(frame[:, :, ::-1])
+                try:
+                    frame_given = given
+                    if isinstance(given, Mapping):
+                        frame_given = given.get(str(index), [])
+                    boxes, scores, sources = self._faces(image, frame_given)
+                except Exception as error:  # noqa: BLE001
+                    state["error"] = state["error"] or f"frame {index}: {error}"
+                    boxes, scores, sources = np.zeros((0, 4), np.float32), [], []
+                unit = self._unit(image, boxes, scores, sources,
+                                  lambda u: self._finish_frame(u, output, state), index)
+                unit.seconds = time.monotonic() - frame_start
+                self.queue.submit(unit, image)
+                index += 1
+        finally:
+            capture.release()
+        end = _Unit(lambda u: self._finish_video(path, output, state),
+                    np.zeros((0, 4), np.float32), [], [], np.zeros((0, 0, 2), np.float32))
+        self.queue.submit(end, None)
+
+    def _finish_frame(self, unit: _Unit, output: _VideoOutput, state: dict) -> None:
+        start = time.monotonic()
+        state["frames"] += 1
+        if unit.error:
+            state["error"] = state["error"] or f"frame {unit.frame}: {unit.error}"
+            faces = []
+        else:
+            faces = unit.faces_json()
+            state["faces"] += len(faces)
+        try:
+            canvas = self._draw(unit) if unit.canvas is not None else None
+            output.write(unit.frame, faces, canvas)
+        except Exception as error:  # noqa: BLE001
+            state["error"] = state["error"] or f"{type(error).__name__}: {error}"
+        state["seconds"] += unit.seconds + time.monotonic() - start
+        self.progress.update(frames=1)
+
+    def _finish_video(self, path: str, output: _VideoOutput, state: dict) -> None:
+        start = time.monotonic()
+        self.open_videos.remove(output)
+        result = FileResult(path, STATUS_OK if state["faces"] else STATUS_NO_FACE,
+                            faces=state["faces"], kind="video", frames=state["frames"])
+        if not state["frames"]:
+            state["error"] = state["error"] or "no frame could be decoded"
+        if state["error"]:
+            output.abort()
+            result = FileResult(path, f"{STATUS_ERROR}: {state['error']}", kind="video",
+                                frames=state["frames"])
+        else:
+            try:
+                output.commit()
+                result.landmarks = output.landmarks_path
+                result.overlay = output.overlay_path
+            except Exception as error:  # noqa: BLE001
+                output.abort()
+                result = FileResult(path, f"{STATUS_ERROR}: {type(error).__name__}: {error}",
+                                    kind="video", frames=state["frames"])
+        result.seconds = state["seconds"] + time.monotonic() - start
+        self._record(result)
+
+    # ---- driver ----------------------------------------------------------------------
+
+    def run(self, inputs: Sequence[str]) -> None:
+        try:
+            for path, name in iter_input_files(inputs, exclude=self.output_dir):
+                if os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS:
+                    self.video(path, name)
+                else:
+                    self.image(path, name)
+            self.queue.flush()
+        finally:
+            for output in list(self.open_videos):
+                output.abort()
+
+
+def predict_paths(predictor: LandmarkPredictor, inputs: Sequence[str] | str, output_dir: str,
+                  batch_size: int = 32, upsample: int = 1, overlay: bool = True, *,
+                  boxes: Mapping[str, Any] | str | None = None,
+                  scheme: LandmarkScheme | str | None = None,
+                  detect_max_side: int | None = DEFAULT_DETECT_MAX_SIDE,
+                  overlay_max_side: int | None = DEFAULT_OVERLAY_MAX_SIDE,
+                  max_frames: int | None = None,
+                  max_pending_units: int | None = None,
+                  max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+                  finder: Finder | None = None,
+                  progress: TextIO | None | bool = True) -> Summary:
+    """Predicts landmarks for every face in files, folders and videos.
+
+    Never raises for a bad input file: each file gets one status (``"ok"``,
+    ``"no_face"``, ``"error: <reason>"``) in the returned summary, which is also
+    written to ``output_dir/summary.json`` and ``summary.csv``. See the module
+    docstring for batching, memory bounds and the output layout.
+
+    Args:
+        predictor: the model.
+        inputs: image files, video files (by extension, ``VIDEO_EXTENSIONS``) and
+            folders (walked recursively, hidden entries skipped), or one of them.
+        output_dir: where the results go (created).
+        batch_size: faces per model call.
+        upsample: dlib's upsampling (1 finds faces down to ~40 px of the detection
+            copy).
+        overlay: also write overlay images/videos with the landmarks drawn.
+        boxes: face boxes instead of detection, as a mapping or the path of a JSON
+            file (:func:`load_boxes_json`); files without an entry are detected.
+        scheme: the landmark scheme (object or name) used to draw contours; must
+            have the model's number of points. Default: ``scheme_for(L)`` when known.
+        detect_max_side: longest side of the copy the detector runs on (huge images
+            are downscaled for detection only); ``None``: full resolution.
+        overlay_max_side: longest side of overlays; ``None``: full resolution.
+        max_frames: read at most this many frames per video.
+        max_pending_units: images/frames waiting to be written before a partial
+            batch is run; default ``2 * batch_size``.
+        max_pending_bytes: bytes of waiting canvases and crops before a partial
+            batch is run.
+        finder: detector override, ``image -> [(box, score)]``; default
+            ``common.boxes.DlibBoxFinder(upsample)``.
+        progress: stream for the progress line (``True``: stderr; ``False``/``None``:
+            silent).
+
+    Returns:
+        The summary, one row per file in input order (files are finished in the
+        order they were read).
+
+    Raises:
+        ValueError: ``scheme`` does not match the model, or bad arguments.
+        DataError: ``boxes`` names an unreadable JSON file.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [os.fspath(inputs)]
+    if isinstance(scheme, str):
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}; known: {sorted(SCHEMES)}")
+        scheme = SCHEMES[scheme]
+    if scheme is None:
+        try:
+            scheme = scheme_for(predictor.num_landmarks)
+        except ValueError:
+            scheme = None
+    elif scheme.num_points != predictor.num_landmarks:
+        raise ValueError(f"the model predicts {predictor.num_landmarks} landmarks but scheme "
+                         f"{scheme.name!r} has {scheme.num_points}")
+    if isinstance(boxes, (str, os.PathLike)):
+        boxes = load_boxes_json(os.fspath(boxes))
+    output_dir = os.path.abspath(os.fspath(output_dir))
+    os.makedirs(output_dir, exist_ok=True)
+    stream = sys.stderr if progress is True else (progress or None)
+    meter = _Progress(stream)
+    start = time.monotonic()
+    run = _Run(predictor, output_dir, batch_size=batch_size, finder=finder, upsample=upsample,
+               overlay=overlay, boxes=boxes, scheme=scheme, detect_max_side=detect_max_side,
+               overlay_max_side=overlay_max_side, max_frames=max_frames,
+               max_pending_units=max_pending_units or 2 * batch_size,
+               max_pending_bytes=max_pending_bytes, progress=meter)
+    try:
+        run.run(list(inputs))
+    finally:
+        meter.close()
+    summary = Summary(run.results, time.monotonic() - start, predictor.name, output_dir)
+    _write_summary(summary, output_dir)
+    return summary
+
+
+# --------------------------------------------------------------------------------------
+# Command line (shared by msrrn_tf.predict and ccnn_tf.predict)
+# --------------------------------------------------------------------------------------
+
+
+def define_flags(scheme: str, flag_values=None) -> dict[str, Any]:
+    """Defines the prediction flags; call from an entry point's ``__main__`` block.
+
+    Args:
+        scheme: default landmark scheme for drawing (``"ibug68"`` or ``"cuhk5"``).
+        flag_values: the ``absl.flags.FlagValues`` (default ``absl.flags.FLAGS``).
+
+    Returns:
+        ``{name: FlagHolder}``, to pass to :func:`main`.
+    """
+    from absl import flags
+
+    fv = flag_values if flag_values is not None else flags.FLAGS
+    holders = {
+        "model": flags.DEFINE_string(
+            "model", None, "Exported SavedModel directory (or a .keras file / training run "
+            "directory).", required=True, flag_values=fv),
+        "input": flags.DEFINE_multi_string(
+            "input", None, "Image, video or folder (recursed) to process.",
+            required=True, flag_values=fv),
+        "output": flags.DEFINE_string(
+            "output", None, "Folder for the JSON results, overlays and summary.",
+            required=True, flag_values=fv),
+        "batch_size": flags.DEFINE_integer(
+            "batch_size", 32, "Faces per model call.", lower_bound=1, flag_values=fv),
+        "upsample": flags.DEFINE_integer(
+            "upsample", 1, "dlib detector upsampling (1: faces down to ~40 px).",
+            lower_bound=0, flag_values=fv),
+        "overlay": flags.DEFINE_boolean(
+            "overlay", True, "Write overlay images/videos (--nooverlay to skip).",
+            flag_values=fv),
+        "boxes_json": flags.DEFINE_string(
+            "boxes_json", None, "JSON {file: [[l, t, r, b], ...]} of face boxes to use "
+            "instead of dlib for the files it lists.", flag_values=fv),
+        "scheme": flags.DEFINE_enum(
+            "scheme", scheme, sorted(SCHEMES), "Landmark scheme used for drawing.",
+            flag_values=fv),
+        "detect_max_side": flags.DEFINE_integer(
+            "detect_max_side", DEFAULT_DETECT_MAX_SIDE, "Longest side of the image copy the "
+            "detector sees (0: full resolution).", lower_bound=0, flag_values=fv),
+        "overlay_max_side": flags.DEFINE_integer(
+            "overlay_max_side", DEFAULT_OVERLAY_MAX_SIDE, "Longest side of overlays "
+            "(0: full resolution).", lower_bound=0, flag_values=fv),
+        "max_frames": flags.DEFINE_integer(
+            "max_frames", 0, "Frames read per video (0: all).", lower_bound=0, flag_values=fv),
+        "margin": flags.DEFINE_float(
+            "margin", None, "Crop margin, for a Keras model whose run has no config.json.",
+            flag_values=fv),
+        "sizes": flags.DEFINE_list(
+            "sizes", None, "Input sides, for a Keras model whose run has no config.json.",
+            flag_values=fv),
+    }
+    return holders
+
+
+def main(argv: Sequence[str], holders: Mapping[str, Any]) -> int:
+    """Runs :func:`predict_paths` with the flags of :func:`define_flags` and prints the
+    summary.
+
+    Args:
+        argv: remaining command-line arguments (must be empty).
+        holders: what :func:`define_flags` returned.
+
+    Returns:
+        0 (per-file problems are reported in the summary, not as an exit status).
+    """
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    values = {name: holder.value for name, holder in holders.items()}
+    predictor = LandmarkPredictor.from_path(
+        values["model"], margin=values["margin"],
+        sizes=[int(s) for s in values["sizes"]] if values["sizes"] else None)
+    summary = predict_paths(
+        predictor, values["input"], values["output"], batch_size=values["batch_size"],
+        upsample=values["upsample"], overlay=values["overlay"], boxes=values["boxes_json"],
+        scheme=values["scheme"], detect_max_side=values["detect_max_side"] or None,
+        overlay_max_side=values["overlay_max_side"] or None,
+        max_frames=values["max_frames"] or None)
+    print(summary.format())
+    return 0
