@@ -23,7 +23,9 @@ dlib's rectangles are in integer pixel indices with *inclusive* right and bottom
 (``rect.width() == right - left + 1``). In this package's convention (pixel centres at
 integers, pixel ``i`` covering ``[i - 0.5, i + 0.5]``; see ``docs/DESIGN.md``) the
 rectangle covering pixels ``left..right`` x ``top..bottom`` is
-``(left - 0.5, top - 0.5, right + 0.5, bottom + 0.5)`` (``dlib_rect_to_box``).
+``(left - 0.5, top - 0.5, right + 0.5, bottom + 0.5)`` (``dlib_rect_to_box``, built
+on ``common.records.inclusive_rect_to_box``, which the imglab reader uses too, so
+annotated and detected boxes of the same rectangle are the same).
 
 Detections are cached (``BoxCache``): a JSON file keyed by the absolute image path
 and a hash of the landmarks, written atomically, and valid only for the detector
@@ -45,7 +47,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from common.geometry import landmark_box
-from common.records import FaceRecord
+from common.records import FaceRecord, inclusive_rect_to_box
 
 BOX_SOURCE_GIVEN = "given"
 BOX_SOURCE_DLIB = "dlib"
@@ -75,8 +77,8 @@ def dlib_rect_to_box(rect) -> np.ndarray:
         float32 ``(4,)`` (left, top, right, bottom) covering the rectangle's pixels in
         the package convention: ``(left - 0.5, top - 0.5, right + 0.5, bottom + 0.5)``.
     """
-    return np.array([rect.left() - 0.5, rect.top() - 0.5,
-                     rect.right() + 0.5, rect.bottom() + 0.5], np.float32)
+    return np.array(inclusive_rect_to_box(rect.left(), rect.top(), rect.right(),
+                                          rect.bottom()), np.float32)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -24,9 +24,10 @@ Each face's ``source_path`` is ``"{image path} ({list file}:{line})"``.
 
 Errors: the whole list is read (and its annotations checked) before any image is
 opened. With ``on_error="fail"`` the first bad record (a reader error, then an image
-that cannot be decoded or a wrong number of landmarks) raises ``DataError`` naming the list
-file and line (and the image), and no shard or ``dataset.json`` is left behind (the
-box cache is kept). With ``on_error="skip"`` every bad record is counted and named;
+that cannot be decoded, a wrong number of landmarks, landmarks far outside the image
+or a given face box outside it, see ``check_inside_image``) raises ``DataError``
+naming the list file and line (and the image), and no shard or ``dataset.json`` is
+left behind (the box cache is kept). With ``on_error="skip"`` every bad record is counted and named;
 ``written + skipped == read`` always holds.
 """
 
@@ -71,6 +72,38 @@ def identity_of(image_path: str) -> str:
     """
     stem = os.path.splitext(os.path.basename(image_path))[0]
     return _TRAILING_NUMBER.sub("", stem) or stem
+
+
+def check_inside_image(record: FaceRecord, height: int, width: int) -> None:
+    """Rejects a face that cannot belong to a ``height x width`` image.
+
+    A face cut by the image border has landmarks outside the image, so points may
+    lie up to ``limit = max(height, width)`` pixels outside the image rectangle
+    ``[-0.5, width - 0.5] x [-0.5, height - 0.5]``; a point farther out means
+    coordinates of another resolution, swapped columns or a typo. A given face box
+    must overlap the image (as ``common.geometry.validate_serving_inputs`` asks).
+
+    Raises:
+        DataError: (naming the image) "landmarks outside the image" or "face box
+            outside the image".
+    """
+    limit = max(height, width)
+    points = np.asarray(record.landmarks, np.float64).reshape(-1, 2)
+    outside = ((points[:, 0] < -0.5 - limit) | (points[:, 0] > width - 0.5 + limit)
+               | (points[:, 1] < -0.5 - limit) | (points[:, 1] > height - 0.5 + limit))
+    if outside.any():
+        i = int(np.argmax(outside))
+        x, y = points[i]
+        raise DataError(record.image_path, f"landmarks outside the image: point {i} at "
+                        f"({x:g}, {y:g}) is more than {limit} px outside the "
+                        f"{width}x{height} image")
+    if record.box is not None:
+        left, top, right, bottom = (float(v) for v in record.box)
+        if not (left < width - 0.5 and right > -0.5 and top < height - 0.5
+                and bottom > -0.5):
+            raise DataError(record.image_path, "face box outside the image: (left "
+                            f"{left:g}, top {top:g}, right {right:g}, bottom {bottom:g}) "
+                            f"does not overlap the {width}x{height} image")
 
 
 def split_records(records: Sequence[FaceRecord], split_by: str = "identity",
@@ -308,6 +341,7 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
                         raise DataError(record.image_path, f"{record.landmarks.shape[0]} "
                                         f"landmarks, expected {num_landmarks}")
                     image_bytes, height, width = encode_for_tfrecord(record.image_path)
+                    check_inside_image(record, height, width)
                     choice = assigner.choose(record)
                 except DataError as e:
                     error = _record_error(record, e)

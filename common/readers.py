@@ -17,12 +17,15 @@ Formats (``FORMATS`` maps the names to the readers):
 * ``"imglab"``: dlib's imglab XML (0-based, several faces per image).
 
 Bad input (wrong number of fields, wrong point count, non-numeric values, NaN or
-infinite coordinates, degenerate boxes) raises ``DataError`` naming the file and
-line. With ``on_error="skip"`` the face is left out instead and
-``(source, reason)`` is appended to ``skipped``; that list also receives faces a
-format legitimately leaves out (imglab boxes without landmarks or marked ignore).
-Problems with the annotation file as a whole (missing, unreadable, no header)
-always raise.
+infinite coordinates or ones beyond float32, degenerate boxes (checked in float32,
+as stored), MTFL attributes beyond int64) raises ``DataError`` naming the file and
+line. Lines end at "\n" only (CRLF or LF) and fields are separated by ASCII
+whitespace, so line numbers are those an editor shows. With ``on_error="skip"``
+the face is left out instead and ``(source, reason)`` is appended to ``skipped``;
+that list also receives faces a format legitimately leaves out (imglab boxes
+without landmarks or marked ignore).
+Problems with the annotation file as a whole (missing, unreadable, no header,
+CSV that cannot be split into rows, invalid XML) always raise.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import os
+import re
 import xml.parsers.expat
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from common.records import DataError, FaceRecord
+from common.records import DataError, FaceRecord, inclusive_rect_to_box
 from common.schemes import CUHK_5, IBUG_68
 
 ON_ERROR = ("fail", "skip")
@@ -59,6 +64,7 @@ MTFL_ATTRIBUTES = ("gender", "smile", "glasses", "pose")
 # Valid MTFL attribute values (README of the MTFL set); used only to recognise the
 # format, not to reject records.
 _MTFL_ATTRIBUTE_VALUES = ((1, 2), (1, 2), (1, 2), (1, 2, 3, 4, 5))
+_INT64_MIN, _INT64_MAX = -2 ** 63, 2 ** 63 - 1
 
 
 class _BadRecord(Exception):
@@ -130,6 +136,12 @@ def _expect_fields(fields: Sequence[str], count: int, layout: str) -> None:
                          f"got {len(fields)}")
 
 
+def _to_float32(values: np.ndarray) -> np.ndarray:
+    """float64 to float32; values beyond float32 become inf (without a warning)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return values.astype(np.float32)
+
+
 def _face_record(image_path: str, points: np.ndarray, *, num_points: int | None,
                  source: str, box: Sequence[float] | None = None, split: str = "",
                  attributes: dict[str, int] | None = None) -> FaceRecord:
@@ -145,26 +157,37 @@ def _face_record(image_path: str, points: np.ndarray, *, num_points: int | None,
         attributes: optional integer attributes.
 
     Raises:
-        _BadRecord: wrong point count, non-finite values, degenerate box.
+        _BadRecord: wrong point count, non-finite values (NaN, inf, or beyond
+            float32), degenerate box (checked in float32, as stored).
     """
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    if num_points is not None and len(points) != num_points:
-        raise _BadRecord(f"wrong point count: expected {num_points}, got {len(points)}")
-    if len(points) == 0:
+    parsed = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if num_points is not None and len(parsed) != num_points:
+        raise _BadRecord(f"wrong point count: expected {num_points}, got {len(parsed)}")
+    if len(parsed) == 0:
         raise _BadRecord("no landmarks")
-    finite = np.isfinite(points).all(axis=1)
+    # The checks look at the float32 values the record stores: a finite float64 may
+    # overflow to inf, and a box 1..1.00000001 becomes flat.
+    points32 = _to_float32(parsed)
+    finite = np.isfinite(points32).all(axis=1)
     if not finite.all():
-        raise _BadRecord("non-finite landmark coordinate (NaN or inf) at point "
-                         f"{int(np.argmin(finite))} (0-based)")
+        i = int(np.argmin(finite))
+        if np.isfinite(parsed[i]).all():
+            raise _BadRecord(f"landmark coordinate out of float32 range at point {i} "
+                             "(0-based)")
+        raise _BadRecord(f"non-finite landmark coordinate (NaN or inf) at point {i} "
+                         "(0-based)")
     if box is not None:
-        left, top, right, bottom = (float(v) for v in box)
-        if not np.all(np.isfinite([left, top, right, bottom])):
+        parsed_box = np.asarray(box, dtype=np.float64).reshape(4)
+        box = _to_float32(parsed_box)
+        if not np.isfinite(box).all():
+            if np.isfinite(parsed_box).all():
+                raise _BadRecord("face box value out of float32 range")
             raise _BadRecord("non-finite face box value (NaN or inf)")
+        left, top, right, bottom = (float(v) for v in box)
         if right <= left or bottom <= top:
             raise _BadRecord(f"degenerate face box (left {left:g}, top {top:g}, "
                              f"right {right:g}, bottom {bottom:g})")
-        box = (left, top, right, bottom)
-    return FaceRecord(image_path=image_path, landmarks=points, box=box,
+    return FaceRecord(image_path=image_path, landmarks=points32, box=box,
                       attributes=dict(attributes or {}), split=split, source=source)
 
 
@@ -192,10 +215,31 @@ def _read_text(path: str) -> str:
         raise DataError(path, "not a UTF-8 text file", line) from None
 
 
+# ASCII whitespace (what ``bytes.split()`` splits on, less the line feed): the field
+# separators and what is stripped from lines. ``str.split()`` and ``str.splitlines()``
+# would also break at \x1c-\x1f, \x85, U+2028, ... which may be part of a path.
+_SPACE = " \t\r\x0b\x0c"
+_SPACE_RUN = re.compile(f"[{re.escape(_SPACE)}]+")
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines split at "\n" only (CRLF or LF), so that line numbers match editors'."""
+    return [line.strip(_SPACE) for line in text.split("\n")]
+
+
+def _fields(line: str) -> list[str]:
+    """Whitespace-separated fields (ASCII whitespace only, see ``_SPACE``)."""
+    line = line.strip(_SPACE)
+    return _SPACE_RUN.split(line) if line else []
+
+
 def _lines(path: str) -> Iterator[tuple[int, str]]:
-    """Yields (1-based line number, stripped line) of the non-blank lines (CRLF or LF)."""
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        line = line.strip()
+    """Yields (1-based line number, stripped line) of the non-blank lines (CRLF or LF).
+
+    Lines end at "\n" only: other characters ``str.splitlines`` breaks at (form
+    feed, U+2028, ...) stay inside their line.
+    """
+    for number, line in enumerate(_split_lines(_read_text(path)), start=1):
         if line:
             yield number, line
 
@@ -234,7 +278,7 @@ def _parse_pts(pts_path: str, num_points: int) -> tuple[np.ndarray, int]:
             close_line = number
             break
         else:
-            fields = line.split()
+            fields = _fields(line)
             try:
                 _expect_fields(fields, 2, "x y")
                 points.append(_numbers(fields, "coordinate"))
@@ -353,7 +397,7 @@ def read_cuhk_list(path: str, on_error: str = "fail",
     records = []
     for number, line in _lines(path):
         with policy.record_at(number):
-            fields = line.split()
+            fields = _fields(line)
             _expect_fields(fields, 5 + 2 * num_points,
                            "path left right top bottom x1 y1 ... x5 y5")
             values = _numbers(fields[1:])
@@ -387,16 +431,19 @@ def read_mtfl_list(path: str, on_error: str = "fail",
     records = []
     for number, line in _lines(path):
         with policy.record_at(number):
-            fields = line.split()
+            fields = _fields(line)
             _expect_fields(fields, 1 + 2 * num_points + len(MTFL_ATTRIBUTES),
                            "path x1..x5 y1..y5 gender smile glasses pose")
             coords = _numbers(fields[1:1 + 2 * num_points], "coordinate")
             attributes = {}
             for name, token in zip(MTFL_ATTRIBUTES, fields[1 + 2 * num_points:]):
                 try:
-                    attributes[name] = int(token)
+                    value = int(token)
                 except ValueError:
                     raise _BadRecord(f"attribute {name} is not an integer: {token!r}") from None
+                if not _INT64_MIN <= value <= _INT64_MAX:  # the TFRecord stores int64
+                    raise _BadRecord(f"attribute {name} out of range: {token}")
+                attributes[name] = value
             points = np.stack([coords[:num_points], coords[num_points:]], axis=1) - 1.0
             records.append(_face_record(
                 _resolve(folder, fields[0]), points, num_points=num_points,
@@ -418,17 +465,31 @@ def read_landmark_csv(path: str, on_error: str = "fail",
         skipped: list that receives ``(source, reason)`` of skipped faces.
 
     Returns:
-        One record per data row, ``source`` = "path:line".
+        One record per data row, ``source`` = "path:line" of the row's first line.
 
     Raises:
-        DataError: also for a missing or malformed header row.
+        DataError: also for a missing or malformed header row, and (whatever
+            ``on_error`` says) for a file the CSV parser cannot split into rows
+            (an unmatched quote, an oversized field), at the line the broken row
+            starts.
     """
     policy = _ErrorPolicy(path, on_error, skipped)
     folder = os.path.dirname(path)
     if os.path.isdir(os.path.join(folder, "images")):
         folder = os.path.join(folder, "images")
-    rows = csv.reader(_read_text(path).splitlines())
-    header = next(rows, None)
+    # newline="": quoted fields may hold line breaks; strict: a stray quote is an
+    # error, not a field swallowing the following rows.
+    rows = csv.reader(io.StringIO(_read_text(path), newline=""), strict=True)
+
+    def next_row() -> tuple[list[str] | None, int]:
+        """The next row (None at the end) and the line it starts on."""
+        start = rows.line_num + 1
+        try:
+            return next(rows, None), start
+        except csv.Error as e:  # the file's structure is broken: always raised
+            raise DataError(path, f"malformed CSV ({e})", start) from None
+
+    header, _ = next_row()
     if not header:
         raise DataError(path, "no header row (expected image,x0,y0,...)", 1)
     coordinate_columns = len(header) - 1
@@ -438,15 +499,18 @@ def read_landmark_csv(path: str, on_error: str = "fail",
     if _is_number(header[1]):
         raise DataError(path, "first row is not a header (expected image,x0,y0,...)", 1)
     records = []
-    for row in rows:
-        number = rows.line_num
-        if not any(field.strip() for field in row):
+    while True:
+        row, number = next_row()
+        if row is None:
+            break
+        row = [field.strip(_SPACE) for field in row]
+        if not any(row):
             continue
         with policy.record_at(number):
             _expect_fields(row, len(header), "image,x0,y0,...")
-            points = _numbers([field.strip() for field in row[1:]], "coordinate")
+            points = _numbers(row[1:], "coordinate")
             records.append(_face_record(
-                _resolve(folder, row[0].strip()), points,
+                _resolve(folder, row[0]), points,
                 num_points=coordinate_columns // 2, source=_source(path, number)))
     return records
 
@@ -530,8 +594,8 @@ class _ImglabParser:
             raise _BadRecord(f"part names are not 0..{len(indexed) - 1} "
                              f"(got {min(indexed)}..{max(indexed)}, {len(indexed)} parts)")
         points = np.stack([indexed[i] for i in range(len(indexed))])
-        # dlib rectangles are inclusive: right = left + width - 1.
-        box = (left, top, left + width - 1, top + height - 1)
+        # dlib rectangles are inclusive: right = left + width - 1 (the pixel index).
+        box = inclusive_rect_to_box(left, top, left + width - 1, top + height - 1)
         record = _face_record(_resolve(self.folder, self.image), points,
                               num_points=self.num_points, source=source, box=box)
         self.num_points = self.num_points or len(points)
@@ -544,8 +608,12 @@ def read_imglab_xml(path: str, on_error: str = "fail",
 
     Every ``<box top left width height>`` with parts is one face; parts are
     ordered by their integer ``name`` (which must be 0..N-1) and every face in the
-    file must have the N points of the first. The box follows dlib's inclusive
-    rectangle convention: (left, top, left + width - 1, top + height - 1). Boxes
+    file must have the N points of the first. The ``<box>`` is a dlib rectangle
+    (integer pixel indices, right = left + width - 1 and bottom = top + height - 1
+    inclusive); the record's box covers its pixels in the package convention
+    (pixel centres at integers): (left - 0.5, top - 0.5, left + width - 0.5,
+    top + height - 0.5), the same as ``common.boxes.dlib_rect_to_box`` gives for
+    a detection of that rectangle (``common.records.inclusive_rect_to_box``). Boxes
     without parts and boxes with ``ignore='1'`` are skipped and reported in
     ``skipped`` (whatever ``on_error`` says: they are not errors). Image paths
     are relative to the XML file's folder.
@@ -609,7 +677,7 @@ def _sniff_text_list(path: str) -> str | None:
     first = head.split("\n", 1)[0].strip().lower()
     if first.startswith(("image,", '"image",')):
         return "csv"
-    sample = [line.split() for line in text.splitlines() if line.strip()][:_SNIFF_LINES]
+    sample = [_fields(line) for line in _split_lines(text) if line][:_SNIFF_LINES]
     if not sample:
         return None
     candidates = [f for f in sample if len(f) == 15]

@@ -1,4 +1,5 @@
-"""The one record type every reader returns, and the error every reader raises."""
+"""The one record type every reader returns, the error every reader raises, and the
+conversion of dlib's inclusive pixel rectangles to boxes (pure Python, no dlib)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,28 @@ class DataError(ValueError):
         self.reason = reason
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {reason}")
+
+
+def inclusive_rect_to_box(left: float, top: float, right: float,
+                          bottom: float) -> tuple[float, float, float, float]:
+    """The box covering an inclusive pixel rectangle (dlib's ``rectangle``, imglab).
+
+    dlib rectangles are integer pixel indices with *inclusive* right and bottom
+    (``width == right - left + 1``). With pixel centres at integers (pixel ``i``
+    covers ``[i - 0.5, i + 0.5]``, see docs/DESIGN.md) the pixels ``left..right`` x
+    ``top..bottom`` cover ``(left - 0.5, top - 0.5, right + 0.5, bottom + 0.5)``; for
+    imglab's ``left, top, width, height`` that is ``(left - 0.5, top - 0.5,
+    left + width - 0.5, top + height - 0.5)``. The one place of this convention:
+    ``common.boxes.dlib_rect_to_box`` and ``common.readers.read_imglab_xml`` use it.
+
+    Args:
+        left, top, right, bottom: the rectangle, right and bottom inclusive.
+
+    Returns:
+        (left, top, right, bottom) of the box as Python floats (float64: callers
+        cast to float32 and check the result).
+    """
+    return (float(left) - 0.5, float(top) - 0.5, float(right) + 0.5, float(bottom) + 0.5)
 
 
 @dataclasses.dataclass

@@ -26,9 +26,10 @@ Files whose structure is broken as a whole (no CSV header, invalid XML) raise
 generators therefore keep the header and the XML well-formed.
 
 Numbers in the valid-file fuzz stay within float32 (up to 3e38): values beyond it
-are the subject of ``test_values_beyond_float32_are_rejected`` (an expected failure).
-Exotic line separators (form feed, U+2028, ...) and CSV quotes are likewise left to
-the targeted expected-failure tests at the end, so that the fuzz tests stay green.
+are the subject of ``test_values_beyond_float32_are_rejected``. Exotic line
+separators (form feed, U+2028, ...) and CSV quotes are likewise left to the targeted
+tests at the end (findings of this fuzzing, now fixed; one known limitation remains
+an expected failure).
 """
 
 import contextlib
@@ -249,14 +250,16 @@ def imglab_box(draw, num_points: int, kind: str | None = None) -> tuple[list[str
     expect = Expect("bad")
     if kind in ("valid", "huge"):
         left, top, width, height = (float(attrs[k]) for k in ("left", "top", "width", "height"))
+        # The pixels of dlib's inclusive rectangle (common.boxes.dlib_rect_to_box).
         expect = Expect("good", _floats32(coords).reshape(count, 2),
-                        np.array([left, top, left + width - 1, top + height - 1], np.float32))
+                        np.array([left - 0.5, top - 0.5, left + width - 0.5,
+                                  top + height - 0.5], np.float32))
     elif kind == "missing_attr":
         del attrs[draw(st.sampled_from(sorted(attrs)))]
     elif kind == "bad_attr":
         attrs[draw(st.sampled_from(sorted(attrs)))] = draw(st.one_of(NON_FINITE, GARBAGE))
-    elif kind == "narrow":  # right = left + width - 1 <= left
-        attrs["width"] = str(draw(st.integers(-50, 1)))
+    elif kind == "narrow":  # no pixel: left + width - 0.5 <= left - 0.5
+        attrs["width"] = str(draw(st.integers(-50, 0)))
     elif kind == "part_no_x":
         del parts[draw(st.integers(0, count - 1))]["x"]
     elif kind == "part_bad_value":
@@ -760,7 +763,7 @@ def test_validate_serving_inputs_rejects_degenerate_boxes(data, height, width, w
 
 
 # ---------------------------------------------------------------------------
-# Findings: expected failures until the library is fixed (see the reasons).
+# Findings of the fuzzing (fixed), and one limitation (an expected failure).
 
 CUHK_GOOD = "a.jpg 11 92 22 88 30 40 60 41 45 55 35 70 58 71"
 BEYOND_FLOAT32 = [
@@ -777,10 +780,9 @@ _BEYOND_READERS = {"cuhk": readers.read_cuhk_list, "mtfl": readers.read_mtfl_lis
                    "csv": readers.read_landmark_csv, "imglab": readers.read_imglab_xml}
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: readers._face_record checks finiteness and box order in float64, then "
-    "FaceRecord casts to float32: 1e39 becomes inf, a box 1..1.00000001 becomes flat"))
+# Checked in float32, as stored (1e39 would become inf, a box 1..1.00000001 flat),
+# without numpy's overflow warning.
+@pytest.mark.filterwarnings("error:overflow encountered:RuntimeWarning")
 @pytest.mark.parametrize("case, name, text", BEYOND_FLOAT32, ids=[c[0] for c in BEYOND_FLOAT32])
 def test_values_beyond_float32_are_rejected(case, name, text):
     read = _BEYOND_READERS[case.split("_")[0]]
@@ -791,10 +793,6 @@ def test_values_beyond_float32_are_rejected(case, name, text):
         assert not records and len(skipped) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: read_mtfl_list accepts any Python int as an attribute; "
-    "tfrecord.serialize_face then raises ValueError (not DataError) and "
-    "common.prepare stops with a traceback even with on_error=skip"))
 def test_mtfl_attribute_beyond_int64_is_rejected():
     text = "a.jpg 1 2 3 4 5 6 7 8 9 10 1 2 2 3\nb.jpg 1 2 3 4 5 6 7 8 9 10 1 2 2 99999999999999999999\n"
     with _in_temp_file("list.txt", text) as path:
@@ -804,9 +802,6 @@ def test_mtfl_attribute_beyond_int64_is_rejected():
         assert [source for source, _ in skipped] == [f"{path}:2"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: read_landmark_csv lets csv.Error escape (here 'field larger than field "
-    "limit'), which is not a DataError"))
 @pytest.mark.parametrize("on_error", ["fail", "skip"])
 def test_csv_oversized_field_is_a_data_error(on_error):
     text = "image,x0,y0\na.jpg,1,2\nb.jpg,1," + "9" * 200_000 + "\n"
@@ -817,10 +812,6 @@ def test_csv_oversized_field_is_a_data_error(on_error):
             assert str(e).startswith(f"{path}:3: ")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: an unmatched quote makes read_landmark_csv merge the following rows "
-    "into one field (csv.reader non-strict): rows vanish from both records and "
-    "skipped, and the error names the last merged line, not the quote's"))
 @pytest.mark.parametrize("on_error", ["fail", "skip"])
 def test_csv_unmatched_quote_names_its_line(on_error):
     text = 'image,x0,y0\na.jpg,1,2\n"b.jpg,3,4\nc.jpg,5,6\nd.jpg,7,8\n'
@@ -829,10 +820,6 @@ def test_csv_unmatched_quote_names_its_line(on_error):
         readers.read_landmark_csv(path, on_error=on_error)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: readers split text with str.splitlines(), which also breaks lines at "
-    "\\x0b \\x0c \\x1c-\\x1e \\x85 U+2028 U+2029: records are cut in two and every later "
-    "line number is off"))
 @pytest.mark.parametrize("fmt, line", [
     ("cuhk", CUHK_GOOD.replace(" 11 ", "\x0c11 ")),
     ("cuhk", CUHK_GOOD.replace("a.jpg", "a\u2028b.jpg")),
@@ -850,11 +837,6 @@ def test_line_numbers_count_only_newlines(fmt, line):
         assert [s for s, _ in skipped] == [f"{path}:{bad_line}"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: read_imglab_xml stores dlib rectangles as (l, t, l + w - 1, t + h - 1) "
-    "while common.boxes.dlib_rect_to_box maps the same rectangle to the pixel area "
-    "(l - .5, t - .5, r + .5, b + .5): annotated and detected boxes differ by one pixel "
-    "(test_readers pins the current values and would change with the fix)"))
 @pytest.mark.parametrize("top, left, width, height", [(10, 20, 40, 30), (0, 0, 80, 80)])
 def test_imglab_box_matches_dlib_detection_convention(top, left, width, height):
     import dlib

@@ -142,8 +142,9 @@ def test_read_imglab_two_faces_ordered_parts_and_empty_boxes(tmp_path):
     assert {r.image_path for r in records} == {str(tmp_path / "a.jpg")}
     np.testing.assert_array_equal(records[0].landmarks, a)
     np.testing.assert_array_equal(records[1].landmarks, b)
-    # dlib rectangles: right = left + width - 1, bottom = top + height - 1.
-    np.testing.assert_array_equal(records[0].box, [20, 10, 59, 39])
+    # dlib rectangles (right = left + width - 1, bottom = top + height - 1 inclusive)
+    # as the pixel area they cover, like common.boxes.dlib_rect_to_box.
+    np.testing.assert_array_equal(records[0].box, [19.5, 9.5, 59.5, 39.5])
     assert [reason for _, reason in skipped] == ["box without landmarks", "box marked ignore"]
     assert skipped[0][0] == f"{path}:{5 + 68 + 2}"
 

@@ -18,8 +18,7 @@ so points a little outside are kept (here half an image size). A point more than
 ``OUTSIDE_LIMIT`` image sizes (``max(height, width)``) outside the image rectangle
 ``[-0.5, W - 0.5] x [-0.5, H - 0.5]`` cannot be a face in that image (coordinates of
 another resolution, swapped columns, a typo): the record must be rejected with the
-reason "landmarks outside the image". ``common.prepare`` does not check this yet
-(``test_far_outside_landmarks_are_rejected`` is an expected failure).
+reason "landmarks outside the image" (``test_far_outside_landmarks_are_rejected``).
 
 The CLI runs (subprocesses, all four started at once) are ``slow``; the same checks
 run in-process on ``prepare_dataset``, which the CLI wraps, in the default suite.
@@ -375,8 +374,6 @@ def _far_outside_lines(fmt: str) -> list[Line]:
             Line(row("grey.png", huge), "grey.png", None, "landmarks outside the image")]
 
 
-@pytest.mark.xfail(strict=True, reason="finding: common.prepare writes faces whose landmarks "
-                   "lie far outside their image (no check against the decoded image size)")
 @pytest.mark.parametrize("fmt", ["cuhk", "csv"])
 def test_far_outside_landmarks_are_rejected(tmp_path, fmt):
     lines = _far_outside_lines(fmt)
