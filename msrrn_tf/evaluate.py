@@ -1,0 +1,214 @@
+"""Evaluates a trained MSRRN: ``python -m msrrn_tf.evaluate``.
+
+Metrics (``common.metrics``): the inter-pupil NME (the paper's NRMSE, "Evaluation
+protocols"), the inter-ocular NME (300-W convention), AUC@0.08 and the failure rates
+at 0.08 and 0.10, per split. On 300-W data (a folder with "common" and
+"challenging" shards) the three test sets common, challenging and full are evaluated
+by default; otherwise every non-training split (or ``--splits``).
+
+For every split it writes the stage ablation of Table 2 from the one model (mean
+shape, initial CNN S^0, after stage 1, 2, 3; see ``msrrn_tf.training`` for what
+"mean shape" means) and, with ``--ablation_models`` (models trained with
+``python -m msrrn_tf.train --stages=1,2``), the true ablation over separately trained
+T = 1, 2, 3 models::
+
+    python -m msrrn_tf.evaluate --model=runs/msrrn-x --data=/data/300w
+    python -m msrrn_tf.evaluate --model=runs/msrrn-x/model.keras --data=/data/synth \\
+        --splits=val --ablation_models=runs/msrrn-x/stages_1,runs/msrrn-x/stages_2
+
+Files in ``--output`` (default ``<run dir>/eval``): ``<split>.json/.md/_ced.png``
+(stage ablation per split) and ``msrrn_eval.json/.md/_ced.png`` (all splits, the
+true ablation, CED of the final predictions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+REPORT_NAME = "msrrn_eval"
+
+
+def evaluate_msrrn(model, data: str, splits: Sequence[str], *, margin: float, out_dir: str,
+                   ablation_models: Mapping[int, Any] | None = None,
+                   kinds: Sequence[str] = ("inter_pupil", "inter_ocular"),
+                   limit: int | None = None, batch_size: int = 64,
+                   verbose: bool = True) -> dict[str, Any]:
+    """Evaluates MSRRN on several splits and writes the reports.
+
+    Args:
+        model: the MSRRN model (T stages).
+        data: TFRecord folder.
+        splits: split names or aliases ("common", "challenging", "full", "val").
+        margin: the crop margin the models were trained with.
+        out_dir: report folder.
+        ablation_models: ``{T: model}`` trained with T stages (the true ablation of
+            Table 2); ``model`` itself is used for its own T.
+        kinds: normalisers (the first is the CED's).
+        limit: evaluate only the first ``limit`` faces of each split.
+        batch_size: faces per forward pass.
+        verbose: print the tables.
+
+    Returns:
+        ``{split: {"stages": {row: {kind: summary}}, "ablation": {row: {kind:
+        summary}}}, "files": {...}}``; summaries are ``common.metrics.summarize``
+        dicts (fractions).
+    """
+    from common import evaluation
+    from common.schemes import scheme_for
+    from msrrn_tf.training import predict_msrrn, stage_ablation_report, stage_rows
+
+    scheme = scheme_for(model.num_landmarks)
+    models = {int(t): m for t, m in (ablation_models or {}).items()}
+    models[model.num_stages] = model
+    summary: dict[str, Any] = {"data": os.path.abspath(data), "margin": margin,
+                               "kinds": list(kinds), "splits": {}}
+    tables: list[str] = []
+    ced = {}
+    files: dict[str, Any] = {}
+    for split in splits:
+        pred = predict_msrrn(model, data, split, margin=margin, batch_size=batch_size,
+                             limit=limit)
+        report = stage_ablation_report(
+            pred, model.num_stages, out_dir, split, scheme=scheme, kinds=kinds,
+            title=f"MSRRN stage ablation (Table 2), split {split!r}",
+            extra={"split": split, "data": os.path.abspath(data)})
+        files[split] = report["paths"]
+        results = report["results"]
+        rows = stage_rows(model.num_stages)
+        entry = {"num_faces": pred.num_faces, "seconds_per_face": pred.seconds_per_face,
+                 "stages": {label: _strip(results["outputs"][output])
+                            for label, output in rows.items()}}
+        ced[f"{split} ({pred.num_faces} faces)"] = evaluation.face_errors(
+            pred, "landmarks", kinds[0], scheme)
+        for kind in kinds:
+            tables.append(evaluation.results_table(
+                results, rows, kind, title=f"{split}: stages of one model, "
+                f"{kind.replace('_', '-')} NME"))
+
+        if len(models) > 1:
+            ablation = {"mean shape": entry["stages"]["mean shape"]}
+            for t in sorted(models):
+                other = pred if models[t] is model else predict_msrrn(
+                    models[t], data, split, margin=margin, batch_size=batch_size, limit=limit)
+                scored = evaluation.evaluate_outputs(other, scheme, kinds=kinds)
+                ablation[f"T={t} model"] = _strip(scored["outputs"]["landmarks"])
+            entry["ablation"] = ablation
+            for kind in kinds:
+                table = {label: values[kind] for label, values in ablation.items()}
+                tables.append(_markdown(table, results["thresholds"], f"{split}: separately "
+                                        f"trained models, {kind.replace('_', '-')} NME"))
+        summary["splits"][split] = entry
+        if verbose:
+            print("\n".join(tables[-len(kinds) * (2 if len(models) > 1 else 1):]), flush=True)
+
+    files["summary"] = evaluation.write_report(
+        summary, out_dir, REPORT_NAME, ced, "MSRRN evaluation", tables,
+        ced_xlabel=f"NME (normalised by {kinds[0].replace('_', '-')} distance)",
+        notes=("NME = mean point-to-point error over the 68 points divided by the "
+               "inter-pupil distance (eye-centre = mean of the six eye points; the paper's "
+               "NRMSE) or the outer-eye-corner distance (300-W inter-ocular). AUC and "
+               "failure rates per threshold; all values in %. 'mean shape' is the "
+               "training mean shape in the face crop (no image information)."))
+    summary["files"] = files
+    return summary
+
+
+def _strip(per_kind: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A summary without the per-point list (kept in the per-split JSON)."""
+    return {kind: {k: v for k, v in values.items() if k != "per_point"}
+            for kind, values in per_kind.items()}
+
+
+def _markdown(table: Mapping[str, Mapping[str, Any]], thresholds: Sequence[float],
+              title: str) -> str:
+    from common.metrics import results_markdown
+
+    columns = {"mean": "NME"}
+    for t in thresholds:
+        columns[f"auc@{t:g}"] = f"AUC@{t:g}"
+        columns[f"failure@{t:g}"] = f"failure@{t:g}"
+    columns["count"] = "faces"
+    return results_markdown(table, columns, title)
+
+
+def model_margin(path: str, default: float) -> float:
+    """The crop margin recorded in the ``config.json`` of a model's run directory
+    (``path`` is the run directory or a file in it), else ``default``."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    config = os.path.join(folder, "config.json")
+    if os.path.isfile(config):
+        with open(config) as f:
+            values = json.load(f).get("config", {}).get("values", {})
+        if "margin" in values:
+            return float(values["margin"])
+    return default
+
+
+def _define_flags() -> None:
+    """Defines the flags (only when run as a program, never on import)."""
+    flags.DEFINE_string("model", None, "A .keras model, or a run directory of "
+                        "`python -m msrrn_tf.train` (its model.keras, else its latest "
+                        "checkpoint).", required=True)
+    flags.DEFINE_string("data", None, "TFRecord folder (`python -m common.prepare`). "
+                        "Default: the quick preset's synthetic data set.")
+    flags.DEFINE_list("splits", None, "Splits to evaluate. Default: common, challenging "
+                      "and full on 300-W data, else every split but train.")
+    flags.DEFINE_string("output", None, "Report folder (default: <model run dir>/eval).")
+    flags.DEFINE_list("ablation_models", [], "Models trained with fewer stages "
+                      "(`python -m msrrn_tf.train --stages=1,2` writes <run_dir>/stages_1, "
+                      "stages_2) for the true Table 2 ablation.")
+    flags.DEFINE_float("margin", None, "Crop margin (default: the model run's config.json, "
+                       "else MSRRNConfig().margin).")
+    flags.DEFINE_integer("limit", None, "Evaluate only the first this many faces per split.",
+                         lower_bound=1)
+    flags.DEFINE_integer("batch_size", 64, "Faces per forward pass.", lower_bound=1)
+    flags.DEFINE_string("cache_dir", None, "Cache folder of the default synthetic data.")
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # TensorFlow logs every checkpoint save at INFO
+        logging.set_verbosity(logging.WARNING)
+    from common import evaluation
+    from msrrn_tf.config import MSRRNConfig
+
+    margin = FLAGS.margin
+    if margin is None:
+        margin = model_margin(FLAGS.model, MSRRNConfig().margin)
+    model = evaluation.load_model(FLAGS.model)
+    ablation = {}
+    for path in FLAGS.ablation_models:
+        other = evaluation.load_model(path)
+        ablation[other.num_stages] = other
+    data = FLAGS.data
+    if data is None:
+        from common.synthetic import ensure_synthetic_dataset
+        from msrrn_tf.training import synthetic_splits
+
+        data = ensure_synthetic_dataset(model.num_landmarks, synthetic_splits("quick"),
+                                        cache_dir=FLAGS.cache_dir, progress=True)
+    splits = FLAGS.splits or evaluation.default_eval_splits(data)
+    model_dir = (FLAGS.model if os.path.isdir(FLAGS.model)
+                 else os.path.dirname(os.path.abspath(FLAGS.model)))
+    out_dir = FLAGS.output or os.path.join(model_dir, "eval")
+    print(f"evaluating {FLAGS.model} on {data} splits {splits} (margin {margin:g})",
+          flush=True)
+    summary = evaluate_msrrn(model, data, splits, margin=margin, out_dir=out_dir,
+                             ablation_models=ablation, limit=FLAGS.limit,
+                             batch_size=FLAGS.batch_size)
+    print(f"reports written to {out_dir}: "
+          + ", ".join(os.path.basename(p) for p in summary["files"]["summary"].values()),
+          flush=True)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

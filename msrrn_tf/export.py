@@ -1,0 +1,70 @@
+"""Exports a trained MSRRN: ``python -m msrrn_tf.export``.
+
+Writes a SavedModel with the two signatures of ``common.export`` (``serving_default``:
+uint8 images + face boxes -> landmarks in image pixels; ``serving_cropped``: crops
+-> normalised landmarks and every stage) and, with ``--tflite``, a TFLite file of
+``serving_cropped``; then loads each export in a fresh Python process and compares it
+with the Keras model (tolerance ``--atol``, default 1e-4), printing the largest
+differences::
+
+    python -m msrrn_tf.export --model=runs/msrrn-x --output=models/msrrn/1 --tflite
+    saved_model_cli show --all --dir models/msrrn/1
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Defines the flags (only when run as a program, never on import)."""
+    flags.DEFINE_string("model", None, "A .keras model, or a run directory of "
+                        "`python -m msrrn_tf.train`.", required=True)
+    flags.DEFINE_string("output", None, "SavedModel directory to write (for TF Serving a "
+                        "version folder such as models/msrrn/1); replaced atomically.",
+                        required=True)
+    flags.DEFINE_boolean("tflite", False, "Also write a TFLite file (at --tflite_path) of "
+                         "serving_cropped (pre-cropped float faces -> normalised "
+                         "landmarks) and check its parity.")
+    flags.DEFINE_string("tflite_path", None, "Where to write the TFLite file (default: "
+                        "<output>.tflite).")
+    flags.DEFINE_float("margin", None, "Crop margin of serving_default (default: the model "
+                       "run's config.json, else MSRRNConfig().margin).")
+    flags.DEFINE_string("data", None, "TFRecord folder whose first faces are used for the "
+                        "parity check (default: random images).")
+    flags.DEFINE_string("split", "val", "Split of --data for the parity check.")
+    flags.DEFINE_float("atol", 1e-4, "Parity tolerance (pixels and normalised units).",
+                       lower_bound=0.0)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # TensorFlow logs every checkpoint save at INFO
+        logging.set_verbosity(logging.WARNING)
+    from common import evaluation
+    from msrrn_tf.config import MSRRNConfig
+    from msrrn_tf.evaluate import model_margin
+    from msrrn_tf.training import export_msrrn
+
+    margin = FLAGS.margin
+    if margin is None:
+        margin = model_margin(FLAGS.model, MSRRNConfig().margin)
+    model = evaluation.load_model(FLAGS.model)
+    tflite_path = None
+    if FLAGS.tflite or FLAGS.tflite_path:
+        tflite_path = FLAGS.tflite_path or os.path.abspath(FLAGS.output).rstrip("/") + ".tflite"
+    print(f"exporting {FLAGS.model} (T={model.num_stages}, sizes {model.input_sizes}, "
+          f"margin {margin:g})", flush=True)
+    export_msrrn(model, FLAGS.output, margin=margin, data=FLAGS.data, split=FLAGS.split,
+                 parity_check=True, tflite_path=tflite_path, atol=FLAGS.atol)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
