@@ -1,0 +1,756 @@
+"""Stage-by-stage training of the CCNN cascade (the paper's section 3.3 and 4.1).
+
+"Parallel within groups and serial between groups" (section 3.3):
+
+* ``train_ccnn_stage(config, k, ...)`` trains the group of stage ``k`` as one model: a
+  ``k``-stage cascade (``ccnn_tf.model.build_ccnn``) whose stages ``1 .. k-1`` carry the
+  weights of the previous stage's run and are frozen. One step updates all networks
+  of the group at once; each network has its own loss (below), and the groups'
+  parameters are disjoint, so this is the same as training the networks side by side.
+* ``train_ccnn(config, stages="all", ...)`` runs the stages in series, each in its own
+  run directory under ``run_dir`` (checkpoints, automatic resume, TensorBoard and
+  progress come from ``common.training.train_model``), then evaluates the cascade on
+  the validation split and, once every stage is trained, assembles and exports it.
+
+Where the windows of stage ``k`` come from. The frozen earlier stages are part of the
+training model and run in inference mode (no dropout, no shake) on every training
+batch, so the anchors of stage ``k`` are the previous stages' predictions *on the very
+augmented (rotated, flipped) face the batch holds*. A cache of predictions keyed by the
+training data would have to enumerate every augmentation draw to stay correct; running
+the frozen stages in the graph costs one forward pass of small networks per step and
+is exact by construction. The anchors are constants for the loss (``CCNNRefineStage``
+stops their gradient), and only stage ``k``'s windows are shaken (section 3.1.2).
+
+Loss. Each network regresses its points relative to its own window (formula 9), so
+the error of an estimate is divided by its window's width and height (a constant per
+network: the shake translates a window without resizing it), squared, and averaged
+over that network's outputs (the MSE of formula 3); the group's loss is the sum of its
+networks' losses, plus the L2 penalty of formula 6 (``weight_decay``, as kernel
+regularizers of the trainable networks only). With ``stage1_windows=False``
+("windows-", Experiment 2) the stage-1 window is the whole input, i.e. the error is
+measured in absolute crop coordinates.
+
+Optimiser: SGD with learning rate 5e-3, multiplied by 0.9 every 100 steps (section
+3.3, ``common.training.step_decay``). Augmentation (section 4.1): every training face
+is rotated by one of ``config.rotation_angles_deg`` (0, -15 or +12 degrees about the
+crop centre) and flipped with probability 0.5 (left/right landmarks swapped), i.e. one
+of the paper's six variants per face, drawn afresh every time the face is used.
+
+Layout of a run directory::
+
+    run_dir/
+      run.json             the CCNNConfig and the data the run trains on
+      stage1/ stage2/ stage3/   one common.training run each (config.json,
+                           checkpoints/, tensorboard/, history.json, model.keras)
+      model.keras          the assembled cascade (all stages, nothing frozen)
+      eval/                evaluation on the validation split (ccnn_tf.evaluate)
+      export/              SavedModel + TFLite (ccnn_tf.export)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ccnn_tf.config import CCNNConfig
+from ccnn_tf.model import (
+    CCNNCascade,
+    CCNNStage1,
+    build_ccnn,
+    transfer_stage_weights,
+)
+from common import training
+from common.evaluation import nme_val_metric, save_architecture
+from common.pipeline import AugmentConfig, make_dataset
+from common.schemes import scheme_for
+from common.synthetic import ensure_synthetic_dataset
+from common.tfrecord import find_shards
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+"""The file in a CCNN run directory recording its config and training data."""
+
+MODEL_FILE = "model.keras"
+"""The assembled cascade (run directory) or a stage's final model (stage directory)."""
+
+STAGE_NAMES = ("stage1", "stage2", "stage3")
+
+# Fields that only change how a stage is trained, not what the cascade computes or
+# which weights it has: they may differ between the stages of one run.
+TRAINING_ONLY_FIELDS = frozenset({
+    "steps_per_stage", "batch_size", "learning_rate", "lr_decay_rate", "lr_decay_steps",
+    "momentum", "seed", "rotation_angles_deg", "flip", "dropout", "weight_decay",
+    "stage1_shake_stddev", "stage2_shake_stddev", "stage3_shake_stddev"})
+
+PRESETS = ("paper", "quick", "tiny")
+
+
+def preset_config(name: str) -> CCNNConfig:
+    """The configuration of a named preset.
+
+    * ``"paper"``: ``CCNNConfig()``, the paper's values (plain SGD at 5e-3, 5000 steps
+      per stage).
+    * ``"quick"``: the paper's networks, windows, shake, augmentation and decay
+      schedule (x0.9 every 100 steps), trained for 500 steps per stage with SGD at
+      3e-2 with momentum 0.9, so that all three stages train in a few minutes on two
+      CPU cores and the stage-wise error decrease of Experiment 1 shows. The learning
+      rate and momentum are not the paper's: with 500 steps plain SGD at 5e-3 barely
+      leaves the mean shape (measured on the synthetic faces: stage-1 error 9.1 % of
+      the box width after 500 steps at 5e-3 with momentum, 6.5 % at 3e-2).
+
+    * ``"tiny"``: ``CCNNConfig.tiny()``, networks of a few hundred parameters, for
+      tests and smoke runs only.
+
+    Args:
+        name: ``"paper"``, ``"quick"`` or ``"tiny"``.
+
+    Returns:
+        The configuration.
+    """
+    if name == "tiny":
+        return CCNNConfig.tiny()
+    if name == "paper":
+        return CCNNConfig()
+    if name == "quick":
+        return CCNNConfig(steps_per_stage=500, learning_rate=0.03, momentum=0.9, seed=0)
+    raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
+
+
+def build_config(preset: str = "quick", *, steps: int | None = None,
+                 batch_size: int | None = None, shake: bool = True, windows: bool = True,
+                 seed: int | None = None) -> CCNNConfig:
+    """A preset with the command-line overrides applied (``ccnn_tf.train``).
+
+    Args:
+        preset: ``"paper"``, ``"quick"`` or ``"tiny"`` (:func:`preset_config`).
+        steps: training steps per stage.
+        batch_size: global batch size.
+        shake: ``False`` turns the shake off in every stage ("shake-", Experiment 3).
+        windows: ``False`` makes stage 1 position absolutely ("windows-",
+            Experiment 2).
+        seed: seed of the shake and of the input pipeline.
+
+    Returns:
+        The configuration.
+    """
+    config = preset_config(preset)
+    changes: dict[str, Any] = {"stage1_windows": bool(windows)}
+    if steps is not None:
+        changes["steps_per_stage"] = int(steps)
+    if batch_size is not None:
+        changes["batch_size"] = int(batch_size)
+    if not shake:
+        changes.update(stage1_shake_stddev=0.0, stage2_shake_stddev=0.0,
+                       stage3_shake_stddev=0.0)
+    if seed is not None:
+        changes["seed"] = int(seed)
+    return config.replace(**changes)
+
+
+QUICK_SYNTHETIC_SPLITS = {"train": 3000, "val": 300}
+"""Synthetic faces per split of the quick preset (``common.synthetic``)."""
+
+PAPER_SYNTHETIC_SPLITS = {"train": 10000, "val": 1000}
+"""Synthetic faces per split of the paper preset (10,000 training faces, section 4.1)."""
+
+
+def synthetic_data(preset: str = "quick", cache_dir: str | None = None,
+                   splits: Mapping[str, int] | None = None, progress: bool = True) -> str:
+    """The embedded synthetic 5-point faces for a preset (generated once, cached).
+
+    Args:
+        preset: ``"quick"`` (:data:`QUICK_SYNTHETIC_SPLITS`) or ``"paper"``
+            (:data:`PAPER_SYNTHETIC_SPLITS`).
+        cache_dir: cache root (``common.synthetic.ensure_synthetic_dataset``).
+        splits: faces per split, overriding the preset's.
+        progress: print generation progress.
+
+    Returns:
+        The data folder.
+    """
+    if splits is None:
+        splits = PAPER_SYNTHETIC_SPLITS if preset == "paper" else QUICK_SYNTHETIC_SPLITS
+    return ensure_synthetic_dataset(num_points=5, splits=dict(splits), seed=0,
+                                    cache_dir=cache_dir, progress=progress)
+
+
+def stage_dir(run_dir: str, stage: int) -> str:
+    """The run directory of stage ``stage`` (1-based): ``run_dir/stage{k}``."""
+    if not 1 <= stage <= len(STAGE_NAMES):
+        raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
+    return os.path.join(run_dir, STAGE_NAMES[stage - 1])
+
+
+def augment_config(config: CCNNConfig) -> AugmentConfig:
+    """The training augmentation of section 4.1 as a ``common.pipeline.AugmentConfig``.
+
+    One of the ``rotation_angles_deg`` (0, -15, +12) uniformly, and a horizontal flip
+    with probability 0.5 when ``config.flip``: the paper's six variants of each face.
+    """
+    return AugmentConfig(rotation_choices_deg=tuple(config.rotation_angles_deg),
+                         flip_prob=0.5 if config.flip else 0.0)
+
+
+def build_optimizer(config: CCNNConfig) -> keras.optimizers.Optimizer:
+    """SGD with the staircase decay of section 3.3 (``config.learning_rate`` etc.)."""
+    schedule = training.step_decay(config.learning_rate, config.lr_decay_rate,
+                                   config.lr_decay_steps)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
+
+
+# --------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkLayout:
+    """What every estimate of a stage's ``"stage_k_networks"`` output is.
+
+    Attributes:
+        point_indices: ``[J]`` landmark index of each estimate.
+        window_sizes: float32 ``[J, 2]`` (width, height) of the window the estimate's
+            network sees, in normalised crop coordinates.
+        weights: float32 ``[J]``: ``1 / (2 * points of the estimate's network)``, so
+            that summing ``weights * squared error`` over the estimates gives the sum
+            over networks of each network's MSE.
+    """
+
+    point_indices: tuple[int, ...]
+    window_sizes: np.ndarray
+    weights: np.ndarray
+
+
+def network_layout(stage: Any) -> NetworkLayout:
+    """The layout of a stage layer's per-network estimates.
+
+    Window sizes come from the layer's own ``windows`` method (unshaken), so they
+    follow its geometry exactly.
+
+    Args:
+        stage: a ``CCNNStage1`` or ``CCNNRefineStage`` layer.
+
+    Returns:
+        The :class:`NetworkLayout`.
+    """
+    if isinstance(stage, CCNNStage1):
+        boxes = stage.windows(1, training=False)[0].numpy()  # [R, 4]
+        counts = [len(indices) for indices in stage.point_indices]
+        boxes = np.repeat(boxes, counts, axis=0)
+        weights = np.repeat([1.0 / (2 * c) for c in counts], counts)
+    else:
+        anchors = tf.zeros([1, stage.num_points, 2])
+        boxes = stage.windows(anchors, training=False)[0].numpy()  # [K, 4]
+        weights = np.full(len(boxes), 0.5)
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    return NetworkLayout(point_indices=tuple(int(i) for i in stage.estimate_point_indices),
+                         window_sizes=sizes.astype(np.float32),
+                         weights=weights.astype(np.float32))
+
+
+def window_relative_loss(layout: NetworkLayout) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """The per-example loss of one stage group (module docstring, formulas 3 and 9).
+
+    Args:
+        layout: the stage's :class:`NetworkLayout`.
+
+    Returns:
+        ``loss(landmarks [B, L, 2], estimates [B, J, 2]) -> [B]``: the sum over the
+        group's networks of the mean squared window-relative error of each network.
+    """
+    indices = list(layout.point_indices)
+    sizes = tf.constant(layout.window_sizes)
+    weights = tf.constant(layout.weights)
+
+    def loss(landmarks: tf.Tensor, estimates: tf.Tensor) -> tf.Tensor:
+        targets = tf.gather(landmarks, indices, axis=1)
+        relative = (tf.cast(estimates, tf.float32) - targets) / sizes
+        return tf.reduce_sum(weights * tf.reduce_sum(tf.square(relative), axis=-1), axis=-1)
+
+    return loss
+
+
+def box_width_val_metric(output_key: str = "landmarks"
+                         ) -> Callable[[keras.Model, tf.data.Dataset], dict[str, float]]:
+    """Validation metrics for ``train_model``: NME by face-box width and inter-ocular.
+
+    The face-box-width NME (Sun et al.'s normaliser, the CCNN paper's test error) needs
+    the face boxes, so the validation dataset must yield ``(inputs, targets, meta)``
+    (``make_dataset(..., with_meta=True)``): a normalised error times the crop side is
+    pixels, divided by the box width. The inter-ocular NME comes from
+    ``common.evaluation.nme_val_metric``.
+
+    Args:
+        output_key: the model output to score.
+
+    Returns:
+        ``metric(model, dataset) -> {"nme_box_width": ..., "nme_inter_ocular": ...}``.
+    """
+    inter_ocular = nme_val_metric("inter_ocular", scheme_for(5), output_key=output_key)
+    cache: dict[int, Callable] = {}
+
+    def metric(model: keras.Model, dataset: tf.data.Dataset) -> dict[str, float]:
+        if id(model) not in cache:
+            cache.clear()
+            cache[id(model)] = tf.function(
+                lambda inputs: tf.cast(model(inputs, training=False)[output_key], tf.float32))
+        predict = cache[id(model)]
+        total, count = 0.0, 0
+        for inputs, targets, meta in dataset:
+            pred = predict(inputs)
+            crop, box = meta["crop_box"], meta["box"]
+            distance = tf.norm(pred - targets["landmarks"], axis=-1)  # [B, L] crop units
+            pixels = distance * (crop[:, 2:3] - crop[:, 0:1])
+            errors = tf.reduce_mean(pixels / (box[:, 2:3] - box[:, 0:1]), axis=1)
+            total += float(tf.reduce_sum(errors))
+            count += int(errors.shape[0])
+        if count == 0:
+            raise ValueError("the validation dataset is empty")
+        return {"nme_box_width": total / count, **inter_ocular(model, dataset)}
+
+    return metric
+
+
+# --------------------------------------------------------------------------------------
+# Run bookkeeping
+# --------------------------------------------------------------------------------------
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def read_run(run_dir: str) -> dict[str, Any] | None:
+    """Reads ``run_dir/run.json``: ``{"config": CCNNConfig dict, "data": path}``."""
+    return _read_json(os.path.join(run_dir, RUN_FILE))
+
+
+def run_config(run_dir: str) -> CCNNConfig | None:
+    """The ``CCNNConfig`` recorded in a run directory (``None`` if there is none)."""
+    record = read_run(run_dir)
+    return None if record is None else CCNNConfig.from_dict(record["config"])
+
+
+def _structural(config: CCNNConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in TRAINING_ONLY_FIELDS}
+
+
+def _record_run(run_dir: str, config: CCNNConfig, data: str) -> None:
+    """Writes ``run.json``; refuses a config whose cascade differs from the recorded."""
+    previous = read_run(run_dir)
+    if previous is not None:
+        old = CCNNConfig.from_dict(previous["config"])
+        changed = sorted(k for k, v in _structural(config).items()
+                         if _structural(old).get(k) != v)
+        if changed:
+            raise ValueError(
+                f"{run_dir} holds a CCNN run with different {', '.join(changed)}; "
+                "use another --run_dir for a different cascade (e.g. an ablation)")
+    tf.io.gfile.makedirs(run_dir)
+    record = {"config": config.to_dict(), "data": os.fspath(data)}
+    training.atomic_write_text(os.path.join(run_dir, RUN_FILE),
+                               json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def weights_fingerprint(model: CCNNCascade, stages: Iterable[int]) -> str:
+    """A SHA-256 (16 hex digits) of the weights of ``stages`` of a cascade."""
+    digest = hashlib.sha256()
+    for k in stages:
+        for weight in model.stage_layer(k).get_weights():
+            digest.update(np.ascontiguousarray(weight, np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_stage_model(run_dir: str, stage: int) -> CCNNCascade:
+    """Loads the final model of a finished stage (``run_dir/stage{k}/model.keras``).
+
+    Raises:
+        FileNotFoundError: the stage has not finished training.
+    """
+    path = os.path.join(stage_dir(run_dir, stage), MODEL_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"stage {stage} of {run_dir} has not finished ({path} is missing); train it "
+            f"first (--stage={stage})")
+    return keras.saving.load_model(path, compile=False)
+
+
+def _previous_fingerprint_recorded(directory: str) -> str | None:
+    record = _read_json(os.path.join(directory, "config.json"))
+    if record is None:
+        return None
+    return record.get("config", {}).get("values", {}).get("previous_stages_fingerprint")
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+
+
+def _train_dataset_fn(data: str, config: CCNNConfig, batch_size: int,
+                      shuffle_buffer: int) -> Callable[[tf.distribute.InputContext],
+                                                       tf.data.Dataset]:
+    """The augmented training input as a function of the input context (sharding)."""
+    augment = augment_config(config)
+
+    def make(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        pipelines = context.num_input_pipelines
+        return make_dataset(
+            data, "train", sizes=(config.input_size,), num_landmarks=config.num_landmarks,
+            margin=config.margin, batch_size=context.get_per_replica_batch_size(batch_size),
+            training=True, augment=augment, seed=config.seed, shuffle_buffer=shuffle_buffer,
+            shard=(pipelines, context.input_pipeline_id) if pipelines > 1 else None)
+
+    return make
+
+
+def validation_dataset(data: str, config: CCNNConfig, split: str = "val",
+                       batch_size: int = 64, limit: int | None = None
+                       ) -> tf.data.Dataset | None:
+    """The deterministic validation input with metadata, or ``None`` without the split.
+
+    Args:
+        data: TFRecord folder.
+        config: the configuration (input size, margin, landmarks).
+        split: the split name.
+        batch_size: faces per batch.
+        limit: keep only the first ``limit`` faces.
+    """
+    try:
+        dataset = make_dataset(data, split, sizes=(config.input_size,),
+                               num_landmarks=config.num_landmarks, margin=config.margin,
+                               batch_size=batch_size, training=False, with_meta=True,
+                               cache=True)
+    except FileNotFoundError:
+        return None
+    if limit is not None:
+        dataset = dataset.unbatch().take(limit).batch(batch_size)
+    return dataset
+
+
+def has_split(data: str, split: str) -> bool:
+    """True when ``data`` holds TFRecord shards of ``split``."""
+    try:
+        return bool(find_shards(data, split))
+    except FileNotFoundError:
+        return False
+
+
+def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
+                     steps: int | None = None, batch_size: int | None = None,
+                     strategy: str | tf.distribute.Strategy = "default",
+                     mixed_precision: bool | None = None, checkpoint_every: int = 500,
+                     eval_every: int | None = None, log_every: int = 50,
+                     val_split: str = "val", val_limit: int | None = 1000,
+                     shuffle_buffer: int = 2000, verbose: bool = True
+                     ) -> training.TrainResult:
+    """Trains the networks of one stage with the earlier stages frozen (section 3.3).
+
+    Stage ``k`` is trained in ``run_dir/stage{k}`` as a ``k``-stage cascade whose
+    stages ``< k`` are copied from ``run_dir/stage{k-1}/model.keras`` and frozen.
+    Rerunning resumes from the stage's latest checkpoint. If the earlier stages were
+    retrained after this stage started, the stale run is refused.
+
+    Args:
+        config: the configuration (``config.num_stages`` is not used here).
+        stage: 1, 2 or 3.
+        data: TFRecord folder with "train" (and ``val_split``) shards.
+        run_dir: the CCNN run directory (the stage's run is a sub-directory).
+        steps: training steps of this stage; default ``config.steps_per_stage``.
+        batch_size: global batch size; default ``config.batch_size``.
+        strategy: a ``tf.distribute.Strategy`` or a name for
+            ``common.training.select_strategy``.
+        mixed_precision: passed to ``train_model`` (``None`` keeps the policy).
+        checkpoint_every: checkpoint every this many steps.
+        eval_every: validate every this many steps (always at the end).
+        log_every: log the loss every this many steps.
+        val_split: validation split (skipped when ``data`` has none).
+        val_limit: validate on at most this many faces during training.
+        shuffle_buffer: records in the shuffle buffer.
+        verbose: show a progress bar.
+
+    Returns:
+        The ``common.training.TrainResult`` of the stage (its model is the
+        ``k``-stage training cascade with per-network outputs).
+
+    Raises:
+        FileNotFoundError: the previous stage has not finished.
+        ValueError: the run holds a different cascade, or stale stage weights.
+    """
+    if not 1 <= stage <= len(STAGE_NAMES):
+        raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
+    steps = config.steps_per_stage if steps is None else int(steps)
+    batch_size = config.batch_size if batch_size is None else int(batch_size)
+    _record_run(run_dir, config, data)
+    directory = stage_dir(run_dir, stage)
+    earlier = tuple(range(1, stage))
+
+    previous_weights: dict[int, list[np.ndarray]] = {}
+    fingerprint = None
+    if earlier:
+        previous = load_stage_model(run_dir, stage - 1)
+        previous_weights = {k: previous.stage_layer(k).get_weights() for k in earlier}
+        fingerprint = weights_fingerprint(previous, earlier)
+        recorded = _previous_fingerprint_recorded(directory)
+        has_checkpoint = tf.train.latest_checkpoint(os.path.join(directory, "checkpoints"))
+        if has_checkpoint and recorded is not None and recorded != fingerprint:
+            raise ValueError(
+                f"stages {list(earlier)} changed since {directory} started training "
+                "from them; delete that directory to retrain stage "
+                f"{stage} on the new weights")
+        del previous
+
+    layouts: list[NetworkLayout] = []
+
+    def build_model() -> CCNNCascade:
+        try:
+            model = build_ccnn(config, num_stages=stage, frozen_stages=earlier,
+                               network_outputs=True, name="ccnn")
+        except (ValueError, TypeError) as error:
+            if keras.mixed_precision.global_policy().compute_dtype == "float16":
+                raise ValueError("the CCNN stages do not support mixed precision (their "
+                                 "float16 network outputs meet float32 window "
+                                 "geometry); train without --mixed_precision") from error
+            raise
+        for k, weights in previous_weights.items():
+            model.stage_layer(k).set_weights(weights)
+        layouts.append(network_layout(model.stage_layer(stage)))
+        save_architecture(model, directory)  # loadable from checkpoints meanwhile
+        return model
+
+    def loss(landmarks: tf.Tensor, estimates: tf.Tensor) -> tf.Tensor:
+        # Traced after build_model ran, so the layout of the built model is known.
+        return window_relative_loss(layouts[-1])(landmarks, estimates)
+
+    if isinstance(strategy, str):
+        strategy = training.select_strategy(strategy)
+    train_data = _train_dataset_fn(data, config, batch_size, shuffle_buffer)
+    val_data = validation_dataset(data, config, val_split, limit=val_limit)
+    record = {"ccnn": config.to_dict(), "stage": stage, "data": os.fspath(data),
+              "batch_size": batch_size, "previous_stages": list(earlier),
+              "previous_stages_fingerprint": fingerprint,
+              "augmentation": dataclasses.asdict(augment_config(config))}
+    result = training.train_model(
+        build_model=build_model, build_optimizer=lambda: build_optimizer(config),
+        loss={f"stage_{stage}_networks": loss},
+        train_dataset=train_data, steps=steps, run_dir=directory, val_dataset=val_data,
+        checkpoint_every=checkpoint_every, eval_every=eval_every, log_every=log_every,
+        strategy=strategy, config=record,
+        val_metric=box_width_val_metric() if val_data is not None else None,
+        mixed_precision=mixed_precision, verbose=verbose)
+    # The frozen stages must come out exactly as they went in.
+    for k, weights in previous_weights.items():
+        for got, expected in zip(result.model.stage_layer(k).get_weights(), weights):
+            if not np.array_equal(got, expected):
+                raise AssertionError(f"frozen stage {k} changed while training stage {stage}")
+    return result
+
+
+def assemble_cascade(run_dir: str, config: CCNNConfig | None = None,
+                     num_stages: int | None = None) -> CCNNCascade:
+    """Builds the inference cascade from the last finished stage and saves it.
+
+    The cascade has ``num_stages`` stages (default ``config.num_stages``), nothing
+    frozen and no per-network outputs; it is written to ``run_dir/model.keras``.
+
+    Args:
+        run_dir: the CCNN run directory.
+        config: the configuration; default the one in ``run.json``.
+        num_stages: stages to assemble.
+
+    Returns:
+        The cascade.
+    """
+    config = config or run_config(run_dir)
+    if config is None:
+        raise FileNotFoundError(f"{run_dir} has no {RUN_FILE}")
+    num_stages = config.num_stages if num_stages is None else num_stages
+    source = load_stage_model(run_dir, num_stages)
+    cascade = build_ccnn(config, num_stages=num_stages)
+    transfer_stage_weights(source, cascade)
+    training.save_model_atomically(cascade, os.path.join(run_dir, MODEL_FILE))
+    return cascade
+
+
+def completed_stages(run_dir: str) -> tuple[int, ...]:
+    """The stages of a run whose ``model.keras`` exists."""
+    return tuple(k for k in range(1, len(STAGE_NAMES) + 1)
+                 if tf.io.gfile.exists(os.path.join(stage_dir(run_dir, k), MODEL_FILE)))
+
+
+def consistent_stages(run_dir: str) -> int:
+    """How many leading stages of a run form a consistent, finished cascade.
+
+    Stage ``k`` is consistent when it finished and was trained on the current weights
+    of stages ``< k`` (the fingerprint recorded in its ``config.json`` matches the
+    finished stage ``k - 1``); retraining stage 2 makes a finished stage 3 stale.
+
+    Args:
+        run_dir: the CCNN run directory.
+
+    Returns:
+        The largest such ``k`` (0 when stage 1 has not finished).
+    """
+    done = set(completed_stages(run_dir))
+    count = 0
+    previous = None
+    for k in range(1, len(STAGE_NAMES) + 1):
+        if k not in done:
+            break
+        if k > 1:
+            recorded = _previous_fingerprint_recorded(stage_dir(run_dir, k))
+            if previous is None:
+                previous = load_stage_model(run_dir, k - 1)
+            if recorded != weights_fingerprint(previous, range(1, k)):
+                logger.warning("stage %d of %s was trained on earlier weights of stages "
+                               "1-%d: retrain it", k, run_dir, k - 1)
+                break
+        count = k
+        previous = None
+    return count
+
+
+def latest_cascade(run_dir: str) -> CCNNCascade:
+    """The assembled cascade, else the model of the last finished stage.
+
+    Raises:
+        FileNotFoundError: no stage has finished.
+    """
+    final = os.path.join(run_dir, MODEL_FILE)
+    if tf.io.gfile.exists(final):
+        return keras.saving.load_model(final, compile=False)
+    done = completed_stages(run_dir)
+    if not done:
+        raise FileNotFoundError(f"{run_dir}: no finished stage")
+    return load_stage_model(run_dir, max(done))
+
+
+@dataclasses.dataclass
+class CCNNTrainSummary:
+    """What :func:`train_ccnn` did.
+
+    Attributes:
+        run_dir: the run directory.
+        stage_results: ``{stage: TrainResult}`` of the stages trained now.
+        evaluation: the validation results (``ccnn_tf.evaluate.evaluate_cascade``)
+            or ``None``.
+        report_paths: files of the evaluation report.
+        export: the export report (``ccnn_tf.export.export_cascade``) or ``None``.
+    """
+
+    run_dir: str
+    stage_results: dict[int, training.TrainResult]
+    evaluation: dict[str, Any] | None = None
+    report_paths: dict[str, str] = dataclasses.field(default_factory=dict)
+    export: dict[str, Any] | None = None
+
+
+def parse_stages(stages: str | int | Sequence[int], num_stages: int) -> tuple[int, ...]:
+    """``"all"`` -> ``(1, .., num_stages)``; ``2`` or ``"2"`` -> ``(2,)``."""
+    if isinstance(stages, str):
+        if stages == "all":
+            return tuple(range(1, num_stages + 1))
+        stages = int(stages)
+    if isinstance(stages, int):
+        stages = (stages,)
+    stages = tuple(int(s) for s in stages)
+    bad = [s for s in stages if not 1 <= s <= num_stages]
+    if bad:
+        raise ValueError(f"stages {bad} outside 1..{num_stages}")
+    return stages
+
+
+def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
+               data: str, run_dir: str, steps: int | None = None,
+               batch_size: int | None = None,
+               strategy: str | tf.distribute.Strategy = "default",
+               mixed_precision: bool | None = None, checkpoint_every: int = 500,
+               eval_every: int | None = None, log_every: int = 50,
+               val_split: str = "val", evaluate: bool = True, export: bool = True,
+               verbose: bool = True) -> CCNNTrainSummary:
+    """Trains stages in series, then evaluates and (when complete) exports the cascade.
+
+    Args:
+        config: the configuration.
+        stages: ``"all"``, one stage or several, trained in the given order.
+        data: TFRecord folder with "train" and ``val_split`` shards.
+        run_dir: the CCNN run directory.
+        steps: steps per stage; default ``config.steps_per_stage``.
+        batch_size: global batch; default ``config.batch_size``.
+        strategy: strategy object or name (selected once for all stages).
+        mixed_precision: see ``common.training.train_model``.
+        checkpoint_every, eval_every, log_every: see :func:`train_ccnn_stage`.
+        val_split: the validation split.
+        evaluate: evaluate the latest cascade on ``val_split`` afterwards (written to
+            ``run_dir/eval``; Table 3, the timing, is left to ``ccnn_tf.evaluate``).
+        export: once all ``config.num_stages`` stages are trained, write
+            ``run_dir/model.keras`` and export it to ``run_dir/export``.
+        verbose: progress bars and a printed summary.
+
+    Returns:
+        A :class:`CCNNTrainSummary`.
+    """
+    from ccnn_tf import evaluate as ccnn_evaluate  # imported late: plots, reports
+    from ccnn_tf import export as ccnn_export
+
+    order = parse_stages(stages, config.num_stages)
+    if isinstance(strategy, str):
+        strategy = training.select_strategy(strategy)
+    results = {}
+    for stage in order:
+        if verbose:
+            print(f"--- CCNN stage {stage}/{config.num_stages} -> "
+                  f"{stage_dir(run_dir, stage)}", flush=True)
+        results[stage] = train_ccnn_stage(
+            config, stage, data=data, run_dir=run_dir, steps=steps, batch_size=batch_size,
+            strategy=strategy, mixed_precision=mixed_precision,
+            checkpoint_every=checkpoint_every, eval_every=eval_every,
+            log_every=log_every, val_split=val_split, verbose=verbose)
+    summary = CCNNTrainSummary(run_dir=run_dir, stage_results=results)
+    consistent = consistent_stages(run_dir)
+    complete = consistent >= config.num_stages
+    if complete:
+        model = assemble_cascade(run_dir, config)
+    elif consistent:
+        model = load_stage_model(run_dir, consistent)
+        if verbose:
+            print(f"stages {consistent + 1}..{config.num_stages} are not trained (or were "
+                  "trained on earlier weights): evaluating the first "
+                  f"{consistent} stage(s), not exporting", flush=True)
+    else:
+        return summary
+    if evaluate and has_split(data, val_split):
+        evaluated = ccnn_evaluate.evaluate_cascade(
+            model, data, val_split, batch_size=batch_size or config.batch_size, cost=False)
+        summary.evaluation = evaluated.results
+        summary.report_paths = ccnn_evaluate.write_cascade_report(
+            evaluated, os.path.join(run_dir, "eval"), name=f"ccnn_{val_split}",
+            title=f"CCNN on {val_split} ({os.path.basename(os.path.normpath(data))})")
+        if verbose:
+            print(ccnn_evaluate.stage_table(evaluated.results), flush=True)
+    if export and complete:
+        summary.export = ccnn_export.export_cascade(
+            model, os.path.join(run_dir, "export"), data=data, split=val_split)
+        if verbose:
+            print(ccnn_export.format_export_report(summary.export), flush=True)
+    return summary
+
+
+def stage_errors(results: Mapping[str, Any], kind: str = "box_width") -> dict[str, float]:
+    """``{"stage_1": mean NME, ...}`` from ``evaluate_cascade`` results."""
+    outputs = results["outputs"]
+    return {name: outputs[name][kind]["mean"] for name in sorted(outputs)
+            if name.startswith("stage_")}
