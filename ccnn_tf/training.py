@@ -494,6 +494,10 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
         raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
     steps = config.steps_per_stage if steps is None else int(steps)
     batch_size = config.batch_size if batch_size is None else int(batch_size)
+    if isinstance(strategy, str):
+        # First, before any TensorFlow op: collective ops (multi_worker) must be
+        # configured at program start-up.
+        strategy = training.select_strategy(strategy)
     _record_run(run_dir, config, data)
     directory = stage_dir(run_dir, stage)
     earlier = tuple(range(1, stage))
@@ -535,8 +539,6 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
         # Traced after build_model ran, so the layout of the built model is known.
         return window_relative_loss(layouts[-1])(landmarks, estimates)
 
-    if isinstance(strategy, str):
-        strategy = training.select_strategy(strategy)
     train_data = _train_dataset_fn(data, config, batch_size, shuffle_buffer)
     val_data = validation_dataset(data, config, val_split, limit=val_limit)
     record = {"ccnn": config.to_dict(), "stage": stage, "data": os.fspath(data),
