@@ -58,7 +58,6 @@ import tensorflow as tf
 from ccnn_tf import windows as win
 from common import export as common_export
 from common import geometry
-from common.tfrecord import find_shards, parse_face
 
 QUANTIZATIONS = ("dynamic",)
 """TFLite quantisation variants: dynamic range (int8 weights, float activations)."""
@@ -214,33 +213,8 @@ def export_tflite(model: keras.Model, path: str, *, quantize: bool = False) -> s
 
 def load_faces(data: str, split: str = "val", count: int = 16
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Reads faces for parity checks: images padded to one size, and their boxes.
-
-    Images of different sizes are padded with black at the bottom and right (their
-    boxes stay where they are), so they form one uint8 batch.
-
-    Args:
-        data: TFRecord folder.
-        split: the split.
-        count: number of faces.
-
-    Returns:
-        ``(images uint8 [N, H, W, 3], boxes float32 [N, 4])``.
-    """
-    records = tf.data.TFRecordDataset(find_shards(data, split)).take(count)
-    images, boxes = [], []
-    for serialized in records:
-        face = parse_face(serialized)
-        images.append(face["image"].numpy())
-        boxes.append(face["box"].numpy())
-    if not images:
-        raise ValueError(f"split {split!r} of {data!r} holds no faces")
-    height = max(i.shape[0] for i in images)
-    width = max(i.shape[1] for i in images)
-    batch = np.zeros((len(images), height, width, 3), np.uint8)
-    for i, image in enumerate(images):
-        batch[i, :image.shape[0], :image.shape[1]] = image
-    return batch, np.stack(boxes).astype(np.float32)
+    """Faces for parity checks (``common.export.parity_faces``)."""
+    return common_export.parity_faces(data, split, count)
 
 
 def synthetic_check_faces(count: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

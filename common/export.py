@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import geometry
+from common.tfrecord import find_shards, parse_face
 
 EXPORT_INFO = "export_info.json"
 """Name of the metadata file written into every SavedModel export."""
@@ -601,3 +602,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def parity_faces(data: str, split: str = "val", count: int = 16
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Reads faces for parity checks: images padded to one size, and their boxes.
+
+    Images of different sizes are padded with black at the bottom and right (their
+    boxes stay where they are), so they form one uint8 batch.
+
+    Args:
+        data: TFRecord folder.
+        split: the split.
+        count: number of faces.
+
+    Returns:
+        ``(images uint8 [N, H, W, 3], boxes float32 [N, 4])``.
+    """
+    files = find_shards(data, split) if os.path.isdir(data) else find_shards(data)
+    records = tf.data.TFRecordDataset(files).take(count)
+    images, boxes = [], []
+    for serialized in records:
+        face = parse_face(serialized)
+        images.append(face["image"].numpy())
+        boxes.append(face["box"].numpy())
+    if not images:
+        raise ValueError(f"split {split!r} of {data!r} holds no faces")
+    height = max(i.shape[0] for i in images)
+    width = max(i.shape[1] for i in images)
+    batch = np.zeros((len(images), height, width, 3), np.uint8)
+    for i, image in enumerate(images):
+        batch[i, :image.shape[0], :image.shape[1]] = image
+    return batch, np.stack(boxes).astype(np.float32)

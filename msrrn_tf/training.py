@@ -455,26 +455,10 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
 
 
 def sample_faces(data: str, split: str, count: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` faces of a split as a uint8 batch and face boxes, for
-    parity checks (images are padded to the largest size; boxes are unchanged).
+    """The first ``count`` faces of a split for parity checks (``common.export.parity_faces``)."""
+    from common import export as common_export
 
-    Returns:
-        ``(images uint8 [N, H, W, 3], boxes float32 [N, 4])``.
-    """
-    files = find_shards(data, split) if os.path.isdir(data) else find_shards(data)
-    images, boxes = [], []
-    for serialized in tf.data.TFRecordDataset(files).take(count):
-        face = parse_face(serialized)
-        images.append(face["image"].numpy())
-        boxes.append(face["box"].numpy())
-    if not images:
-        raise ValueError(f"split {split!r} of {data!r} holds no faces")
-    height = max(i.shape[0] for i in images)
-    width = max(i.shape[1] for i in images)
-    batch = np.zeros((len(images), height, width, 3), np.uint8)
-    for k, image in enumerate(images):
-        batch[k, :image.shape[0], :image.shape[1]] = image
-    return batch, np.stack(boxes).astype(np.float32)
+    return common_export.parity_faces(data, split, count)
 
 
 def export_msrrn(model: MSRRN, export_dir: str, *, margin: float, data: str | None = None,
