@@ -1,0 +1,95 @@
+"""End-to-end check of ``experiments.compare_real`` on tiny synthetic data sets."""
+
+import importlib.util
+import json
+
+import pytest
+
+from experiments import compare_real
+
+TINY_DLIB = {"cascade_depth": 2, "num_trees_per_cascade_level": 4, "tree_depth": 2,
+             "oversampling_amount": 1, "feature_pool_size": 40, "num_test_splits": 4}
+HAS_MTCNN = importlib.util.find_spec("mtcnn") is not None
+TINY_MSRRN = {"scales": (16, 32), "num_stages": 2, "patch_size": 4,
+              "regression_conv_filters": (4,), "regression_fc_units": (16,),
+              "init_conv_filters": (4, 4), "init_fc_units": (16,), "batch_size": 8}
+
+
+def _data(tmp_path, num_points):
+    from common.synthetic import ensure_synthetic_dataset
+
+    return ensure_synthetic_dataset(num_points, {"train": 24, "val": 8}, seed=0,
+                                    cache_dir=str(tmp_path / "cache"), progress=False)
+
+
+def _check_report(report, output, family, methods):
+    results = report["results"]
+    assert set(results["methods"]) == set(methods)
+    name = f"compare_{family}"
+    for suffix in (".json", ".md", "_ced.png"):
+        assert (output / f"{name}{suffix}").stat().st_size > 0
+    with open(output / f"{name}.json") as f:
+        written = json.load(f)
+    assert set(written["methods"]) == set(methods)
+    assert written["num_faces"] == 8
+    for method in [family, *methods]:
+        assert written["seconds_per_face"][method] > 0
+    markdown = (output / f"{name}.md").read_text()
+    assert report["markdown"] == markdown
+    for method in methods:
+        assert compare_real.METHOD_LABELS[method] in markdown
+    return written
+
+
+@pytest.mark.slow
+def test_compare_msrrn_family(tmp_path):
+    output = tmp_path / "msrrn"
+    report = compare_real.compare(
+        "msrrn", _data(tmp_path, 68), output=str(output), steps=2,
+        config_overrides=TINY_MSRRN, dlib_options=TINY_DLIB, dlib_threads=1,
+        parallel_peers=True, timing_faces=2, verbose=False)
+    written = _check_report(report, output, "msrrn", ["msrrn", "dlib_ert", "mean_shape"])
+    # The stage ablation: the model's mean shape, S^0 and each stage.
+    assert set(written["stages"]) == {"mean_shape", "stage_0", "stage_1", "stage_2"}
+    assert "inter_pupil" in written["methods"]["msrrn"]
+    assert {"beats_dlib_ert", "beats_mean_shape"} <= set(written["checks"])
+    assert written["peers"]["dlib_ert"]["options"] == TINY_DLIB
+    if HAS_MTCNN:  # 5 points only: compared on the 5-point reduction
+        assert {"mtcnn", "mtcnn_box", "msrrn", "dlib_ert"} <= set(written["five_point"])
+        assert (output / "compare_msrrn_five_point_ced.png").stat().st_size > 0
+
+    # A second run with --model reuses the fitted peers and trains nothing.
+    again = compare_real.compare(
+        "msrrn", _data(tmp_path, 68), output=str(output),
+        model_path=str(output / "run"), peers=["dlib_ert"], dlib_options=TINY_DLIB,
+        timing_faces=2, verbose=False)
+    assert again["results"]["ours"]["source"].endswith("run")
+    assert again["results"]["peers"]["dlib_ert"]["reused"]
+    assert set(again["results"]["methods"]) == {"msrrn", "dlib_ert"}
+
+
+@pytest.mark.slow
+def test_compare_ccnn_family(tmp_path):
+    output = tmp_path / "ccnn"
+    report = compare_real.compare(
+        "ccnn", _data(tmp_path, 5), output=str(output), preset="tiny", steps=2,
+        dlib_options=TINY_DLIB, dlib_threads=1, parallel_peers=False, timing_faces=2,
+        verbose=False)
+    methods = ["ccnn", "dlib_ert", "mean_shape"] + (["mtcnn", "mtcnn_box"] if HAS_MTCNN
+                                                    else [])
+    written = _check_report(report, output, "ccnn", methods)
+    assert set(written["stages"]) == {"stage_1", "stage_2", "stage_3"}
+    assert "stage_errors_decrease" in written["checks"]
+    for method in methods:
+        assert len(written["methods"][method]["box_width"]["per_point"]) == 5
+        assert "inter_ocular" in written["methods"][method]
+    assert (output / "compare_ccnn_per_point.png").stat().st_size > 0
+    assert "| LE | RE | N | LM | RM | mean |" in report["markdown"]
+
+
+def test_expand_peers():
+    assert compare_real.expand_peers(["dlib_ert", "mtcnn"]) == ["dlib_ert", "mtcnn",
+                                                                 "mtcnn_box"]
+    assert compare_real.expand_peers(["mtcnn_box", "mtcnn"]) == ["mtcnn_box", "mtcnn"]
+    with pytest.raises(ValueError, match="unknown peer"):
+        compare_real.expand_peers(["sdm"])
