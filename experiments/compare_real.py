@@ -640,8 +640,10 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
                          scored["outputs"][k][kind]["per_point"]
                          for k in stage_keys if k.split(":", 1)[1].startswith("stage_")})
             tables.append(_per_point_table(rows, labels, kind))
+        # The mean shape (several times the others' error) is left to the table so
+        # that the plot's scale shows the differences between the real methods.
         series = {METHOD_LABELS[m]: scored["outputs"][m][kinds[0]]["per_point"]
-                  for m in final_methods}
+                  for m in final_methods if m != "mean_shape"}
         paths["per_point"] = _write_png(
             plots.plot_per_point_errors, os.path.join(output, f"{name}_per_point.png"),
             series, labels, title=f"Per-point error on {eval_split} (cf. CCNN Fig. 7)",
