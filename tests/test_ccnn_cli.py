@@ -125,7 +125,11 @@ def test_cli_train_evaluate_export(data, tmp_path):
     for output in ("stage_1", "stage_2", "stage_3", "landmarks"):
         for kind in ("box_width", "inter_ocular"):
             entry = results["outputs"][output][kind]
-            assert len(entry["per_point"]) == 5 and 0 < entry["mean"] < 1
+            # Four steps per stage do not make a good model (an inter-ocular error
+            # above 1 is possible), so check consistency, not quality.
+            assert len(entry["per_point"]) == 5 and np.isfinite(entry["mean"])
+            assert entry["mean"] > 0
+            np.testing.assert_allclose(entry["mean"], np.mean(entry["per_point"]), rtol=1e-5)
             assert "failure@0.1" in entry and len(entry["per_point_failure@0.1"]) == 5
     cost = results["cost"]
     assert [row["stages"] for row in cost["by_stages"]] == [1, 2, 3]
