@@ -19,7 +19,7 @@ export. Export to a local path (copy to GCS afterwards): directory renames are n
 atomic on object stores.
 
 TFLite (:func:`export_tflite`) converts ``serving_cropped`` only: the serving crop
-uses ``ImageProjectiveTransformV3`` and dynamic image shapes, which are not TFLite
+uses ``CropAndResize`` on dynamic image shapes, which are not TFLite
 builtins; on-device pipelines crop with their own detector output and then map the
 normalised landmarks back with ``crop_to_image``.
 

@@ -1042,14 +1042,31 @@ def training_rows(cases: Sequence[Case]) -> list[dict[str, Any]]:
             for c in cases if c.steps]
 
 
-def check_targets(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Pass/fail of ``TARGETS`` for the exported forms on the CPU."""
+def check_targets(rows: Sequence[Mapping[str, Any]],
+                  num_landmarks: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+    """Pass/fail of ``TARGETS`` for the exported forms on the CPU.
+
+    Args:
+        rows: ``result_rows``.
+        num_landmarks: ``{model: L}``; with it each check also holds the time of
+            dlib ERT with as many points in the same run (``peer``, ``peer_ms_per_face``,
+            ``peer_faces_per_s``), when it was measured.
+    """
+    peers = {row["method"]: row for row in rows
+             if row["form"] == "dlib_predict" and row["device"] == "CPU"}
     checks = []
     for row in rows:
         target = TARGETS.get(row["method"])
         if target is None or row["form"] not in EXPORTED_FORMS or row["device"] != "CPU":
             continue
         check = {"method": row["method"], "form": row["form"], **target}
+        peer = peers.get(f"dlib_ert_{(num_landmarks or {}).get(row['method'])}")
+        if peer is not None:
+            check["peer"] = peer["method"]
+            if peer["batch_1"]:
+                check["peer_ms_per_face"] = peer["batch_1"]["median_ms_per_face"]
+            if peer["batched"]:
+                check["peer_faces_per_s"] = peer["batched"]["median_faces_per_s"]
         if row["batch_1"]:
             ms = row["batch_1"]["median_ms_per_face"]
             check["ms_per_face"] = ms
@@ -1162,11 +1179,19 @@ def format_markdown(result: Mapping[str, Any]) -> str:
                   "in-memory batch (no input pipeline).")]
     lines += ["", "## Targets (CPU, exported forms)", ""]
     for check in checks:
+        peer = ""
+        if "peer" in check:
+            peer = (f"; {check['peer']} in this run: "
+                    f"{check.get('peer_ms_per_face', float('nan')):.3g} ms/face, "
+                    f"{check.get('peer_faces_per_s', float('nan')):.4g} faces/s")
         lines.append(f"* {check['method']} {check['form']}: "
                      f"{check.get('ms_per_face', float('nan')):.3g} ms/face (target < "
-                     f"{check['max_ms_per_face']:g}), "
+                     f"{check['max_ms_per_face']:g}: "
+                     f"{'PASS' if check.get('latency_pass', True) else 'FAIL'}), "
                      f"{check.get('faces_per_s', float('nan')):.4g} faces/s (target >= "
-                     f"{check['min_faces_per_s']:g}): {'PASS' if check['pass'] else 'FAIL'}")
+                     f"{check['min_faces_per_s']:g}: "
+                     f"{'PASS' if check.get('throughput_pass', True) else 'FAIL'}): "
+                     f"{'PASS' if check['pass'] else 'FAIL'}{peer}")
     for name, profile in result.get("profile", {}).items():
         lines += ["", f"## Profile: {name}", ""]
         for part in profile.get("breakdown", []):
@@ -1326,7 +1351,8 @@ def run_benchmark(options: BenchOptions, output_dir: str | None = None,
                    sample_seconds=options.sample_seconds, seed=options.seed, log=log)
 
         rows = result_rows(cases, options.batch_size)
-        checks = check_targets(rows)
+        checks = check_targets(rows, {name: mut.num_landmarks
+                                      for name, mut in models.items()})
         profile: dict[str, Any] = {}
         for name, mut in models.items():
             missed = any(not c["pass"] for c in checks if c["method"] == name)

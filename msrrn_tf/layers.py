@@ -2,7 +2,7 @@
 
 ``shape_indexed_patches`` cuts a k x k patch centred on every landmark of the
 current shape estimate by bilinear interpolation, batched over faces and
-landmarks with four gathers. It is differentiable with respect to the image and
+landmarks with gathers. It is differentiable with respect to the image and
 (piecewise) to the shape, and compiles with XLA.
 
 Conventions (docs/DESIGN.md): landmarks are in normalised crop coordinates, and
@@ -52,18 +52,68 @@ def shape_indexed_patches(images: tf.Tensor, shape: tf.Tensor, patch_size: int,
     # half-precision positions would be off by ~0.1 px at 200 px.
     coord_dtype = tf.float64 if shape.dtype == tf.float64 else tf.float32
     shape = tf.cast(shape, coord_dtype)
-    k = int(patch_size)
+    if patch_extent is None:
+        return _unit_step_patches(images, shape, int(patch_size))
+    return _general_patches(images, shape, int(patch_size), float(patch_extent))
+
+
+def _unit_step_patches(images: tf.Tensor, shape: tf.Tensor, k: int) -> tf.Tensor:
+    """``shape_indexed_patches`` with one sample per pixel (``patch_extent=None``).
+
+    The samples of a patch are whole pixels apart, so they all share the bilinear
+    weights ``(wx, wy)`` of the first one: the patch is a blend of the
+    ``(k + 1) x (k + 1)`` pixel window starting at ``floor`` of the first sample,
+    read with a single gather (instead of four gathers of ``k x k`` neighbours), and
+    interpolated separably, first along x, then along y. The zero padding is folded
+    into the interpolation weights (a pixel outside the image gets weight 0).
+    """
+    n, h, w, c = (_dim(images, i) for i in range(4))
+    num_l = _dim(shape, 1)
+    hf = tf.cast(h, shape.dtype)
+    wf = tf.cast(w, shape.dtype)
+    # The first sample of each patch; beyond the window's reach every pixel it reads
+    # is padding, and clamping there keeps the integer casts in range without
+    # changing any value.
+    first = 0.5 - k / 2.0
+    x = tf.clip_by_value(shape[..., 0] * wf - 0.5 + first, -1.0 - k, wf)  # [N, L]
+    y = tf.clip_by_value(shape[..., 1] * hf - 0.5 + first, -1.0 - k, hf)
+    x0 = tf.floor(x)
+    y0 = tf.floor(y)
+    wx = tf.cast(x - x0, images.dtype)[..., None]  # floor has no gradient: d/dx = 1
+    wy = tf.cast(y - y0, images.dtype)[..., None]
+    steps = tf.range(k + 1)
+    xi = tf.cast(x0, tf.int32)[..., None] + steps  # window columns [N, L, k + 1]
+    yi = tf.cast(y0, tf.int32)[..., None] + steps  # window rows
+    inside_x = tf.cast((xi >= 0) & (xi < w), images.dtype)
+    inside_y = tf.cast((yi >= 0) & (yi < h), images.dtype)
+    index = (tf.clip_by_value(yi, 0, h - 1)[..., :, None] * w
+             + tf.clip_by_value(xi, 0, w - 1)[..., None, :])  # [N, L, k + 1, k + 1]
+    flat = tf.reshape(images, tf.stack([n, h * w, c]))
+    window = tf.gather(flat, tf.reshape(index, tf.stack([n, -1])), batch_dims=1)
+    window = tf.reshape(window, tf.stack([n, num_l, k + 1, k + 1, c]))
+    # Sample j reads window columns j (weight 1 - wx) and j + 1 (weight wx).
+    left = ((1 - wx) * inside_x[..., :k])[:, :, None, :, None]
+    right = (wx * inside_x[..., 1:])[:, :, None, :, None]
+    rows = window[:, :, :, :k] * left + window[:, :, :, 1:] * right  # [N, L, k + 1, k, C]
+    top = ((1 - wy) * inside_y[..., :k])[:, :, :, None, None]
+    bottom = (wy * inside_y[..., 1:])[:, :, :, None, None]
+    patches = rows[:, :, :k] * top + rows[:, :, 1:] * bottom
+    static_n, static_l, static_c = images.shape[0], shape.shape[1], images.shape[-1]
+    return tf.ensure_shape(patches, [static_n, static_l, k, k, static_c])
+
+
+def _general_patches(images: tf.Tensor, shape: tf.Tensor, k: int,
+                     patch_extent: float) -> tf.Tensor:
+    """``shape_indexed_patches`` for any sample spacing: four gathers of neighbours."""
+    coord_dtype = shape.dtype
     n, h, w, c = (_dim(images, i) for i in range(4))
     num_l = _dim(shape, 1)
     hf = tf.cast(h, coord_dtype)
     wf = tf.cast(w, coord_dtype)
 
     offsets = tf.range(k, dtype=coord_dtype) + (0.5 - k / 2.0)  # centred on 0
-    if patch_extent is None:
-        step_x = step_y = tf.constant(1.0, coord_dtype)
-    else:
-        step_x = float(patch_extent) * wf / k
-        step_y = float(patch_extent) * hf / k
+    step_x = patch_extent * wf / k
+    step_y = patch_extent * hf / k
     cx = shape[..., 0] * wf - 0.5
     cy = shape[..., 1] * hf - 0.5
     x = cx[:, :, None, None] + step_x * offsets[None, None, None, :]  # [N, L, 1, k]

@@ -54,6 +54,15 @@ def test_rows_targets_and_summaries():
     assert not checks["msrrn", "tflite"]["latency_pass"]                # 20 ms >= 10 ms
     assert checks["msrrn", "tflite"]["throughput_pass"]                 # 320/s >= 200
     assert not checks["msrrn", "tflite"]["pass"]
+    assert "peer" not in checks["msrrn", "tflite"]  # without landmark counts
+
+    # With the landmark counts, each check carries dlib ERT's time from the same run.
+    checks = {(c["method"], c["form"]): c
+              for c in bench_speed.check_targets(rows, {"msrrn": 68, "ccnn": 5})}
+    assert checks["msrrn", "tflite"]["peer"] == "dlib_ert_68"
+    assert checks["msrrn", "tflite"]["peer_ms_per_face"] == pytest.approx(1.0)
+    assert "peer_faces_per_s" not in checks["msrrn", "tflite"]  # no batched dlib row
+    assert "peer" not in checks["ccnn", "saved_model_default"]  # no dlib_ert_5 row
 
     (train,) = bench_speed.training_rows(cases)
     assert train["batch_size"] == 64
@@ -85,6 +94,8 @@ def test_main_tiny_preset(tmp_path, capsys):
     markdown = (tmp_path / "bench_speed.md").read_text()
     assert "| method | form | device | ms/face at batch 1 | faces/s at batch 8 |" in markdown
     assert markdown in capsys.readouterr().out
+    assert "* msrrn saved_model_default: " in markdown
+    assert "dlib_ert_68 in this run: " in markdown and "dlib_ert_5 in this run: " in markdown
     assert result["fresh_weights"] and result["settings"]["preset"] == "tiny"
     assert result["environment"]["gpu"]["available"] or "skipped" in (
         result["environment"]["gpu"]["note"])

@@ -174,28 +174,134 @@ def test_flipped_left_eye_lands_on_right_eye_index():
 
 # -------------------------------------------------------------------------- crops
 
-def test_crop_faces_pixel_centre_convention():
+@pytest.mark.parametrize("sampler", ["crop_and_resize", "projective"])
+def test_crop_faces_pixel_centre_convention(sampler):
+    # No angles: crop_and_resize, exact up to AXIS_ALIGNED_ATOL (positions in float32
+    # units of side - 1); zero angles: the projective op, exact here.
+    angles = None if sampler == "crop_and_resize" else [0.0]
+    atol = geometry.AXIS_ALIGNED_ATOL if angles is None else 0.0
+
+    def crop(image, box, size, **kwargs):
+        return geometry.crop_faces(image, box, size, angles=angles, **kwargs).numpy()
+
     rng = np.random.default_rng(4)
     image = rng.integers(0, 256, size=(1, 24, 24, 3)).astype(np.uint8)
     full = [[-0.5, -0.5, 23.5, 23.5]]  # the pixel-edge extent of the image
-    np.testing.assert_array_equal(geometry.crop_faces(image, full, 24).numpy(), image)
-    np.testing.assert_array_equal(geometry.crop_faces(image, full, 24, flips=[True]).numpy(),
-                                  image[:, :, ::-1])
+    np.testing.assert_allclose(crop(image, full, 24), image, rtol=0, atol=atol)
+    np.testing.assert_allclose(crop(image, full, 24, flips=[True]), image[:, :, ::-1],
+                               rtol=0, atol=atol)
     rotated = geometry.crop_faces(image, full, 24, angles=[math.pi / 2]).numpy()
     np.testing.assert_allclose(rotated, np.rot90(image, 1, axes=(1, 2)), atol=1e-2)
     # 2x downscaling averages exactly the 2x2 blocks (pyramid level 1).
-    half = geometry.crop_faces(image, full, 12).numpy()
-    np.testing.assert_allclose(half, image.reshape(1, 12, 2, 12, 2, 3).mean((2, 4)), atol=1e-4)
+    half = crop(image, full, 12)
+    np.testing.assert_allclose(half, image.reshape(1, 12, 2, 12, 2, 3).mean((2, 4)),
+                               atol=max(atol, 1e-4))
     # A one-pixel shift of the box shifts the crop by one pixel.
-    shifted = geometry.crop_faces(image, [[0.5, -0.5, 24.5, 23.5]], 24).numpy()
-    np.testing.assert_array_equal(shifted[:, :, :23], image[:, :, 1:])
-    np.testing.assert_array_equal(shifted[:, :, 23], 0)  # constant fill outside
+    shifted = crop(image, [[0.5, -0.5, 24.5, 23.5]], 24)
+    np.testing.assert_allclose(shifted[:, :, :23], image[:, :, 1:], rtol=0, atol=atol)
+    np.testing.assert_allclose(shifted[:, :, 23], 0, atol=atol)  # constant fill outside
     edge = geometry.crop_faces(image, [[0.5, -0.5, 24.5, 23.5]], 24, fill_mode="nearest")
     np.testing.assert_array_equal(edge.numpy()[:, :, 23], image[:, :, 23])
     # uint8 and float inputs agree.
-    np.testing.assert_array_equal(
-        geometry.crop_faces(image.astype(np.float32), full, 17).numpy(),
-        geometry.crop_faces(image, full, 17).numpy())
+    np.testing.assert_allclose(crop(image.astype(np.float32), full, 17), crop(image, full, 17),
+                               rtol=0, atol=1e-4)
+
+
+def np_halve(image):
+    """NumPy twin of ``geometry._halve`` for one ``[H, W, C]`` image."""
+    if image.shape[0] % 2:
+        image = np.concatenate([image, image[-1:]], 0)
+    if image.shape[1] % 2:
+        image = np.concatenate([image, image[:, -1:]], 1)
+    h, w, c = image.shape
+    return image.reshape(h // 2, 2, w // 2, 2, c).mean((1, 3))
+
+
+def np_bilinear(image, xs, ys, fill):
+    """Bilinear samples on the grid ``ys x xs``; each neighbour outside reads ``fill``."""
+    h, w, _ = image.shape
+    padded = np.pad(image, [(1, 1), (1, 1), (0, 0)], constant_values=fill)
+
+    def split(coords, side):
+        lo = np.floor(coords)
+        inside = (lo >= -1) & (lo <= side - 1)  # else both neighbours are outside
+        index = np.where(inside, lo, -1).astype(int) + 1
+        return index, coords - lo, inside
+
+    yi, wy, in_y = split(ys, h)
+    xi, wx, in_x = split(xs, w)
+    rows = (1 - wy)[:, None, None] * padded[yi] + wy[:, None, None] * padded[yi + 1]
+    rows[~in_y] = fill
+    out = (1 - wx)[None, :, None] * rows[:, xi] + wx[None, :, None] * rows[:, xi + 1]
+    out[:, ~in_x] = fill
+    return out
+
+
+def np_crop_face(image, box, size, flip=False, fill=0.0):
+    """NumPy reference of ``crop_faces`` without rotation (module docstring and
+    DESIGN.md: trilinear mip-map sampling at output pixel centres)."""
+    image = np.asarray(image, np.float64)
+    left, top, right, bottom = (float(v) for v in box)
+    width, height = right - left, bottom - top
+    lod = min(math.log2(max(max(width, height) / size, 1.0)), geometry.PYRAMID_LEVELS - 1)
+    base = math.floor(lod)
+    u = (np.arange(size) + 0.5) / size
+    xs = left + (1.0 - u if flip else u) * width
+    ys = top + u * height
+    levels = [image]
+    out = np.zeros((size, size, image.shape[-1]))
+    for level, weight in ((base, 1.0 - (lod - base)), (base + 1, lod - base)):
+        if weight <= 0.0:
+            continue
+        while len(levels) <= level:
+            levels.append(np_halve(levels[-1]))
+        # Level-k pixel i averages level-0 pixels i 2^k .. (i + 1) 2^k - 1.
+        factor = 2.0 ** level
+        offset = (factor - 1.0) / 2.0
+        out += weight * np_bilinear(levels[level], (xs - offset) / factor,
+                                    (ys - offset) / factor, fill)
+    return out
+
+
+def _random_crop_cases(rng, count):
+    """Random images (odd and even sides, down to a few pixels) and crop boxes from
+    far below to far above the output size, partly or mostly outside the image."""
+    for _ in range(count):
+        h, w = (int(v) for v in rng.integers(3, 150, 2))
+        n = int(rng.integers(1, 4))
+        images = rng.integers(0, 256, (n, h, w, 3)).astype(np.uint8)
+        size = int(rng.integers(1, 40))
+        side = size * 2.0 ** rng.uniform(-2.0, 6.5, n)
+        centre = rng.uniform(-0.2, 1.2, (n, 2)) * [w, h]
+        boxes = np.concatenate([centre - side[:, None] / 2, centre + side[:, None] / 2], 1)
+        yield images, boxes.astype(np.float32), size, rng.random(n) < 0.5
+
+
+@pytest.mark.parametrize("fill", [0.0, 37.25])
+def test_crop_faces_matches_numpy_reference(fill):
+    rng = np.random.default_rng(11)
+    for images, boxes, size, flips in _random_crop_cases(rng, 12):
+        fast = geometry.crop_faces(images, boxes, size, flips=flips, fill_value=fill).numpy()
+        projective = geometry.crop_faces(images, boxes, size, angles=np.zeros(len(boxes)),
+                                         flips=flips, fill_value=fill).numpy()
+        for i in range(len(boxes)):
+            want = np_crop_face(images[i], boxes[i], size, flips[i], fill)
+            np.testing.assert_allclose(projective[i], want, rtol=0,
+                                       atol=geometry.AXIS_ALIGNED_ATOL)
+            np.testing.assert_allclose(fast[i], want, rtol=0, atol=geometry.AXIS_ALIGNED_ATOL)
+
+
+def test_crop_and_resize_path_equals_projective_path():
+    """The rotation-free sampler agrees with the projective one (the path training
+    with rotation takes) to AXIS_ALIGNED_ATOL, for uint8 and float images."""
+    rng = np.random.default_rng(12)
+    for images, boxes, size, flips in _random_crop_cases(rng, 10):
+        for data in (images, images.astype(np.float32) + rng.uniform(0, 1, images.shape)):
+            fast = geometry.crop_faces(data, boxes, size, flips=flips).numpy()
+            projective = geometry.crop_faces(data, boxes, size, angles=np.zeros(len(boxes)),
+                                             flips=flips).numpy()
+            np.testing.assert_allclose(fast, projective, rtol=0,
+                                       atol=geometry.AXIS_ALIGNED_ATOL)
 
 
 def test_crop_faces_antialiasing():
@@ -240,10 +346,13 @@ def test_dots_found_after_crop_rotate_flip_scale():
 
 def test_batch_independence():
     rng = np.random.default_rng(6)
-    images = rng.integers(0, 256, size=(3, 90, 120, 3)).astype(np.uint8)
-    boxes = np.array([[10, 10, 80, 80], [0, 0, 20, 20], [30, 5, 110, 85]], np.float32)
+    images = rng.integers(0, 256, size=(5, 90, 120, 3)).astype(np.uint8)
+    # Crops of 1.1x to 0.3x, 1.4x, 2.1x and 3.8x the 32-pixel output: each face reads
+    # other pyramid levels, which are built only for the faces that read them.
+    boxes = np.array([[10, 10, 80, 80], [0, 0, 20, 20], [30, 5, 110, 85], [40, 40, 63, 63],
+                      [-10, -20, 90, 80]], np.float32)
     batch, _ = geometry.preprocess_faces(images, boxes, (16, 32), 0.1)
-    for i in range(3):
+    for i in range(len(boxes)):
         single, _ = geometry.preprocess_faces(images[i:i + 1], boxes[i:i + 1], (16, 32), 0.1)
         for key in ("image_16", "image_32"):
             np.testing.assert_allclose(batch[key].numpy()[i], single[key].numpy()[0], atol=1e-4)

@@ -65,19 +65,31 @@ def test_matches_numpy_reference(rng, patch_size, patch_extent):
     np.testing.assert_allclose(got, want, atol=2e-3, rtol=1e-5)
 
 
+def test_paper_patch_size_matches_numpy_reference(rng):
+    """k = 12 (MSRRNConfig), one sample per pixel: the window path, with patches
+    inside, across the border and wholly outside the image."""
+    images = rng.uniform(-1, 1, (2, 20, 23, 3))
+    border = [[0.02, 0.97], [1.05, -0.04], [-0.3, 0.5], [0.5, 1.4], [0.99, 0.01]]
+    shape = np.concatenate([rng.uniform(0.1, 0.9, (2, 3, 2)), np.array([border] * 2)], axis=1)
+    got = shape_indexed_patches(images.astype(np.float32), shape.astype(np.float32), 12).numpy()
+    want = reference_patches(images, shape.astype(np.float32).astype(np.float64), 12)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
 def test_far_outside_is_zero():
     images = np.ones((1, 4, 4, 2), np.float32)
     shape = np.array([[[-3.0, 0.5], [0.5, 40.0], [1e6, -1e6]]], np.float32)
     np.testing.assert_array_equal(shape_indexed_patches(images, shape, 3).numpy(), 0.0)
 
 
-def test_gradients_match_numeric(rng):
+@pytest.mark.parametrize("patch_size", [3, 4])
+def test_gradients_match_numeric(rng, patch_size):
     images = tf.constant(rng.uniform(0, 1, (2, 5, 6, 2)))
     # Fractional pixel parts away from 0 so the numeric step never crosses a kink.
     centres_px = np.array([[[1.3, 2.4], [4.6, 0.7]], [[0.2, 3.3], [5.4, 4.2]]])
     shape = tf.constant((centres_px + 0.5) / np.array([6.0, 5.0]))
     theoretical, numerical = tf.test.compute_gradient(
-        lambda im, s: shape_indexed_patches(im, s, 3), [images, shape], delta=1e-4)
+        lambda im, s: shape_indexed_patches(im, s, patch_size), [images, shape], delta=1e-4)
     for t, n in zip(theoretical, numerical):
         assert np.abs(t).max() > 0
         np.testing.assert_allclose(t, n, atol=1e-5)
