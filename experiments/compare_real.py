@@ -21,6 +21,12 @@ For the data folder of ``common.prepare`` (or ``common.synthetic``) and one fami
 3. the pretrained MTCNN (5 points) runs in both modes of ``common.peers.MTCNNPeer``:
    ``mtcnn`` (its own detector, detection matched to our box) and ``mtcnn_box`` (its
    last stage on our box);
+   optionally OpenCV's Facemark LBF (``lbf``, ``common.peers.LBFPeer``) is trained
+   like dlib on the same faces and boxes, with ``common.peers.LBF_QUICK_OPTIONS`` by
+   default (``--lbf_options``), by the C++ program ``tools/lbf_tool.cpp`` that
+   ``--lbf_tool`` or ``$FACE_ALIGN_LBF_TOOL`` names (README, "Optional peers"); it
+   is among the default peers when that variable is set, and skipped with a note in
+   the report when it is asked for but not configured;
 4. everything is scored on the same faces of ``--eval_split``:
 
    * MSRRN family (68 points): inter-pupil NME (the paper's NRMSE) and inter-ocular
@@ -59,18 +65,22 @@ logger = logging.getLogger(__name__)
 
 FAMILIES = ("msrrn", "ccnn")
 
-PEER_NAMES = ("dlib_ert", "mean_shape", "mtcnn", "mtcnn_box")
+PEER_NAMES = ("dlib_ert", "mean_shape", "mtcnn", "mtcnn_box", "lbf")
 """Names accepted by ``--peers``; ``mtcnn`` means both MTCNN modes (``mtcnn`` and
-``mtcnn_box``), ``mtcnn_box`` the box mode alone."""
+``mtcnn_box``), ``mtcnn_box`` the box mode alone; ``lbf`` is OpenCV's Facemark LBF
+(optional: ``$FACE_ALIGN_LBF_TOOL``)."""
 
-DEFAULT_PEERS = ("dlib_ert", "mean_shape", "mtcnn")
+DEFAULT_PEERS = ("dlib_ert", "mean_shape", "mtcnn") + (
+    ("lbf",) if os.environ.get("FACE_ALIGN_LBF_TOOL") else ())
+"""The peers run when none are named: LBF too when ``$FACE_ALIGN_LBF_TOOL`` is set
+(``common.peers.LBF_TOOL_ENV``; read when this module is imported)."""
 
-TRAINED_PEERS = ("mean_shape", "dlib_ert")
+TRAINED_PEERS = ("mean_shape", "dlib_ert", "lbf")
 """Peers fitted on the training split (MTCNN is pretrained)."""
 
 METHOD_LABELS = {"msrrn": "MSRRN (ours)", "ccnn": "CCNN (ours)", "dlib_ert": "dlib ERT",
                  "mean_shape": "mean shape", "mtcnn": "MTCNN (detect)",
-                 "mtcnn_box": "MTCNN (ONet on our box)"}
+                 "mtcnn_box": "MTCNN (ONet on our box)", "lbf": "OpenCV LBF"}
 
 FAMILY_SETTINGS = {
     "msrrn": {"kinds": ("inter_pupil", "inter_ocular"), "thresholds": (0.08, 0.10),
@@ -114,30 +124,47 @@ def peer_cache_key(name: str, data: str, split: str,
             "options": dict(options or {})}
 
 
+_PEER_SUFFIXES = {"dlib_ert": ".dat", "mean_shape": ".npy", "lbf": ".yml"}
+
+
 def _peer_paths(cache_dir: str, name: str) -> tuple[str, str]:
-    suffix = ".dat" if name == "dlib_ert" else ".npy"
-    return (os.path.join(cache_dir, f"{name}{suffix}"),
+    return (os.path.join(cache_dir, f"{name}{_PEER_SUFFIXES[name]}"),
             os.path.join(cache_dir, f"{name}.json"))
 
 
 def cached_peer_info(cache_dir: str, key: Mapping[str, Any]) -> dict[str, Any] | None:
     """The record of a trained peer in ``cache_dir`` if it matches ``key``, else None."""
     model_path, info_path = _peer_paths(cache_dir, key["peer"])
-    if not (os.path.isfile(model_path) and os.path.isfile(info_path)):
+    needed = [model_path, info_path] + ([model_path + ".layout.json"]
+                                        if key["peer"] == "lbf" else [])
+    if not all(os.path.isfile(path) for path in needed):
         return None
     with open(info_path) as f:
         info = json.load(f)
     return info if info.get("key") == json.loads(json.dumps(key)) else None
 
 
+def resolved_lbf_options(lbf_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The FacemarkLBF parameters of a comparison: ``lbf_options`` over OpenCV's
+    defaults (``common.peers.LBF_DEFAULT_OPTIONS``); ``None``:
+    ``common.peers.LBF_QUICK_OPTIONS``."""
+    from common import peers
+
+    return peers.lbf_options(peers.LBF_QUICK_OPTIONS if lbf_options is None
+                             else lbf_options)
+
+
 def fit_trained_peers(data: str, split: str, names: Sequence[str], cache_dir: str, *,
                       dlib_options: Mapping[str, Any] | None = None,
-                      dlib_threads: int = 2, reuse: bool = True) -> dict[str, Any]:
+                      dlib_threads: int = 2, reuse: bool = True,
+                      lbf_options: Mapping[str, Any] | None = None,
+                      lbf_tool: str | None = None) -> dict[str, Any]:
     """Fits the trainable peers on the training faces of ``split`` (their stored boxes).
 
-    Each peer is written to ``cache_dir`` (``dlib_ert.dat``, ``mean_shape.npy``) with a
-    JSON record of what it was trained on; a matching record is reused when ``reuse``.
-    Runs in a child process when the comparison trains dlib beside our model.
+    Each peer is written to ``cache_dir`` (``dlib_ert.dat``, ``mean_shape.npy``,
+    ``lbf.yml`` + ``lbf.yml.layout.json``) with a JSON record of what it was trained
+    on; a matching record is reused when ``reuse``. Runs in a child process when the
+    comparison trains dlib beside our model.
 
     Args:
         data: TFRecord folder.
@@ -147,11 +174,18 @@ def fit_trained_peers(data: str, split: str, names: Sequence[str], cache_dir: st
         dlib_options: overrides of dlib's defaults (``common.peers.DLIB_DEFAULT_OPTIONS``).
         dlib_threads: dlib training threads.
         reuse: reuse peers already fitted on the same shards with the same options.
+        lbf_options: overrides of OpenCV's FacemarkLBF defaults
+            (:func:`resolved_lbf_options`; ``None``: ``LBF_QUICK_OPTIONS``).
+        lbf_tool: the ``lbf_tool`` program (default ``$FACE_ALIGN_LBF_TOOL``).
 
     Returns:
         ``{name: record}``; a record holds ``key``, ``path``, ``train_seconds``,
-        ``num_faces``, ``fitted_at`` (epoch seconds), ``reused`` and for dlib the
-        ``resolved_options``.
+        ``num_faces``, ``fitted_at`` (epoch seconds), ``reused``, for dlib the
+        ``resolved_options`` and for LBF the tool's ``train_info`` (OpenCV version,
+        faces accepted by OpenCV's box test).
+
+    Raises:
+        common.peers.LBFUnavailable: LBF asked for without a working ``lbf_tool``.
     """
     from common import peers
 
@@ -161,7 +195,11 @@ def fit_trained_peers(data: str, split: str, names: Sequence[str], cache_dir: st
     for name in names:
         if name not in TRAINED_PEERS:
             raise ValueError(f"{name!r} is not a trained peer ({TRAINED_PEERS})")
-        options = dict(dlib_options or {}) if name == "dlib_ert" else {}
+        options: dict[str, Any] = {}
+        if name == "dlib_ert":
+            options = dict(dlib_options or {})
+        elif name == "lbf":
+            options = resolved_lbf_options(lbf_options)
         key = peer_cache_key(name, data, split, options)
         info = cached_peer_info(cache_dir, key) if reuse else None
         if info is not None:
@@ -179,6 +217,10 @@ def fit_trained_peers(data: str, split: str, names: Sequence[str], cache_dir: st
             peer = peers.DlibERT.train(faces, key["options"], num_threads=dlib_threads)
             extra = {"resolved_options": peer.resolved_options,
                      "train_seconds": peer.train_seconds}
+        elif name == "lbf":
+            peer = peers.LBFPeer.train(faces, key["options"], tool=lbf_tool)
+            extra = {"train_info": peer.train_info, "train_seconds": peer.train_seconds,
+                     "tool": peer.tool}
         else:
             peer = peers.MeanShape().fit(faces)
             extra = {"train_seconds": time.perf_counter() - start}
@@ -192,12 +234,15 @@ def fit_trained_peers(data: str, split: str, names: Sequence[str], cache_dir: st
     return records
 
 
-def load_trained_peer(name: str, record: Mapping[str, Any]):
-    """The fitted peer of a :func:`fit_trained_peers` record."""
+def load_trained_peer(name: str, record: Mapping[str, Any], *, lbf_tool: str | None = None):
+    """The fitted peer of a :func:`fit_trained_peers` record (``lbf_tool``: the program
+    that runs a fitted LBF, default ``$FACE_ALIGN_LBF_TOOL``)."""
     from common import peers
 
     if name == "dlib_ert":
         return peers.DlibERT.load(record["path"])
+    if name == "lbf":
+        return peers.LBFPeer.load(record["path"], tool=lbf_tool)
     return peers.MeanShape.load(record["path"])
 
 
@@ -445,7 +490,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
             run_dir: str | None = None, dlib_options: Mapping[str, Any] | None = None,
             dlib_threads: int = 2, parallel_peers: bool = True, reuse_peers: bool = True,
             limit: int | None = None, timing_faces: int = 50, seed: int | None = 0,
-            verbose: bool = True) -> dict[str, Any]:
+            verbose: bool = True, lbf_options: Mapping[str, Any] | None = None,
+            lbf_tool: str | None = None) -> dict[str, Any]:
     """Trains (or loads) our model and the peers, evaluates all, writes the reports.
 
     Args:
@@ -459,7 +505,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         preset: our training preset (default ``"quick"``).
         batch_size: override of the preset's batch size.
         config_overrides: fields of our preset's config to change.
-        peers: names of ``PEER_NAMES``.
+        peers: names of ``PEER_NAMES`` (``lbf`` without a working ``lbf_tool`` is
+            skipped with a note, as MTCNN without its package).
         run_dir: our run directory (default ``output/run``).
         dlib_options: overrides of dlib's default training options.
         dlib_threads: dlib training threads.
@@ -470,6 +517,9 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         timing_faces: faces timed one by one per method.
         seed: seed of our training's data order and augmentation.
         verbose: progress output.
+        lbf_options: overrides of OpenCV's FacemarkLBF defaults
+            (:func:`resolved_lbf_options`; ``None``: ``LBF_QUICK_OPTIONS``).
+        lbf_tool: the ``lbf_tool`` program (default ``$FACE_ALIGN_LBF_TOOL``).
 
     Returns:
         ``{"results": the JSON written, "markdown": the Markdown written, "paths":
@@ -490,6 +540,12 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         methods = [m for m in methods if not m.startswith("mtcnn")]
         notes.append("MTCNN skipped: the `mtcnn` package is not installed "
                      "(pip install mtcnn).")
+    if "lbf" in methods:
+        try:
+            lbf_tool = common_peers.check_lbf_tool(lbf_tool)["tool"]
+        except common_peers.LBFUnavailable as e:
+            methods.remove("lbf")
+            notes.append(f"LBF skipped: {e}.")
     os.makedirs(output, exist_ok=True)
     run_dir = run_dir or os.path.join(output, "run")
     cache_dir = os.path.join(output, "peers")
@@ -502,7 +558,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
                   flush=True)
 
     # 1-2. Trained peers (in a child process, while ours trains) and our model.
-    peer_kwargs = {"dlib_options": dlib_options, "dlib_threads": dlib_threads}
+    peer_kwargs = {"dlib_options": dlib_options, "dlib_threads": dlib_threads,
+                   "lbf_options": lbf_options, "lbf_tool": lbf_tool}
     child = None
     if trained and parallel_peers and not model_path:
         child = multiprocessing.get_context("spawn").Process(
@@ -568,7 +625,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
     method_info: dict[str, Any] = {}
     for method in methods:
         if method in TRAINED_PEERS:
-            peer = load_trained_peer(method, records[method])
+            peer = load_trained_peer(method, records[method], lbf_tool=lbf_tool)
             info = {k: v for k, v in records[method].items() if k != "key"}
             info["options"] = records[method]["key"]["options"]
         else:
@@ -665,7 +722,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
     headline = kinds[0]
     ours_error = scored["outputs"][family][headline]["mean"]
     checks = {}
-    for method in ("dlib_ert", "mean_shape"):
+    for method in ("dlib_ert", "lbf", "mean_shape"):
         if method in outputs:
             other = scored["outputs"][method][headline]["mean"]
             checks[f"beats_{method}"] = bool(ours_error < other)
@@ -749,6 +806,8 @@ def _five_point_comparison(pred, outputs: Mapping[str, np.ndarray],
 def _setup_notes(family: str, ours: OurModel, records: Mapping[str, Any],
                  method_info: Mapping[str, Any], pred, train_split: str,
                  eval_split: str) -> str:
+    from common import peers as common_peers
+
     lines = ["### Setup", ""]
     info = ours.info
     if info.get("source") == "trained":
@@ -765,13 +824,29 @@ def _setup_notes(family: str, ours: OurModel, records: Mapping[str, Any],
                  "the export's serving function, crop included.")
     for name, record in records.items():
         options = record["key"]["options"]
-        what = ("dlib's default options" + (f" with {options}" if options else "")
-                if name == "dlib_ert" else "mean of the normalised box coordinates")
+        if name == "dlib_ert":
+            what = "dlib's default options" + (f" with {options}" if options else "")
+        elif name == "lbf":
+            info = record["train_info"]
+            changed = {k: v for k, v in options.items()
+                       if v != common_peers.LBF_DEFAULT_OPTIONS[k]}
+            what = (f"`cv::face::FacemarkLBF` of OpenCV {info['opencv']} (`lbf_tool`), "
+                    "OpenCV's default parameters"
+                    + (f" with {changed}" if changed else "")
+                    + f", {info['n_landmarks']} model points; OpenCV's box test kept "
+                    f"{info['accepted']} of {info['faces']} faces"
+                    + (f"; its training took {info['train_cpu_seconds']:.0f} s of CPU"
+                       if "train_cpu_seconds" in info else ""))
+        else:
+            what = "mean of the normalised box coordinates"
         lines.append(f"- {METHOD_LABELS[name]}: {what}, fitted on {record['num_faces']} "
                      f"{train_split!r} faces and their stored boxes in "
                      f"{record['train_seconds']:.0f} s"
                      + (" (reused from an earlier run on the same shards)"
                         if record["reused"] else "") + ".")
+    if "lbf" in records:
+        lines.append("- OpenCV LBF's time per face is that of `FacemarkLBF::fit` inside "
+                     "the tool (grey image given, model loaded once).")
     for name in ("mtcnn", "mtcnn_box"):
         if name in method_info:
             info = method_info[name]
@@ -820,12 +895,22 @@ def _define_flags() -> None:
                         "rerunning resumes a partial run and reuses a finished one.")
     flags.DEFINE_list("peers", list(DEFAULT_PEERS),
                       "Peers: dlib_ert, mean_shape, mtcnn (both modes: detect and ONet on "
-                      "our box), mtcnn_box (box mode only).")
+                      "our box), mtcnn_box (box mode only), lbf (OpenCV's Facemark LBF; "
+                      "needs --lbf_tool or $FACE_ALIGN_LBF_TOOL, default peer when that "
+                      "is set).")
     flags.DEFINE_string("dlib_options", None,
                         "JSON object of dlib shape-predictor option overrides, e.g. "
                         "'{\"oversampling_amount\": 5}'. Default: dlib's defaults "
                         "(common.peers.DLIB_DEFAULT_OPTIONS).")
     flags.DEFINE_integer("dlib_threads", 2, "dlib training threads.", lower_bound=1)
+    flags.DEFINE_string("lbf_tool", None,
+                        "The lbf_tool program built from tools/lbf_tool.cpp (README, "
+                        "'Optional peers'). Default: $FACE_ALIGN_LBF_TOOL.")
+    flags.DEFINE_string("lbf_options", None,
+                        "JSON object of FacemarkLBF parameter overrides of OpenCV's "
+                        "defaults (common.peers.LBF_DEFAULT_OPTIONS), e.g. "
+                        "'{\"initShape_n\": 3}'. Default: "
+                        "common.peers.LBF_QUICK_OPTIONS; '{}': OpenCV's defaults.")
     flags.DEFINE_boolean("parallel_peers", True,
                          "Fit dlib ERT and the mean shape in a child process while our "
                          "model trains.")
@@ -850,7 +935,7 @@ def main(argv: Sequence[str]) -> None:
     if not values["verbosity"].present:  # TensorFlow logs every checkpoint at INFO
         absl_logging.set_verbosity(absl_logging.WARNING)
     parsed = {}
-    for name in ("dlib_options", "config_json"):
+    for name in ("dlib_options", "config_json", "lbf_options"):
         parsed[name] = json.loads(values[name].value) if values[name].value else None
         if parsed[name] is not None and not isinstance(parsed[name], dict):
             raise app.UsageError(f"--{name} must be a JSON object")
@@ -863,7 +948,8 @@ def main(argv: Sequence[str]) -> None:
         peers=values.peers, run_dir=values.run_dir,
         dlib_options=parsed["dlib_options"], dlib_threads=values.dlib_threads,
         parallel_peers=values.parallel_peers, reuse_peers=values.reuse_peers,
-        limit=values.limit, timing_faces=values.timing_faces, seed=values.seed)
+        limit=values.limit, timing_faces=values.timing_faces, seed=values.seed,
+        lbf_options=parsed["lbf_options"], lbf_tool=values.lbf_tool)
     print(report["markdown"], flush=True)
 
 

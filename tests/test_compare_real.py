@@ -1,15 +1,27 @@
 """End-to-end check of ``experiments.compare_real`` on tiny synthetic data sets."""
 
+import importlib
 import importlib.util
 import json
 
 import pytest
 
+from common import peers as common_peers
 from experiments import compare_real
 
 TINY_DLIB = {"cascade_depth": 2, "num_trees_per_cascade_level": 4, "tree_depth": 2,
              "oversampling_amount": 1, "feature_pool_size": 40, "num_test_splits": 4}
 HAS_MTCNN = importlib.util.find_spec("mtcnn") is not None
+TINY_LBF = {"initShape_n": 1, "stages_n": 2, "tree_n": 2, "feats_m": [40, 40],
+            "radius_m": [0.3, 0.15]}
+
+
+def _lbf_configured() -> bool:
+    try:
+        common_peers.check_lbf_tool()
+    except common_peers.LBFUnavailable:
+        return False
+    return True
 TINY_MSRRN = {"scales": (16, 32), "num_stages": 2, "patch_size": 4,
               "regression_conv_filters": (4,), "regression_fc_units": (16,),
               "init_conv_filters": (4, 4), "init_fc_units": (16,), "batch_size": 8}
@@ -93,3 +105,58 @@ def test_expand_peers():
     assert compare_real.expand_peers(["mtcnn_box", "mtcnn"]) == ["mtcnn_box", "mtcnn"]
     with pytest.raises(ValueError, match="unknown peer"):
         compare_real.expand_peers(["sdm"])
+
+
+def test_lbf_is_a_trained_peer_and_a_default_when_configured(monkeypatch):
+    assert compare_real.expand_peers(["lbf"]) == ["lbf"]
+    assert "lbf" in compare_real.TRAINED_PEERS
+    assert compare_real.METHOD_LABELS["lbf"] == "OpenCV LBF"
+    try:
+        monkeypatch.setenv(common_peers.LBF_TOOL_ENV, "/somewhere/lbf_tool")
+        assert "lbf" in importlib.reload(compare_real).DEFAULT_PEERS
+        monkeypatch.delenv(common_peers.LBF_TOOL_ENV)
+        assert "lbf" not in importlib.reload(compare_real).DEFAULT_PEERS
+    finally:
+        monkeypatch.undo()
+        importlib.reload(compare_real)
+
+
+def test_resolved_lbf_options():
+    assert compare_real.resolved_lbf_options() == common_peers.lbf_options(
+        common_peers.LBF_QUICK_OPTIONS)
+    assert compare_real.resolved_lbf_options({}) == common_peers.LBF_DEFAULT_OPTIONS
+
+
+@pytest.mark.slow
+def test_compare_skips_unconfigured_lbf(tmp_path, monkeypatch):
+    monkeypatch.delenv(common_peers.LBF_TOOL_ENV, raising=False)
+    output = tmp_path / "msrrn"
+    report = compare_real.compare(
+        "msrrn", _data(tmp_path, 68), output=str(output), steps=2,
+        config_overrides=TINY_MSRRN, peers=["mean_shape", "lbf"], parallel_peers=False,
+        timing_faces=2, verbose=False)
+    written = _check_report(report, output, "msrrn", ["msrrn", "mean_shape"])
+    assert "lbf" not in written["peers"]
+    assert "LBF skipped: no OpenCV LBF tool configured" in report["markdown"]
+    assert "FACE_ALIGN_LBF_TOOL" in report["markdown"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _lbf_configured(), reason="$FACE_ALIGN_LBF_TOOL names no lbf_tool")
+def test_compare_with_lbf(tmp_path):
+    output = tmp_path / "msrrn"
+    report = compare_real.compare(
+        "msrrn", _data(tmp_path, 68), output=str(output), steps=2,
+        config_overrides=TINY_MSRRN, peers=["lbf", "mean_shape"], lbf_options=TINY_LBF,
+        parallel_peers=True, timing_faces=2, verbose=False)
+    written = _check_report(report, output, "msrrn", ["msrrn", "lbf", "mean_shape"])
+    assert written["peers"]["lbf"]["options"] == common_peers.lbf_options(TINY_LBF)
+    assert written["peers"]["lbf"]["train_info"]["accepted"] == 24
+    assert "beats_lbf" in written["checks"]
+    assert "`cv::face::FacemarkLBF` of OpenCV" in report["markdown"]
+
+    again = compare_real.compare(
+        "msrrn", _data(tmp_path, 68), output=str(output), model_path=str(output / "run"),
+        peers=["lbf"], lbf_options=TINY_LBF, timing_faces=2, verbose=False)
+    assert again["results"]["peers"]["lbf"]["reused"]
+    assert set(again["results"]["methods"]) == {"msrrn", "lbf"}

@@ -134,7 +134,7 @@ def test_mean_shape_rejects_empty_box():
 
 
 def test_registry():
-    assert {"dlib_ert", "mean_shape", "mtcnn"} <= set(peers.PEERS)
+    assert {"dlib_ert", "mean_shape", "mtcnn", "lbf"} <= set(peers.PEERS)
     assert peers.make_peer("mean_shape").name == "mean_shape"
     assert peers.make_peer("dlib_ert").name == "dlib_ert"
     with pytest.raises(ValueError, match="unknown peer"):
