@@ -262,3 +262,63 @@ def plot_per_point_errors(series: Mapping[str, np.ndarray],
     axes.legend(fontsize="small")
     figure.tight_layout()
     return _save(figure, path)
+
+
+def plot_grouped_bars(series: Mapping[str, Sequence[float]],
+                      categories: Sequence[str],
+                      path: PathLike,
+                      title: str = "",
+                      ylabel: str = "", *,
+                      value_format: str = "{:.2f}",
+                      figsize: tuple[float, float] = (6.4, 4.8),
+                      dpi: float = 100) -> pathlib.Path:
+    """Grouped bar chart: one group per category, one bar per series, values on top.
+
+    Used for the CCNN paper's Table 3 (milliseconds per face per number of stages,
+    one bar per device).
+
+    Args:
+        series: ``{label: values [C]}``, one value per category, drawn in order;
+            a NaN value leaves its bar out.
+        categories: the ``C`` category names of the x axis.
+        path: output PNG path (parent folders are created).
+        title: axes title.
+        ylabel: y-axis label.
+        value_format: format of the value written above each bar.
+        figsize: figure size in inches.
+        dpi: dots per inch; the PNG is ``figsize * dpi`` pixels.
+
+    Returns:
+        ``path`` as a ``pathlib.Path``.
+
+    Raises:
+        ValueError: no series or categories, or a series whose length differs from
+            the categories.
+    """
+    if not series or not categories:
+        raise ValueError("plot_grouped_bars needs at least one series and one category")
+    num = len(categories)
+    figure = _new_figure(figsize, dpi)
+    axes = figure.add_subplot()
+    width = 0.8 / len(series)
+    positions = np.arange(num)
+    for index, (label, values) in enumerate(series.items()):
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if values.size != num:
+            raise ValueError(f"series {label!r} has {values.size} values for {num} "
+                             "categories")
+        shown = np.isfinite(values)
+        offsets = positions + (index - (len(series) - 1) / 2) * width
+        bars = axes.bar(offsets[shown], values[shown], width, label=label)
+        axes.bar_label(bars, labels=[value_format.format(v) for v in values[shown]],
+                       fontsize="x-small", padding=2)
+    axes.set_xticks(positions)
+    axes.set_xticklabels(list(categories))
+    axes.set_ylim(bottom=0)
+    axes.margins(y=0.12)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, axis="y", linestyle=":", linewidth=0.7)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    return _save(figure, path)

@@ -15,6 +15,11 @@ is a function ``run(setting: Setting) -> ExperimentOutput`` plus a three-line ab
   (``experiments.compare_real.train_or_load_ours``), cached under ``runs_dir`` by
   everything it depends on, so that ``experiments.reproduce`` trains each variant
   once for all the tables that need it;
+* :func:`compared` / :func:`fitted_peer`: ``experiments.compare_real.compare`` of our
+  default model and the peers on one evaluation split, run once and cached, and the
+  fitted peers themselves, all from ONE peer cache per family and data set under
+  ``runs_dir`` (:func:`comparison_dir`), so that every table and figure sees the same
+  dlib ERT, trained once;
 * :func:`write_outputs`: the JSON + Markdown + PNG files of one experiment, written
   atomically, and the :class:`ExperimentOutput` that ``experiments.reproduce``
   assembles into one report;
@@ -37,6 +42,19 @@ FAMILY_POINTS = {"msrrn": 68, "ccnn": 5}
 DEFAULT_OUTPUT = "results"
 DEFAULT_RUNS_DIR = os.path.join("results", "runs")
 
+QUICK_DLIB_OPTIONS: dict[str, Any] = {"num_trees_per_cascade_level": 100,
+                                      "oversampling_amount": 5}
+"""dlib ERT training options of the quick presets (:func:`dlib_options`).
+
+dlib's defaults (``common.peers.DLIB_DEFAULT_OPTIONS``: 10 cascades of 500 trees, 20
+initialisations per face) took 57 min on the 2,661 ytf68 training faces on two shared
+cores. A fifth of the trees and a quarter of the initialisations (a twentieth of the
+tree fits) took 137 s on the 2,000 synthetic training faces of the default data set
+(two cores shared with other jobs, beside our model's training) and reached 5.3 %
+inter-pupil NME on its 200 val faces, so that dlib trains beside our quick model within
+the experiments' time budget. The ``"paper"`` preset, or ``--dlib_options='{}'``, uses
+dlib's defaults."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
@@ -56,6 +74,11 @@ class Setting:
         seed: seed of training and of any sampling.
         format: reader of a raw ``data`` (``common.readers``; ``"auto"`` detects).
         val_fraction: for raw data: fraction held out as the ``val`` split.
+        peers: peer names of ``experiments.compare_real.PEER_NAMES`` run beside our
+            model; ``None``: ``compare_real.DEFAULT_PEERS`` (skipped with a note when
+            not installed).
+        dlib_options: dlib ERT training options (overrides of dlib's defaults);
+            ``None``: :func:`dlib_options` of the preset.
     """
 
     data: str | None = None
@@ -68,6 +91,8 @@ class Setting:
     seed: int = 0
     format: str = "auto"
     val_fraction: float = 0.1
+    peers: tuple[str, ...] | None = None
+    dlib_options: Mapping[str, Any] | None = None
 
     def replace(self, **changes: Any) -> Setting:
         """A copy with ``changes``."""
@@ -188,17 +213,148 @@ def trained_model(family: str, setting: Setting, data: str, *, variant: str = "d
 
     overrides = dict(overrides or {})
     model_path = setting.model if (variant == "default" and not overrides) else None
-    key = {"family": family, "data": os.path.abspath(data), "variant": variant,
-           "overrides": overrides, "preset": setting.preset, "steps": setting.steps,
-           "seed": setting.seed, "train_split": train_split}
-    run_dir = os.path.join(setting.runs_dir, f"{family}-{variant}-{_digest(key)}")
+    run_dir = model_run_dir(family, setting, data, variant=variant, overrides=overrides,
+                            train_split=train_split)
     return train_or_load_ours(family, data, train_split=train_split, eval_split=eval_split,
                               run_dir=run_dir, model_path=model_path, steps=setting.steps,
                               preset=setting.preset, config_overrides=overrides or None,
                               seed=setting.seed, verbose=verbose)
 
 
-def _atomic_write(path: str, text: str) -> None:
+def model_run_dir(family: str, setting: Setting, data: str, *, variant: str = "default",
+                  overrides: Mapping[str, Any] | None = None,
+                  train_split: str = "train") -> str:
+    """The run directory :func:`trained_model` trains a variant in (under ``runs_dir``,
+    named by everything the model depends on)."""
+    key = {"family": family, "data": os.path.abspath(data), "variant": variant,
+           "overrides": dict(overrides or {}), "preset": setting.preset,
+           "steps": setting.steps, "seed": setting.seed, "train_split": train_split}
+    return os.path.join(setting.runs_dir, f"{family}-{variant}-{_digest(key)}")
+
+
+def dlib_options(setting: Setting) -> dict[str, Any]:
+    """dlib ERT training options of a setting: ``setting.dlib_options`` if given, else
+    dlib's own defaults (``{}``) for the ``"paper"`` preset and ``QUICK_DLIB_OPTIONS``
+    for the others (``"quick"``, the default, and CCNN's ``"tiny"``)."""
+    if setting.dlib_options is not None:
+        return dict(setting.dlib_options)
+    return {} if setting.preset == "paper" else dict(QUICK_DLIB_OPTIONS)
+
+
+def peer_names(setting: Setting) -> list[str]:
+    """The peers of a setting (``compare_real.DEFAULT_PEERS`` unless ``setting.peers``)."""
+    from experiments import compare_real
+
+    return list(compare_real.DEFAULT_PEERS if setting.peers is None else setting.peers)
+
+
+def comparison_dir(setting: Setting, family: str, data: str) -> str:
+    """The folder of the comparisons of ``family`` on ``data`` under ``runs_dir``.
+
+    It is the ``output`` of every ``compare_real.compare`` call made by
+    :func:`compared`, so its ``peers/`` subfolder is the one cache of fitted peers
+    (dlib ERT, mean shape) that all experiments of the family share on that data set
+    (:func:`fitted_peer` reads the same one); a fitted peer is reused while the
+    training shards and its options are unchanged.
+    """
+    key = {"family": family, "data": os.path.abspath(data)}
+    return os.path.join(setting.runs_dir, f"compare-{family}-{_digest(key)}")
+
+
+def _model_stamp(path: str | None) -> list[Any] | None:
+    """Identifies the trained model at ``path`` (file or run directory): its final file's
+    path, size and mtime; ``None`` when there is none yet."""
+    if not path:
+        return None
+    from common.evaluation import MODEL_FILE
+
+    final = os.path.join(path, MODEL_FILE) if os.path.isdir(path) else path
+    if not os.path.isfile(final):
+        return None
+    return [os.path.abspath(final), os.path.getsize(final), int(os.path.getmtime(final))]
+
+
+def compared(family: str, setting: Setting, data: str, eval_split: str, *,
+             train_split: str = "train", verbose: bool = True) -> dict[str, Any]:
+    """``compare_real.compare`` of our default model and the peers on one split, cached.
+
+    Our model is the one :func:`trained_model` returns for the default variant (the
+    same run directory, or ``setting.model``); the trained peers come from the shared
+    cache of :func:`comparison_dir` (fitted in a child process while our model trains,
+    when it is not trained yet). The reports ``compare`` writes (``compare_<family>``
+    ``.json``, ``.md``, ``_ced.png``, ...) are moved into a subfolder per split and
+    reused by any later call with the same model, peers, options and limit.
+
+    Args:
+        family: ``"msrrn"`` or ``"ccnn"``.
+        setting: the setting (model, preset, steps, seed, peers, dlib options, limit).
+        data: TFRecord folder (:func:`prepared_data`).
+        eval_split: the split every method is scored on.
+        train_split: the split our model and the trained peers learn from.
+        verbose: progress output.
+
+    Returns:
+        ``compare``'s ``{"results", "markdown", "paths"}`` (paths of the moved files:
+        ``"json"``, ``"markdown"``, ``"ced"`` and whatever else ``compare`` wrote) plus
+        ``"reused"``: whether it came from the cache.
+    """
+    from experiments import compare_real
+
+    output = comparison_dir(setting, family, data)
+    run_dir = model_run_dir(family, setting, data, train_split=train_split)
+    model_path = setting.model
+    peers, options = peer_names(setting), dlib_options(setting)
+    key = {"family": family, "data": os.path.abspath(data), "eval_split": eval_split,
+           "train_split": train_split, "peers": peers, "dlib_options": options,
+           "limit": setting.limit, "preset": setting.preset, "steps": setting.steps,
+           "seed": setting.seed, "model": os.path.abspath(model_path or run_dir)}
+    folder = os.path.join(output, f"{eval_split}-{_digest(key)}")
+    record_path = os.path.join(folder, "compared.json")
+    stamp = _model_stamp(model_path or run_dir)
+    if stamp is not None and os.path.isfile(record_path):
+        with open(record_path) as f:
+            record = json.load(f)
+        if (record.get("model_stamp") == stamp
+                and all(os.path.isfile(p) for p in record["paths"].values())):
+            with open(record["paths"]["json"]) as f:
+                results = json.load(f)
+            with open(record["paths"]["markdown"]) as f:
+                markdown = f.read()
+            return {"results": results, "markdown": markdown, "paths": record["paths"],
+                    "reused": True}
+    report = compare_real.compare(
+        family, data, output=output, train_split=train_split, eval_split=eval_split,
+        model_path=model_path, steps=setting.steps, preset=setting.preset, peers=peers,
+        run_dir=run_dir, dlib_options=options,
+        # A child process fits the peers only while our model trains.
+        parallel_peers=_model_stamp(model_path or run_dir) is None,
+        limit=setting.limit, seed=setting.seed, verbose=verbose)
+    os.makedirs(folder, exist_ok=True)
+    paths = {}
+    for kind, path in report["paths"].items():
+        paths[kind] = os.path.join(folder, os.path.basename(path))
+        os.replace(path, paths[kind])
+    record = {"key": key, "model_stamp": _model_stamp(model_path or run_dir),
+              "paths": paths}
+    atomic_write(record_path, json.dumps(record, indent=2) + "\n")
+    return {**report, "paths": paths, "reused": False}
+
+
+def fitted_peer(setting: Setting, family: str, data: str, name: str, *,
+                train_split: str = "train"):
+    """A trained peer (``"dlib_ert"``, ``"mean_shape"``) from the shared cache of
+    :func:`comparison_dir`, fitted there first when absent (the same options as
+    :func:`compared`, so each fits once for both)."""
+    from experiments import compare_real
+
+    cache_dir = os.path.join(comparison_dir(setting, family, data), "peers")
+    records = compare_real.fit_trained_peers(data, train_split, [name], cache_dir,
+                                             dlib_options=dlib_options(setting), reuse=True)
+    return compare_real.load_trained_peer(name, records[name])
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` under a temporary name, then renames it into place."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
@@ -239,12 +395,13 @@ def write_outputs(setting: Setting, name: str, *, title: str, results: Mapping[s
     full = {"name": name, "title": title, "setting": dataclasses.asdict(setting), **results}
     paths["json"] = os.path.join(out_dir, f"{name}.json")
     paths["md"] = os.path.join(out_dir, f"{name}.md")
-    _atomic_write(paths["json"], json.dumps(full, indent=2, default=_json_default) + "\n")
-    _atomic_write(paths["md"], body)
+    atomic_write(paths["json"], json.dumps(full, indent=2, default=json_default) + "\n")
+    atomic_write(paths["md"], body)
     return ExperimentOutput(name=name, title=title, markdown=body, results=full, paths=paths)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for NumPy scalars and arrays (anything else: str)."""
     import numpy as np
 
     if isinstance(value, np.generic):
@@ -281,6 +438,13 @@ def define_flags(family: str | None = None) -> None:
                         "csv, imglab).")
     flags.DEFINE_float("val_fraction", 0.1, "For raw --data: fraction held out as 'val'.",
                        lower_bound=0.0, upper_bound=0.9)
+    flags.DEFINE_list("peers", None, "Peers run beside our model (experiments.compare_real "
+                      "names: dlib_ert, mean_shape, mtcnn, ...). Default: compare_real's "
+                      "default peers, each skipped with a note when not installed.")
+    flags.DEFINE_string("dlib_options", None, "JSON object of dlib ERT training options "
+                        "(overrides of dlib's defaults), e.g. '{}' for dlib's defaults. "
+                        "Default: dlib's defaults for the paper preset, else "
+                        "experiments.harness.QUICK_DLIB_OPTIONS.")
 
 
 def setting_from_flags() -> Setting:
@@ -291,7 +455,24 @@ def setting_from_flags() -> Setting:
     return Setting(data=values.data, output=values.output, runs_dir=values.runs_dir,
                    preset=values.preset, steps=values.steps, model=values.model,
                    limit=values.limit, seed=values.seed, format=values.format,
-                   val_fraction=values.val_fraction)
+                   val_fraction=values.val_fraction,
+                   peers=tuple(values.peers) if values.peers is not None else None,
+                   dlib_options=parse_json_object(values.dlib_options, "--dlib_options"))
+
+
+def parse_json_object(text: str | None, what: str) -> dict[str, Any] | None:
+    """A JSON object given on the command line (``None`` for no text).
+
+    Raises:
+        ValueError: not JSON.
+        TypeError: JSON, but not an object.
+    """
+    if text is None:
+        return None
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a JSON object, got {text!r}")
+    return value
 
 
 def main(run: Callable[[Setting], ExperimentOutput], family: str | None = None) -> None:
