@@ -134,7 +134,8 @@ class CCNNConfig:
             about its centre, with the landmarks rotated alike (formula 8).
         flip: horizontal flip augmentation (section 4.1); with the three angles it
             turns 10,000 training faces into 60,000.
-        seed: seed of the shake random generator (None: nondeterministic).
+        seed: seed of the initial weights, dropout and the shake random generator
+            (None: nondeterministic).
     """
 
     num_landmarks: int = CUHK_5.num_points

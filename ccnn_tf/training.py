@@ -499,6 +499,8 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
         # configured at program start-up.
         strategy = training.select_strategy(strategy)
     _record_run(run_dir, config, data)
+    if config.seed is not None:  # initial weights, dropout and augmentation repeatable
+        keras.utils.set_random_seed(int(config.seed) + stage)
     directory = stage_dir(run_dir, stage)
     earlier = tuple(range(1, stage))
 
