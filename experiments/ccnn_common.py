@@ -158,7 +158,8 @@ def stage_ablation(setting: harness.Setting, *, name: str, title: str,
     The paper measures Experiments 2 and 3 on the first stage (section 4.2: "the test
     error of each key point in the first stage"), so by default a variant trains stage
     1 only (``num_stages = stages``), and the default arm is the same stage(s) of the
-    shared default cascade. Stage ``k`` is trained with stages ``< k`` frozen and never
+    shared default cascade (when ``setting.model`` gives a model trained elsewhere, the
+    default config is trained like the variants instead, variant ``"reference"``). Stage ``k`` is trained with stages ``< k`` frozen and never
     sees later stages, so the default's stage 1 is what a one-stage run of the default
     config gives with the same steps, seed and data.
 
@@ -190,11 +191,18 @@ def stage_ablation(setting: harness.Setting, *, name: str, title: str,
     if len(set(labels)) != len(labels) or not set(claim) <= set(labels):
         raise ValueError(f"arm labels {labels} must be distinct and include {claim}")
     data = harness.prepared_data(setting, FAMILY, progress=verbose)
-    models, overrides = {}, {}
+    models, overrides, variants = {}, {}, {}
     for arm in arms:
-        overrides[arm.label] = ({} if arm.variant == "default"
+        variant = arm.variant
+        if variant == "default" and setting.model:
+            # A given model was trained on its own schedule: train the default config
+            # with the same steps as the other arms, so that only the ablated choice
+            # differs between them.
+            variant = "reference"
+        variants[arm.label] = variant
+        overrides[arm.label] = ({} if variant == "default"
                                 else {**arm.overrides, "num_stages": stages})
-        models[arm.label] = trained_cascade(setting, data, variant=arm.variant,
+        models[arm.label] = trained_cascade(setting, data, variant=variant,
                                             overrides=overrides[arm.label], verbose=verbose)
         if models[arm.label].info["num_stages"] < stages:
             raise ValueError(f"{arm.label}: the cascade has "
@@ -207,7 +215,7 @@ def stage_ablation(setting: harness.Setting, *, name: str, title: str,
     kinds, point_labels = first["kinds"], first["point_labels"]
 
     arm_results = {
-        arm.label: {"variant": arm.variant, "overrides": overrides[arm.label],
+        arm.label: {"variant": variants[arm.label], "overrides": overrides[arm.label],
                     "description": arm.description, "model": models[arm.label].info,
                     "stages": stage_entries(evaluated[arm.label], compared)}
         for arm in arms}
@@ -239,8 +247,8 @@ def stage_ablation(setting: harness.Setting, *, name: str, title: str,
               "Checks (face-box width): " + ", ".join(f"{k}: {v}" for k, v in checks.items())
               + ".", "", "### Setup", ""]
     for arm in arms:
-        what = ("default cascade" if arm.variant == "default"
-                else f"variant {arm.variant!r}, {overrides[arm.label]}")
+        what = ("default cascade" if variants[arm.label] == "default"
+                else f"variant {variants[arm.label]!r}, {overrides[arm.label]}")
         lines.append(model_note(models[arm.label].info, f"{arm.label} ({what})"))
     last = compared[-1]
     series = {label: arm_results[label]["stages"][last]["box_width"]["per_point"]
