@@ -18,6 +18,7 @@ from ccnn_tf.model import (
     build_ccnn,
     build_lightweight_cnn,
     network_targets,
+    network_trace_options,
     transfer_stage_weights,
 )
 from ccnn_tf.summary import PAPER_TOTAL_PARAMETERS, format_table, parameter_table
@@ -200,6 +201,68 @@ def test_shake_only_when_training(tiny_config):
     assert not np.allclose(stage(images, anchors[:2], training=True)[0], first)
     stage.trainable = False  # a frozen stage runs in inference mode
     np.testing.assert_allclose(stage(images, anchors[:2], training=True)[0], first)
+
+
+def _separate_networks(model: CCNNCascade, images: np.ndarray,
+                       outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
+    """Every stage's estimates with each network called on its own crop, as built."""
+    stage1 = model.stage_layer(1)
+    windows = stage1.windows(len(images))
+    crops = win.crop_windows(images, windows, stage1.input_size)
+    estimates = [win.from_window(tf.reshape(net(crops[:, r]), [-1, len(indices), 2]),
+                                 windows[:, r:r + 1])
+                 for r, (net, indices) in enumerate(zip(stage1.networks,
+                                                        stage1.point_indices))]
+    result = {"stage_1_networks": tf.concat(estimates, axis=1).numpy()}
+    for k in range(2, model.num_stages + 1):
+        stage = model.stage_layer(k)
+        windows = stage.windows(outputs[f"stage_{k - 1}"])  # the same anchors
+        crops = win.crop_windows(images, windows, stage.input_size)
+        relative = tf.stack([net(crops[:, j]) for j, net in enumerate(stage.networks)], 1)
+        result[f"stage_{k}_networks"] = win.from_window(relative, windows).numpy()
+    return result
+
+
+def test_grouped_networks_compute_the_separate_networks(tiny_config):
+    model = build_ccnn(tiny_config.replace(dropout=0.0, stage1_shake_stddev=0.0,
+                                           stage2_shake_stddev=0.0, stage3_shake_stddev=0.0),
+                       network_outputs=True)
+    rng = np.random.default_rng(0)
+    for weight in model.weights:  # non-zero biases, so that a misplaced one shows
+        if weight.path.endswith("bias"):
+            weight.assign(rng.normal(0, 0.1, weight.shape))
+    x = _images(tiny_config, n=3)
+    images = x[f"image_{tiny_config.input_size}"]
+    outputs = model(x, training=False)
+    for key, expected in _separate_networks(model, images, outputs).items():
+        np.testing.assert_allclose(outputs[key], expected, atol=1e-5, err_msg=key)
+    # Training mode (stage 1 then runs its networks separately) without dropout and
+    # shake is the same function.
+    trained = model(x, training=True)
+    for key in outputs:
+        np.testing.assert_allclose(trained[key], outputs[key], atol=1e-5, err_msg=key)
+    # Traced with one convolution per network (TFLite) or with frozen weights (export).
+    for options in ({"grouped": False}, {"frozen_weights": True}):
+        with network_trace_options(**options):
+            traced = tf.function(lambda inputs: model(inputs, training=False))
+            got = traced(x)
+        for key in outputs:
+            np.testing.assert_allclose(got[key], outputs[key], atol=1e-5,
+                                       err_msg=f"{options} {key}")
+
+
+def test_frozen_network_weights_keep_the_traced_values(tiny_config):
+    model = build_ccnn(tiny_config)
+    x = _images(tiny_config, n=2)
+    live = tf.function(lambda inputs: model(inputs, training=False)["landmarks"])
+    with network_trace_options(frozen_weights=True):
+        frozen = tf.function(lambda inputs: model(inputs, training=False)["landmarks"])
+        before = frozen(x).numpy()
+    np.testing.assert_allclose(live(x), before, atol=1e-5)
+    bias = model.stage_layer(3).networks[0].layers[-1].bias
+    bias.assign(bias + 0.25)
+    np.testing.assert_array_equal(frozen(x), before)  # an export's snapshot
+    assert not np.allclose(live(x), before, atol=1e-3)  # training and evaluation
 
 
 def _compile(model: CCNNCascade, learning_rate: float = 0.05) -> None:
