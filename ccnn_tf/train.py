@@ -51,8 +51,8 @@ _STRATEGY = flags.DEFINE_enum(
     "visible GPUs of this machine, as the paper's two GPUs); multi_worker (several "
     "machines, TF_CONFIG); tpu.")
 _MIXED_PRECISION = flags.DEFINE_bool(
-    "mixed_precision", False, "Compute in float16 with float32 variables (not yet "
-    "supported by the CCNN stages: stops with an explanation).")
+    "mixed_precision", False, "Compute in float16 with float32 variables and "
+    "outputs (mixed_float16; for GPUs; the export is float32).")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 250, "Checkpoint every this "
                                          "many steps (a rerun resumes from the latest).",
                                          lower_bound=1)
