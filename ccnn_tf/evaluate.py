@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from ccnn_tf.model import CCNNCascade, point_abbreviation, transfer_stage_weights
-from common import evaluation, metrics, plots
+from common import atomic, evaluation, metrics, plots
 from common.schemes import scheme_for
 
 KINDS = ("box_width", "inter_ocular")
@@ -310,15 +310,6 @@ def cost_table(cost: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_figure(plot_fn, path: str, *args, **kwargs) -> str:
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp.png")
-    try:
-        plot_fn(*args, tmp, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def write_cascade_report(evaluated: CascadeEvaluation, out_dir: str, name: str = "ccnn",
@@ -342,7 +333,7 @@ def write_cascade_report(evaluated: CascadeEvaluation, out_dir: str, name: str =
     per_point = os.path.join(out_dir, f"{name}_per_point.png")
     series = {output.replace("_", " "): results["outputs"][output]["box_width"]["per_point"]
               for output in results["stages"] or ["landmarks"]}
-    _write_figure(plots.plot_per_point_errors, per_point, series, results["point_labels"],
+    atomic.write_figure(plots.plot_per_point_errors, per_point, series, results["point_labels"],
                   title="Per-point error after each stage (Experiment 1)",
                   ylabel="mean error (% of face-box width)")
     notes = (f"![per-point errors]({os.path.basename(per_point)})\n\n"
@@ -416,7 +407,7 @@ def compare_runs(runs: Mapping[str, str], data: str | None, split: str, out_dir:
             ("per_point_final", final_series, "Final per-point error")):
         if series:
             path = os.path.join(out_dir, f"{name}_{key}.png")
-            plot_paths[key] = _write_figure(plots.plot_per_point_errors, path, series,
+            plot_paths[key] = atomic.write_figure(plots.plot_per_point_errors, path, series,
                                             labels, title=plot_title,
                                             ylabel="mean error (% of face-box width)")
     notes = "\n\n".join(f"![{k}]({os.path.basename(p)})" for k, p in plot_paths.items())

@@ -97,8 +97,8 @@ import tensorflow as tf
 
 from ccnn_tf import model as model_lib
 from ccnn_tf import windows as win
+from common import atomic, geometry
 from common import export as common_export
-from common import geometry
 
 QUANTIZATIONS = ("dynamic", "int8")
 """TFLite quantisation variants: dynamic range (int8 weights, float activations) and
@@ -350,22 +350,10 @@ def export_tflite(model: keras.Model, path: str, *, quantize: bool = False,
                 yield {f"image_{size}": crop}
 
         flatbuffer = _convert_int8_networks(saved, calibration)
-    _write_atomically(path, flatbuffer)
+    atomic.write_bytes(path, flatbuffer, fsync=True)
     return path
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------

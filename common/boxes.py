@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from common import atomic
 from common.geometry import landmark_box
 from common.records import FaceRecord, inclusive_rect_to_box
 
@@ -243,18 +244,8 @@ class BoxCache:
         """Writes the cache atomically (temporary file + rename), if it changed."""
         if not self.path or not self.dirty:
             return
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         data = {"version": CACHE_VERSION, "settings": self.settings, "boxes": self.entries}
-        # A plain open() (not mkstemp) so that the file gets the usual permissions.
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=0, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic.write_text(self.path, json.dumps(data, indent=0, sort_keys=True))
         self.dirty = False
 
 

@@ -29,7 +29,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -37,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import geometry, metrics, plots
+from common import atomic, geometry, metrics, plots
 from common.pipeline import make_dataset
 from common.schemes import LandmarkScheme
 from common.tfrecord import find_shards, split_aliases
@@ -353,15 +352,6 @@ def results_table(results: Mapping[str, Any], rows: Mapping[str, str], kind: str
 # --------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_report(results: Mapping[str, Any], out_dir: str, name: str,
@@ -397,7 +387,7 @@ def write_report(results: Mapping[str, Any], out_dir: str, name: str,
     paths = {"json": os.path.join(out_dir, f"{name}.json"),
              "markdown": os.path.join(out_dir, f"{name}.md")}
     # Insertion order is kept: rows appear in the JSON as in the tables.
-    _atomic_write_text(paths["json"], json.dumps(results, indent=2) + "\n")
+    atomic.write_text(paths["json"], json.dumps(results, indent=2) + "\n")
     if isinstance(markdown_tables, str):
         markdown_tables = [markdown_tables]
     blocks = [f"# {title}", *markdown_tables]
@@ -406,16 +396,10 @@ def write_report(results: Mapping[str, Any], out_dir: str, name: str,
     if ced:
         paths["ced"] = os.path.join(out_dir, f"{name}_ced.png")
         blocks.append(f"![CED]({os.path.basename(paths['ced'])})")
-    _atomic_write_text(paths["markdown"], "\n\n".join(b.strip("\n") for b in blocks) + "\n")
+    atomic.write_text(paths["markdown"], "\n\n".join(b.strip("\n") for b in blocks) + "\n")
     if ced:
-        tmp = os.path.join(out_dir, f".{name}_ced.tmp-{uuid.uuid4().hex}.png")
-        try:
-            plots.plot_ced(ced, tmp, max_threshold=ced_max_threshold, title=title,
-                           xlabel=ced_xlabel)
-            os.replace(tmp, paths["ced"])
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic.write_figure(plots.plot_ced, paths["ced"], ced,
+                            max_threshold=ced_max_threshold, title=title, xlabel=ced_xlabel)
     return paths
 
 

@@ -48,7 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import geometry
+from common import atomic, geometry
 from common.tfrecord import find_shards, parse_face
 
 EXPORT_INFO = "export_info.json"
@@ -184,20 +184,6 @@ def _check_replaceable(target: str) -> None:
                               "refusing to replace it")
 
 
-def _write_bytes_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------
@@ -335,7 +321,7 @@ def export_tflite(source: str | keras.Model, path: str, *, quantize: bool = Fals
         [tf.lite.OpsSet.SELECT_TF_OPS] if allow_select_tf_ops else [])
     with _quiet_lite_deprecation():  # calibration runs an interpreter
         flatbuffer = converter.convert()
-    _write_bytes_atomically(_local_path(path), flatbuffer)
+    atomic.write_bytes(_local_path(path), flatbuffer, fsync=True)
     return path
 
 

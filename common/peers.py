@@ -49,7 +49,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from common import metrics
+from common import atomic, metrics
 from common.boxes import box_iou
 from common.schemes import LandmarkScheme
 
@@ -148,19 +148,6 @@ class _BatchMixin:
         return np.stack([self.predict(image, box) for image, box in zip(images, boxes)])
 
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Calls ``write(tmp)`` on a temporary file beside ``path``, then renames it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------
@@ -212,7 +199,7 @@ class MeanShape(_BatchMixin):
             with open(tmp, "wb") as f:
                 np.save(f, self.mean)
 
-        _atomic_write(path, write)
+        atomic.write_atomically(path, write)
 
     @classmethod
     def load(cls, path: str) -> MeanShape:
@@ -405,7 +392,7 @@ class DlibERT(_BatchMixin):
     def save(self, path: str) -> None:
         """Writes dlib's serialised predictor to ``path`` (dlib's ``.dat``), atomically."""
         predictor = self._require()
-        _atomic_write(path, predictor.save)
+        atomic.write_atomically(path, predictor.save)
 
     @classmethod
     def load(cls, path: str) -> DlibERT:
@@ -948,9 +935,9 @@ class LBFPeer(_BatchMixin):
 
         model_path = self._require()
         layout = dataclasses.asdict(self.layout)
-        _atomic_write(path + ".layout.json",
+        atomic.write_atomically(path + ".layout.json",
                       lambda tmp: _write_text(tmp, json.dumps(layout) + "\n"))
-        _atomic_write(path, lambda tmp: shutil.copyfile(model_path, tmp))
+        atomic.write_atomically(path, lambda tmp: shutil.copyfile(model_path, tmp))
 
     @classmethod
     def load(cls, path: str, tool: str | None = None) -> LBFPeer:

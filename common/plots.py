@@ -255,13 +255,7 @@ def plot_per_point_errors(series: Mapping[str, np.ndarray],
                          ha="center" if many else "right",
                          fontsize="x-small" if many else "small")
     axes.set_xlim(-0.5, num_points + 0.5)
-    axes.set_ylim(bottom=0)
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.grid(True, axis="y", linestyle=":", linewidth=0.7)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    return _save(figure, path)
+    return _finish_value_axes(figure, axes, path, title, ylabel)
 
 
 def plot_grouped_bars(series: Mapping[str, Sequence[float]],
@@ -316,6 +310,14 @@ def plot_grouped_bars(series: Mapping[str, Sequence[float]],
     axes.set_xticklabels(list(categories))
     axes.set_ylim(bottom=0)
     axes.margins(y=0.12)
+    return _finish_value_axes(figure, axes, path, title, ylabel)
+
+
+def _finish_value_axes(figure, axes, path: PathLike, title: str, ylabel: str
+                       ) -> pathlib.Path:
+    """Shared finish of the per-category value plots: y from 0, labels, y grid,
+    legend, saved PNG."""
+    axes.set_ylim(bottom=0)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(True, axis="y", linestyle=":", linewidth=0.7)

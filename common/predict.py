@@ -72,7 +72,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from common import geometry
+from common import atomic, geometry
 from common.images import load_image
 from common.records import DataError
 from common.schemes import SCHEMES, LandmarkScheme, scheme_for
@@ -625,22 +625,10 @@ class Summary:
         return "\n".join(lines)
 
 
-def _atomic_write(path: str, data: bytes | str) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _write_summary(summary: Summary, output_dir: str) -> None:
-    _atomic_write(os.path.join(output_dir, "summary.json"),
+    atomic.write_bytes(os.path.join(output_dir, "summary.json"),
                   json.dumps(summary.to_json(), indent=1) + "\n")
     text = io.StringIO()
     fields = [f.name for f in dataclasses.fields(FileResult)]
@@ -650,7 +638,7 @@ def _write_summary(summary: Summary, output_dir: str) -> None:
         row = dataclasses.asdict(result)
         row["seconds"] = f"{result.seconds:.4f}"
         writer.writerow(row)
-    _atomic_write(os.path.join(output_dir, "summary.csv"), text.getvalue())
+    atomic.write_bytes(os.path.join(output_dir, "summary.csv"), text.getvalue())
 
 
 class _Progress:
@@ -1021,14 +1009,14 @@ class _Run:
                       "model": self.predictor.name,
                       "scheme": self.scheme.name if self.scheme else None,
                       "faces": unit.faces_json()}
-            _atomic_write(result.landmarks, json.dumps(record) + "\n")
+            atomic.write_bytes(result.landmarks, json.dumps(record) + "\n")
             if self.overlay and len(unit.boxes):
                 result.overlay = os.path.join(self.output_dir, "overlays", name + ".jpg")
                 ok, data = cv2.imencode(".jpg", self._draw(unit)[:, :, ::-1],
                                         [cv2.IMWRITE_JPEG_QUALITY, 90])
                 if not ok:
                     raise RuntimeError("could not encode the overlay JPEG")
-                _atomic_write(result.overlay, data.tobytes())
+                atomic.write_bytes(result.overlay, data.tobytes())
         except Exception as error:  # noqa: BLE001
             reason = unit.error or f"{type(error).__name__}: {error}"
             result = FileResult(path, f"{STATUS_ERROR}: {reason}", landmarks="", overlay="")

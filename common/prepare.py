@@ -46,8 +46,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from common import atomic, tfrecord
 from common import boxes as boxes_lib
-from common import tfrecord
 from common.records import DataError, FaceRecord
 
 SPLIT_ALIASES = {"full": ("common", "challenging")}
@@ -243,17 +243,6 @@ def _remove_previous_output(output_dir: str, prefix: str) -> None:
             os.remove(os.path.join(output_dir, name))
 
 
-def _write_json_atomic(path: str, data: dict) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
@@ -390,7 +379,7 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
     aliases = {alias: list(parts) for alias, parts in SPLIT_ALIASES.items()
                if alias not in written and all(p in written for p in parts)}
     attribute_names = list(records[0].attributes)
-    _write_json_atomic(os.path.join(output_dir, DATASET_JSON), {
+    dataset = {
         "format": result.format,
         "input_path": os.path.abspath(input_path),
         "num_landmarks": num_landmarks,
@@ -406,7 +395,9 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
         "settings": settings,
         "skipped": [{"source": s, "reason": r} for s, r in skipped],
         "seconds": round(summary.seconds, 2),
-    })
+    }
+    atomic.write_text(os.path.join(output_dir, DATASET_JSON),
+                      json.dumps(dataset, indent=2) + "\n")
     return summary
 
 

@@ -456,15 +456,6 @@ def _model_file(path: str) -> str:
     return path
 
 
-def _run_margin(model_file: str) -> float | None:
-    """The crop margin in the ``config.json`` that ``common.training`` writes beside a
-    run's ``model.keras`` (``None`` if absent; the margin barely changes the speed)."""
-    path = os.path.join(os.path.dirname(model_file), "config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        values = json.load(f).get("config", {}).get("values", {})
-    return values.get("margin") if isinstance(values, dict) else None
 
 
 def load_or_build(name: str, path: str | None, config: Any) -> ModelUnderTest:
@@ -492,7 +483,12 @@ def load_or_build(name: str, path: str | None, config: Any) -> ModelUnderTest:
                 model = keras.saving.load_model(_model_file(path), compile=False)
             else:
                 model = build_msrrn(config)
-        margin = (_run_margin(_model_file(path)) if path else None) or config.margin
+        if path:
+            from msrrn_tf.evaluate import model_margin
+
+            margin = model_margin(_model_file(path), config.margin)
+        else:
+            margin = config.margin
         return ModelUnderTest(
             name, model, tuple(model.input_sizes), margin, model.num_landmarks,
             config.batch_size, config,

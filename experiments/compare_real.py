@@ -187,7 +187,7 @@ def fit_trained_peers(data: str, split: str, names: Sequence[str], cache_dir: st
     Raises:
         common.peers.LBFUnavailable: LBF asked for without a working ``lbf_tool``.
     """
-    from common import peers
+    from common import atomic, peers
 
     os.makedirs(cache_dir, exist_ok=True)
     records: dict[str, Any] = {}
@@ -227,9 +227,7 @@ def fit_trained_peers(data: str, split: str, names: Sequence[str], cache_dir: st
         peer.save(model_path)
         info = {"key": key, "path": model_path, "num_faces": len(faces),
                 "fitted_at": time.time(), **extra}
-        with open(info_path + ".tmp", "w") as f:
-            json.dump(info, f, indent=2)
-        os.replace(info_path + ".tmp", info_path)
+        atomic.write_text(info_path, json.dumps(info, indent=2))
         records[name] = {**info, "reused": False}
     return records
 
@@ -320,15 +318,12 @@ def train_or_load_ours(family: str, data: str, *, train_split: str, eval_split: 
     preset = preset or FAMILY_SETTINGS[family]["default_preset"]
     start = time.perf_counter()
     if family == "msrrn":
-        from common import evaluation
         from msrrn_tf import training as msrrn_training
-        from msrrn_tf.config import MSRRNConfig
 
         if model_path:
-            from msrrn_tf.evaluate import model_margin
+            from msrrn_tf.evaluate import load_with_margin
 
-            model = evaluation.load_model(model_path)
-            margin = model_margin(model_path, MSRRNConfig().margin)
+            model, margin = load_with_margin(model_path)
             info = {"source": os.path.abspath(model_path)}
         else:
             config = msrrn_training.preset_config(preset).replace(**(config_overrides or {}))
@@ -469,16 +464,6 @@ def _summary_columns(kinds: Sequence[str], thresholds: Sequence[float],
     return columns
 
 
-def _write_png(plot_fn, path: str, *args, **kwargs) -> str:
-    """Calls a ``common.plots`` function on a temporary file, then renames it."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp.png")
-    try:
-        plot_fn(*args, tmp, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def compare(family: str, data: str, *, output: str, train_split: str = "train",
@@ -525,7 +510,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         ``{"results": the JSON written, "markdown": the Markdown written, "paths":
         files}``.
     """
-    from common import evaluation, plots
+    from common import atomic, evaluation, plots
     from common import peers as common_peers
     from common.metrics import results_markdown
     from common.schemes import scheme_for
@@ -701,7 +686,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         # that the plot's scale shows the differences between the real methods.
         series = {METHOD_LABELS[m]: scored["outputs"][m][kinds[0]]["per_point"]
                   for m in final_methods if m != "mean_shape"}
-        paths["per_point"] = _write_png(
+        paths["per_point"] = atomic.write_figure(
             plots.plot_per_point_errors, os.path.join(output, f"{name}_per_point.png"),
             series, labels, title=f"Per-point error on {eval_split} (cf. CCNN Fig. 7)",
             ylabel=f"mean error (% of the {NORMALISERS[kinds[0]]})")
@@ -711,7 +696,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
                                       thresholds, seconds)
         results["five_point"] = five["results"]
         tables.append(five["markdown"])
-        paths["five_point_ced"] = _write_png(
+        paths["five_point_ced"] = atomic.write_figure(
             plots.plot_ced, os.path.join(output, f"{name}_five_point_ced.png"),
             five["ced"], max_threshold=settings["ced_max"],
             title="5-point reduction (eye centres, nose tip, mouth corners)",

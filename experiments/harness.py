@@ -36,6 +36,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from common import atomic
+
 FAMILY_POINTS = {"msrrn": 68, "ccnn": 5}
 """Landmarks per family."""
 
@@ -338,7 +340,7 @@ def compared(family: str, setting: Setting, data: str, eval_split: str, *,
         os.replace(path, paths[kind])
     record = {"key": key, "model_stamp": _model_stamp(model_path or run_dir),
               "paths": paths}
-    atomic_write(record_path, json.dumps(record, indent=2) + "\n")
+    atomic.write_text(record_path, json.dumps(record, indent=2) + "\n")
     return {**report, "paths": paths, "reused": False}
 
 
@@ -355,12 +357,6 @@ def fitted_peer(setting: Setting, family: str, data: str, name: str, *,
     return compare_real.load_trained_peer(name, records[name])
 
 
-def atomic_write(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` under a temporary name, then renames it into place."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def write_outputs(setting: Setting, name: str, *, title: str, results: Mapping[str, Any],
@@ -386,9 +382,7 @@ def write_outputs(setting: Setting, name: str, *, title: str, results: Mapping[s
     links = []
     for stem, draw in (figures or {}).items():
         path = os.path.join(out_dir, f"{stem}.png")
-        tmp = os.path.join(out_dir, f".{stem}.tmp-{os.getpid()}.png")
-        draw(tmp)
-        os.replace(tmp, path)
+        atomic.write_atomically(path, draw, suffix=".png")
         paths[stem] = path
         links.append(f"![{stem}]({stem}.png)")
     body = f"# {title}\n\n{markdown.strip()}\n"
@@ -397,8 +391,8 @@ def write_outputs(setting: Setting, name: str, *, title: str, results: Mapping[s
     full = {"name": name, "title": title, "setting": dataclasses.asdict(setting), **results}
     paths["json"] = os.path.join(out_dir, f"{name}.json")
     paths["md"] = os.path.join(out_dir, f"{name}.md")
-    atomic_write(paths["json"], json.dumps(full, indent=2, default=json_default) + "\n")
-    atomic_write(paths["md"], body)
+    atomic.write_text(paths["json"], json.dumps(full, indent=2, default=json_default) + "\n")
+    atomic.write_text(paths["md"], body)
     return ExperimentOutput(name=name, title=title, markdown=body, results=full, paths=paths)
 
 

@@ -30,6 +30,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from common import atomic
 from experiments import harness
 
 EXPERIMENTS = (
@@ -208,8 +209,8 @@ def write_report(records: Sequence[ExperimentRecord], settings: Mapping[str, har
              "results": dict(r.output.results) if r.output else None}
             for r in records],
     }
-    harness.atomic_write(paths["md"], "\n".join(lines) + "\n")
-    harness.atomic_write(paths["json"], json.dumps(summary, indent=2,
+    atomic.write_text(paths["md"], "\n".join(lines) + "\n")
+    atomic.write_text(paths["json"], json.dumps(summary, indent=2,
                                                     default=harness.json_default) + "\n")
     return paths
 

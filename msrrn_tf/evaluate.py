@@ -151,6 +151,18 @@ def model_margin(path: str, default: float) -> float:
     return default
 
 
+def load_with_margin(path: str, margin: float | None = None) -> tuple[Any, float]:
+    """A trained MSRRN (``.keras`` or run directory) and its crop margin: ``margin``
+    if given, else the run's recorded one (:func:`model_margin`), else the config
+    default."""
+    from common import evaluation
+    from msrrn_tf.config import MSRRNConfig
+
+    if margin is None:
+        margin = model_margin(path, MSRRNConfig().margin)
+    return evaluation.load_model(path), float(margin)
+
+
 def _define_flags() -> None:
     """Defines the flags (only when run as a program, never on import)."""
     flags.DEFINE_string("model", None, "A .keras model, or a run directory of "
@@ -178,12 +190,8 @@ def main(argv: Sequence[str]) -> None:
     if not FLAGS["verbosity"].present:  # TensorFlow logs every checkpoint save at INFO
         logging.set_verbosity(logging.WARNING)
     from common import evaluation
-    from msrrn_tf.config import MSRRNConfig
 
-    margin = FLAGS.margin
-    if margin is None:
-        margin = model_margin(FLAGS.model, MSRRNConfig().margin)
-    model = evaluation.load_model(FLAGS.model)
+    model, margin = load_with_margin(FLAGS.model, FLAGS.margin)
     ablation = {}
     for path in FLAGS.ablation_models:
         other = evaluation.load_model(path)

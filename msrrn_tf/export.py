@@ -47,15 +47,10 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:  # TensorFlow logs every checkpoint save at INFO
         logging.set_verbosity(logging.WARNING)
-    from common import evaluation
-    from msrrn_tf.config import MSRRNConfig
-    from msrrn_tf.evaluate import model_margin
+    from msrrn_tf.evaluate import load_with_margin
     from msrrn_tf.training import export_msrrn
 
-    margin = FLAGS.margin
-    if margin is None:
-        margin = model_margin(FLAGS.model, MSRRNConfig().margin)
-    model = evaluation.load_model(FLAGS.model)
+    model, margin = load_with_margin(FLAGS.model, FLAGS.margin)
     tflite_path = None
     if FLAGS.tflite or FLAGS.tflite_path:
         tflite_path = FLAGS.tflite_path or os.path.abspath(FLAGS.output).rstrip("/") + ".tflite"

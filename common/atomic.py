@@ -1,0 +1,86 @@
+"""Atomic writes of local files: a temporary file beside the target, then a rename.
+
+A reader (or a rerun after a crash) sees either the previous file or the complete new
+one, never a half-written one. The temporary file is hidden (``.NAME.tmp-XXXX``) so
+that globs such as ``*.keras`` or ``*.json`` never pick it up, and it is removed when
+writing fails. (``common.training.atomic_write_text`` / ``save_model_atomically`` do
+the same through ``tf.io.gfile`` for paths on object stores.)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+
+def write_atomically(path: str, write: Callable[[str], Any], *, suffix: str = "") -> str:
+    """Calls ``write(tmp)`` on a temporary path beside ``path``, then renames it.
+
+    Args:
+        path: destination file (its folder is created).
+        write: writes the content to the path it is given (e.g. ``model.save``, a
+            plotting function).
+        suffix: ending of the temporary name, for writers that choose the format by
+            extension (``".png"``, ``".keras"``).
+
+    Returns:
+        ``path``.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", suffix=suffix,
+                                   dir=folder)
+    os.close(handle)
+    try:
+        write(tmp)
+        if os.path.isfile(tmp):  # mkstemp makes 0600 files: give the usual permissions
+            os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes(path: str, data: bytes | str, *, fsync: bool = False) -> str:
+    """Writes ``data`` (``str`` is UTF-8 encoded) to ``path`` atomically.
+
+    Args:
+        path: destination file.
+        data: the content.
+        fsync: flush the content to disk before the rename (for large artefacts that
+            must survive a power loss, e.g. exported models).
+
+    Returns:
+        ``path``.
+    """
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+
+    return write_atomically(path, write)
+
+
+def write_text(path: str, text: str) -> str:
+    """Writes ``text`` (UTF-8) to ``path`` atomically; returns ``path``."""
+    return write_bytes(path, text)
+
+
+def write_figure(plot_fn: Callable[..., Any], path: str, *args: Any, **kwargs: Any) -> str:
+    """Calls ``plot_fn(*args, tmp_png, **kwargs)`` (a ``common.plots`` function) and
+    renames the PNG to ``path``; returns ``path``."""
+    return write_atomically(path, lambda tmp: plot_fn(*args, tmp, **kwargs), suffix=".png")
