@@ -253,13 +253,13 @@ def float32_cascade(model: keras.Model) -> keras.Model:
 
 
 def export_saved_model(model: keras.Model, export_dir: str) -> str:
-    """``common.export.export_saved_model`` of the cascade, weights frozen into the graph.
+    """``common.export.export_saved_model`` of the cascade in float32.
 
-    The serving functions are traced with ``network_trace_options(frozen_weights=True)``:
-    each stage's grouped kernels are then constants that graph optimisation builds once,
-    instead of concatenating 23 networks' weights on every call (about half of the
-    model's time for one face). The variables are saved too, as by
-    ``common.export``, but the signatures do not read them.
+    ``common.export`` traces the serving functions in the cascade's
+    ``serving_trace_options`` (weights frozen into the graph): each stage's grouped
+    kernels are then constants that graph optimisation builds once, instead of
+    concatenating 23 networks' weights on every call (about half of the model's time
+    for one face). The variables are saved too, but the signatures do not read them.
 
     Args:
         model: the ``CCNNCascade`` (a mixed-precision one is exported in float32,
@@ -271,9 +271,8 @@ def export_saved_model(model: keras.Model, export_dir: str) -> str:
     """
     model = float32_cascade(model)
     size, margin, num_points = _geometry(model)
-    with model_lib.network_trace_options(frozen_weights=True):
-        return common_export.export_saved_model(model, export_dir, sizes=(size,),
-                                                margin=margin, num_landmarks=num_points)
+    return common_export.export_saved_model(model, export_dir, sizes=(size,), margin=margin,
+                                            num_landmarks=num_points)
 
 
 def _op_types(flatbuffer: bytes) -> set[str]:

@@ -725,6 +725,12 @@ class CCNNCascade(keras.Model):
         """Freezes every stage but ``stage`` ("serial between groups", section 3.3)."""
         self.set_frozen_stages(k for k in range(1, self.num_stages + 1) if k != stage)
 
+    def serving_trace_options(self) -> contextlib.AbstractContextManager:
+        """The context ``common.export.LandmarkServingModule`` traces the serving
+        functions in: weights frozen into the graph (``network_trace_options``), so
+        every export and every timing of the serving path runs the fast graph."""
+        return network_trace_options(frozen_weights=True)
+
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "trainable": self.trainable, **self._args,
                 "frozen_stages": self.frozen_stages}

@@ -94,6 +94,10 @@ class LandmarkServingModule(tf.Module):
         # converter keeps the weights as uninitialised resource variables instead of
         # freezing them (garbage outputs). A partial is not tracked.
         self._call_model = functools.partial(model.__call__, training=False)
+        # A model may ask for a tracing context (e.g. CCNN freezes its weights into
+        # the serving graph); also a partial, so that the model stays untracked.
+        self._trace_options = functools.partial(
+            getattr(model, "serving_trace_options", contextlib.nullcontext))
         self.model_variables = [getattr(v, "value", v) for v in model.variables]
         self.sizes = tuple(int(s) for s in sizes)
         if not self.sizes:
@@ -117,7 +121,8 @@ class LandmarkServingModule(tf.Module):
         return tf.ensure_shape(outputs[self.output_key], [None, self.num_landmarks, 2])
 
     def _run_model(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        outputs = _as_output_dict(self._call_model(inputs), self.output_key)
+        with self._trace_options():
+            outputs = _as_output_dict(self._call_model(inputs), self.output_key)
         self._landmarks(outputs)
         return outputs
 

@@ -558,15 +558,9 @@ def export_model(mut: ModelUnderTest, work_dir: str) -> dict[str, Any]:
 
     result: dict[str, Any] = {"seconds": {}}
     start = time.perf_counter()
-    saved_model_dir = os.path.join(work_dir, f"{mut.name}_saved_model")
-    if mut.name == "ccnn":  # as `python -m ccnn_tf.export` writes it (frozen weights)
-        from ccnn_tf.export import export_saved_model as ccnn_export_saved_model
-
-        result["saved_model"] = ccnn_export_saved_model(mut.model, saved_model_dir)
-    else:
-        result["saved_model"] = export.export_saved_model(
-            mut.model, saved_model_dir, sizes=mut.sizes, margin=mut.margin,
-            num_landmarks=mut.num_landmarks)
+    result["saved_model"] = export.export_saved_model(
+        mut.model, os.path.join(work_dir, f"{mut.name}_saved_model"), sizes=mut.sizes,
+        margin=mut.margin, num_landmarks=mut.num_landmarks)
     result["seconds"]["saved_model"] = time.perf_counter() - start
     path = os.path.join(work_dir, f"{mut.name}.tflite")
     start = time.perf_counter()
