@@ -401,7 +401,7 @@ def _previous_fingerprint_recorded(directory: str) -> str | None:
 
 
 def _train_dataset_fn(data: str, config: CCNNConfig, batch_size: int,
-                      shuffle_buffer: int) -> Callable[[tf.distribute.InputContext],
+                      shuffle_buffer: int | None) -> Callable[[tf.distribute.InputContext],
                                                        tf.data.Dataset]:
     """The augmented training input as a function of the input context (sharding)."""
     augment = augment_config(config)
@@ -455,7 +455,7 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
                      mixed_precision: bool | None = None, checkpoint_every: int = 500,
                      eval_every: int | None = None, log_every: int = 50,
                      val_split: str = "val", val_limit: int | None = 1000,
-                     shuffle_buffer: int = 2000, verbose: bool = True
+                     shuffle_buffer: int | None = None, verbose: bool = True
                      ) -> training.TrainResult:
     """Trains the networks of one stage with the earlier stages frozen (section 3.3).
 
@@ -479,7 +479,8 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
         log_every: log the loss every this many steps.
         val_split: validation split (skipped when ``data`` has none).
         val_limit: validate on at most this many faces during training.
-        shuffle_buffer: records in the shuffle buffer.
+        shuffle_buffer: records in the shuffle buffer; default: the whole training
+            split when it fits in memory (``common.pipeline.shuffle_buffer_size``).
         verbose: show a progress bar.
 
     Returns:
@@ -522,15 +523,8 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
     layouts: list[NetworkLayout] = []
 
     def build_model() -> CCNNCascade:
-        try:
-            model = build_ccnn(config, num_stages=stage, frozen_stages=earlier,
-                               network_outputs=True, name="ccnn")
-        except (ValueError, TypeError) as error:
-            if keras.mixed_precision.global_policy().compute_dtype == "float16":
-                raise ValueError("the CCNN stages do not support mixed precision (their "
-                                 "float16 network outputs meet float32 window "
-                                 "geometry); train without --mixed_precision") from error
-            raise
+        model = build_ccnn(config, num_stages=stage, frozen_stages=earlier,
+                           network_outputs=True, name="ccnn")
         for k, weights in previous_weights.items():
             model.stage_layer(k).set_weights(weights)
         layouts.append(network_layout(model.stage_layer(stage)))

@@ -3,16 +3,25 @@
 A reader (or a rerun after a crash) sees either the previous file or the complete new
 one, never a half-written one. The temporary file is hidden (``.NAME.tmp-XXXX``) so
 that globs such as ``*.keras`` or ``*.json`` never pick it up, and it is removed when
-writing fails. (``common.training.atomic_write_text`` / ``save_model_atomically`` do
+writing fails. A writer killed outright (SIGKILL, power loss) cannot remove its
+temporary file; the next successful write of the same target removes such leftovers
+once they are older than ``STALE_TEMP_SECONDS`` (a younger one may belong to a
+concurrent writer). (``common.training.atomic_write_text`` / ``save_model_atomically`` do
 the same through ``tf.io.gfile`` for paths on object stores.)
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
+
+
+STALE_TEMP_SECONDS = 3600.0
+"""Age after which another writer's temporary file of the same target is a leftover."""
 
 
 def write_atomically(path: str, write: Callable[[str], Any], *, suffix: str = "") -> str:
@@ -42,7 +51,43 @@ def write_atomically(path: str, write: Callable[[str], Any], *, suffix: str = ""
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    remove_stale_temps(path)
     return path
+
+
+def remove_stale_temps(path: str, max_age_seconds: float = STALE_TEMP_SECONDS) -> list[str]:
+    """Removes temporary files (or folders) of ``path`` left by killed writers.
+
+    Args:
+        path: the target whose ``.NAME.tmp-*`` siblings are checked.
+        max_age_seconds: only entries last modified longer ago than this are removed.
+
+    Returns:
+        The removed paths.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}.tmp-"
+    removed = []
+    now = time.time()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        entry = os.path.join(folder, name)
+        try:
+            if now - os.lstat(entry).st_mtime <= max_age_seconds:
+                continue
+            if os.path.isdir(entry) and not os.path.islink(entry):
+                shutil.rmtree(entry)
+            else:
+                os.remove(entry)
+        except OSError:  # removed meanwhile by someone else, or not ours to remove
+            continue
+        removed.append(entry)
+    return removed
 
 
 def _umask() -> int:

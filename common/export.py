@@ -242,6 +242,7 @@ def export_saved_model(model: keras.Model, export_dir: str, *, sizes: Sequence[i
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    atomic.remove_stale_temps(target)  # left by exports killed before they finished
     return target
 
 

@@ -178,10 +178,45 @@ def _augment_example(image: tf.Tensor, box: tf.Tensor, landmarks: tf.Tensor,
     return inputs, targets, crop_boxes
 
 
+SHUFFLE_MEMORY_BYTES = 2 * 1024 ** 3
+"""Default memory budget of the training shuffle buffer (serialised records)."""
+
+
+def shuffle_buffer_size(files: Sequence[str], memory_bytes: int = SHUFFLE_MEMORY_BYTES,
+                        minimum: int = 1000) -> int:
+    """Records of a training shuffle buffer that mixes the whole split when it fits.
+
+    Converted lists keep their source order (a folder of one identity's video frames,
+    LFW faces before web faces), so a buffer of a few thousand records would feed
+    training long runs of one identity or source. The buffer therefore holds every
+    record of ``files`` when their serialised size fits in ``memory_bytes``; above
+    that, as many records as fit (at the first file's mean record size), but at
+    least ``minimum``.
+
+    Args:
+        files: the TFRecord files of the split (of this input pipeline).
+        memory_bytes: memory budget of the buffer.
+        minimum: smallest buffer returned.
+
+    Returns:
+        The buffer size in records.
+    """
+    if not files:
+        return minimum
+    sizes = [tf.io.gfile.stat(f).length for f in files]
+    counted = files if sum(sizes) <= memory_bytes else files[:1]
+    records = sum(1 for f in counted for _ in tf.data.TFRecordDataset(f))
+    if counted is files:
+        return max(records, 1)
+    per_record = max(sizes[0] / max(records, 1), 1.0)
+    return max(minimum, int(memory_bytes / per_record))
+
+
 def make_dataset(data: str | os.PathLike | Sequence[str | os.PathLike], split: str, *,
                  sizes: Sequence[int], num_landmarks: int, margin: float, batch_size: int,
                  training: bool, augment: AugmentConfig | None = None,
-                 flip_permutation: Sequence[int] | None = None, shuffle_buffer: int = 1000,
+                 flip_permutation: Sequence[int] | None = None,
+                 shuffle_buffer: int | None = None,
                  repeat: bool | None = None, seed: int | None = None, with_meta: bool = False,
                  cache: bool | str = False, drop_remainder: bool | None = None,
                  shard: tuple[int, int] | None = None) -> tf.data.Dataset:
@@ -200,7 +235,8 @@ def make_dataset(data: str | os.PathLike | Sequence[str | os.PathLike], split: s
         augment: augmentation, used only when ``training``; ``None`` for none.
         flip_permutation: left/right permutation for flips; default
             ``scheme_for(num_landmarks).flip_permutation``.
-        shuffle_buffer: records in the shuffle buffer (training).
+        shuffle_buffer: records in the shuffle buffer (training); default
+            ``shuffle_buffer_size(files)``: the whole split when it fits in 2 GiB.
         repeat: repeat forever; default ``training``.
         seed: seed of the shuffles and augmentation draws; ``None`` for a fresh one.
         with_meta: also yield a third dict: ``crop_box`` [B, 4] (the crop actually
@@ -261,6 +297,8 @@ def make_dataset(data: str | os.PathLike | Sequence[str | os.PathLike], split: s
     if training:
         if cache:
             dataset = dataset.cache(cache_name)
+        if shuffle_buffer is None:
+            shuffle_buffer = shuffle_buffer_size(files)
         dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed,
                                   reshuffle_each_iteration=True)
         if repeat:

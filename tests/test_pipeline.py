@@ -1,13 +1,15 @@
 """Tests of common.pipeline on tiny TFRecords written in a temporary folder."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from common import geometry
-from common.pipeline import AugmentConfig, make_dataset
+from common.pipeline import AugmentConfig, make_dataset, shuffle_buffer_size
 from common.schemes import CUHK_5
-from common.tfrecord import ShardWriter, serialize_face
+from common.tfrecord import ShardWriter, find_shards, serialize_face
 
 DOT_COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]],
                        np.float32)
@@ -258,3 +260,42 @@ def test_sharded_input_pipelines_partition_the_data(data_dir):
         assert all(parts)
     with pytest.raises(ValueError, match="shard"):
         paths(2, 2)
+
+
+def _ordered_split(folder, count, num_shards=1):
+    """``count`` tiny faces in source order, face i's box left edge = i."""
+    image = np.zeros((16, 16, 3), np.uint8)
+    png = tf.io.encode_png(image).numpy()
+    points = np.full((5, 2), 8.0, np.float32)
+    with ShardWriter(str(folder), "ordered", "train", num_shards=num_shards) as writer:
+        for i in range(count):
+            writer.write(serialize_face(png, 16, 16, points, [i, 0, i + 8, 8],
+                                        split="train", source_path=f"face{i}.png"))
+    return find_shards(str(folder), "train")
+
+
+def test_shuffle_buffer_size_whole_split_or_memory_bound(tmp_path):
+    files = _ordered_split(tmp_path, 30, num_shards=2)
+    assert shuffle_buffer_size(files) == 30  # the whole split fits
+    per_record = sum(os.path.getsize(f) for f in files) / 30
+    assert shuffle_buffer_size(files, memory_bytes=int(10.5 * per_record),
+                               minimum=1) in (10, 11)
+    assert shuffle_buffer_size(files, memory_bytes=int(10.5 * per_record),
+                               minimum=20) == 20
+    assert shuffle_buffer_size([]) == 1000
+
+
+def test_default_training_shuffle_mixes_an_ordered_split(tmp_path):
+    """Faces written in source order reach training mixed over the whole split."""
+    _ordered_split(tmp_path, 200)
+    dataset = make_dataset(str(tmp_path), "train", sizes=(8,), num_landmarks=5,
+                           margin=0.0, batch_size=20, training=True, seed=3, with_meta=True)
+    _, _, meta = next(iter(dataset))
+    first = meta["box"].numpy()[:, 0]
+    # A buffer of all 200 records draws the first batch from the whole file (a
+    # 20-record buffer could only reach the first 39 records).
+    assert first.max() > 100, first
+    small = make_dataset(str(tmp_path), "train", sizes=(8,), num_landmarks=5, margin=0.0,
+                         batch_size=20, training=True, seed=3, with_meta=True,
+                         shuffle_buffer=20)
+    assert next(iter(small))[2]["box"].numpy()[:, 0].max() < 40
