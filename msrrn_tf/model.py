@@ -382,6 +382,9 @@ class MSRRN(keras.Model):
         init_fc_units: hidden FC widths of the initial-shape CNN.
         weight_decay: lambda of eq. (5), L2 on every kernel.
         stop_shape_gradient: block gradients through the patch sampling positions.
+        init_noise: standard deviation of Gaussian noise added to every coordinate of
+            S^0 before the first stage, in training only (0: none); ``"stage_0"``
+            stays the unperturbed S^0.
         dtype: dtype policy of the layers (e.g. "mixed_float16"), ``None`` for the
             global policy.
         **kwargs: ``keras.Model`` arguments (name, trainable).
@@ -395,7 +398,10 @@ class MSRRN(keras.Model):
                  regression_fc_units: Sequence[int] = (256,), hidden_size: int = 0,
                  init_conv_filters: Sequence[int] = (16, 32, 64), init_kernel_size: int = 3,
                  init_fc_units: Sequence[int] = (256,), weight_decay: float = 0.0,
-                 stop_shape_gradient: bool = True, dtype=None, **kwargs):
+                 stop_shape_gradient: bool = True, init_noise: float = 0.0, dtype=None,
+                 **kwargs):
+        if init_noise < 0:
+            raise ValueError(f"init_noise must be >= 0, got {init_noise}")
         if init not in INIT_MODES:
             raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
         scales = tuple(int(s) for s in scales)
@@ -419,6 +425,11 @@ class MSRRN(keras.Model):
         shape = keras.layers.Activation("linear", dtype="float32", name="stage_0")(
             initial(images[scales[0]]))
         outputs = {"stage_0": shape}
+        if init_noise > 0:
+            # Training only: the stages start from a perturbed S^0, as they will
+            # from the initial CNN's larger errors on unseen faces.
+            shape = keras.layers.GaussianNoise(init_noise, dtype="float32",
+                                               name="init_noise")(shape)
 
         # === T stages of one shared regressor, coarse to fine ===
         regressor = RecurrentRegressionNetwork(
@@ -453,6 +464,7 @@ class MSRRN(keras.Model):
         self.init_fc_units = tuple(init_fc_units)
         self.weight_decay = float(weight_decay)
         self.stop_shape_gradient = bool(stop_shape_gradient)
+        self.init_noise = float(init_noise)
         self._layer_dtype = dtype
         self.input_sizes = tuple(used)
         self.initial_shape = initial
@@ -497,6 +509,7 @@ class MSRRN(keras.Model):
             "init_fc_units": list(self.init_fc_units),
             "weight_decay": self.weight_decay,
             "stop_shape_gradient": self.stop_shape_gradient,
+            "init_noise": self.init_noise,
         }
 
     @classmethod
@@ -539,6 +552,7 @@ def build_msrrn(config: MSRRNConfig, *, num_stages: int | None = None, dtype=Non
         init_fc_units=config.init_fc_units,
         weight_decay=config.weight_decay,
         stop_shape_gradient=config.stop_shape_gradient,
+        init_noise=config.init_noise,
         dtype=dtype,
         name=name,
     )

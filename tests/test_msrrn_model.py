@@ -69,6 +69,8 @@ def test_config_rejects_bad_values():
         MSRRNConfig(init="zeros")
     with pytest.raises(ValueError, match="coarse to fine"):
         MSRRNConfig(scales=(200, 100, 50))
+    with pytest.raises(ValueError, match="init_noise"):
+        MSRRNConfig(init_noise=-0.01)
 
 
 # --- model --------------------------------------------------------------------------
@@ -162,6 +164,26 @@ def test_save_load_round_trip(tmp_path, init, hidden_size):
     want, got = model(inputs), loaded(inputs)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], atol=1e-6)
+
+
+def test_init_noise_perturbs_the_stages_in_training_only(tmp_path):
+    noisy = build_msrrn(TINY.replace(init_noise=0.05))
+    clean = build_msrrn(TINY)
+    assert trainable_signature(noisy) == trainable_signature(clean)
+    clean.set_weights(noisy.get_weights())
+    inputs = random_inputs(TINY.scales)
+    want = clean(inputs)
+    for key, value in noisy(inputs).items():  # inference: exactly the clean model
+        np.testing.assert_array_equal(value, want[key])
+    trained = noisy(inputs, training=True)
+    np.testing.assert_allclose(trained["stage_0"], want["stage_0"], atol=1e-6)
+    shift = np.asarray(trained["stage_1"]) - np.asarray(want["stage_1"])
+    assert 0.02 < shift.std() < 0.1  # about the noise (0.05), plus the update's reaction
+    path = tmp_path / "noisy.keras"
+    noisy.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_config()["init_noise"] == 0.05
+    np.testing.assert_allclose(loaded(inputs)["landmarks"], want["landmarks"], atol=1e-6)
 
 
 def test_get_config_from_config():
