@@ -148,6 +148,49 @@ class Arm:
     description: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class StageAblation:
+    """One of the paper's first-stage ablations (Experiment 2 or 3), as declared data.
+
+    An experiment module declares one and exposes its ``run``; everything else is
+    :func:`stage_ablation`, whose arguments these fields are.
+
+    Attributes:
+        name: experiment name (folder, file stem).
+        title: report title.
+        arms: the cascades compared, in plot order.
+        claim: ``(lower, higher)`` labels: the arm the paper finds better first.
+        quoted_means: the paper's mean stage-1 errors by label (quoted).
+        description: what the experiment compares, for the report.
+        figure_title: the plot's title (``{stage}``: the plotted stage).
+    """
+
+    name: str
+    title: str
+    arms: tuple[Arm, ...]
+    claim: tuple[str, str]
+    quoted_means: Mapping[str, float]
+    description: str
+    figure_title: str
+
+    def run(self, setting: harness.Setting, *, stages: int = 1,
+            verbose: bool = True) -> harness.ExperimentOutput:
+        """Trains the arms' first stage(s) and compares them per point.
+
+        Args:
+            setting: the experiment's setting.
+            stages: stages trained by the variants and compared (1: the paper's).
+            verbose: training progress.
+
+        Returns:
+            The written ``harness.ExperimentOutput``.
+        """
+        return stage_ablation(
+            setting, name=self.name, title=self.title, arms=self.arms, claim=self.claim,
+            quoted_means=self.quoted_means, description=self.description,
+            figure_title=self.figure_title, stages=stages, verbose=verbose)
+
+
 def stage_ablation(setting: harness.Setting, *, name: str, title: str,
                    arms: Sequence[Arm], claim: tuple[str, str],
                    quoted_means: Mapping[str, float], description: str,

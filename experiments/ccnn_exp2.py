@@ -23,45 +23,33 @@ train stage 1 only. Writes ``ccnn_exp2.json``, ``.md`` and ``per_point.png`` int
 from __future__ import annotations
 
 from experiments import harness
-from experiments.ccnn_common import NO_SHAKE, Arm, stage_ablation
+from experiments.ccnn_common import NO_SHAKE, Arm, StageAblation
 
 FAMILY = "ccnn"
-NAME = "ccnn_exp2"
-TITLE = "CCNN Experiment 2 (Fig. 5): stage 1 with windows (relative) vs absolute positioning"
 
-ARMS = (
-    Arm("windows-", "windows_off", {"stage1_windows": False},
-        "`stage1_windows=False`: F1, EN1 and NM1 see the whole input crop and predict "
-        "absolute crop coordinates (no windows, hence no shake)."),
-    Arm("windows+", "no_shake", NO_SHAKE,
-        "F1 sees the face box, EN1 / NM1 its upper / lower 80 %; each predicts "
-        "coordinates relative to its window; no shake (all `stage*_shake_stddev=0`)."),
-    Arm("windows+, shake+", "default", {},
-        "the default cascade's stage 1: windows and shake (0.01 of the face box)."),
+EXPERIMENT = StageAblation(
+    name="ccnn_exp2",
+    title="CCNN Experiment 2 (Fig. 5): stage 1 with windows (relative) vs absolute "
+    "positioning",
+    arms=(
+        Arm("windows-", "windows_off", {"stage1_windows": False},
+            "`stage1_windows=False`: F1, EN1 and NM1 see the whole input crop and predict "
+            "absolute crop coordinates (no windows, hence no shake)."),
+        Arm("windows+", "no_shake", NO_SHAKE,
+            "F1 sees the face box, EN1 / NM1 its upper / lower 80 %; each predicts "
+            "coordinates relative to its window; no shake (all `stage*_shake_stddev=0`)."),
+        Arm("windows+, shake+", "default", {},
+            "the default cascade's stage 1: windows and shake (0.01 of the face box)."),
+    ),
+    claim=("windows+", "windows-"),
+    # Mean stage-1 test error of Fig. 5 (section 4.2, Experiment 2), quoted.
+    quoted_means={"windows-": 0.0338, "windows+": 0.0235},
+    description="Relative positioning in windows (windows+) against absolute "
+    "positioning (windows-), measured after the first stage like the paper's Fig. 5.",
+    figure_title="Per-point error after {stage}: windows+ vs windows- (cf. Fig. 5)",
 )
-CLAIM = ("windows+", "windows-")
-PAPER_MEANS = {"windows-": 0.0338, "windows+": 0.0235}
-"""Mean stage-1 test error of Fig. 5 (section 4.2, Experiment 2), quoted."""
-
-
-def run(setting: harness.Setting, *, stages: int = 1,
-        verbose: bool = True) -> harness.ExperimentOutput:
-    """Trains stage 1 with and without windows and compares them per point.
-
-    Args:
-        setting: the experiment's setting.
-        stages: stages trained by the variants and compared (1: the paper's).
-        verbose: training progress.
-
-    Returns:
-        The written ``harness.ExperimentOutput``.
-    """
-    return stage_ablation(
-        setting, name=NAME, title=TITLE, arms=ARMS, claim=CLAIM, quoted_means=PAPER_MEANS,
-        stages=stages, verbose=verbose,
-        figure_title="Per-point error after {stage}: windows+ vs windows- (cf. Fig. 5)",
-        description="Relative positioning in windows (windows+) against absolute "
-        "positioning (windows-), measured after the first stage like the paper's Fig. 5.")
+NAME, TITLE, ARMS = EXPERIMENT.name, EXPERIMENT.title, EXPERIMENT.arms
+run = EXPERIMENT.run
 
 
 if __name__ == "__main__":

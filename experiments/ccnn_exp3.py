@@ -20,43 +20,30 @@ error of each key point in the first stage"), so the variant trains stage 1 only
 from __future__ import annotations
 
 from experiments import harness
-from experiments.ccnn_common import NO_SHAKE, Arm, stage_ablation
+from experiments.ccnn_common import NO_SHAKE, Arm, StageAblation
 
 FAMILY = "ccnn"
-NAME = "ccnn_exp3"
-TITLE = "CCNN Experiment 3 (Fig. 6): stage 1 with vs without shake"
 
-ARMS = (
-    Arm("shake-", "no_shake", NO_SHAKE,
-        "no shake (all `stage*_shake_stddev=0`); rotation and flip augmentation as in "
-        "the default."),
-    Arm("shake+", "default", {},
-        "the default cascade: while training, each window is translated by "
-        "N(0, 0.01^2) of the face-box width / height, per face and window."),
+EXPERIMENT = StageAblation(
+    name="ccnn_exp3",
+    title="CCNN Experiment 3 (Fig. 6): stage 1 with vs without shake",
+    arms=(
+        Arm("shake-", "no_shake", NO_SHAKE,
+            "no shake (all `stage*_shake_stddev=0`); rotation and flip augmentation as in "
+            "the default."),
+        Arm("shake+", "default", {},
+            "the default cascade: while training, each window is translated by "
+            "N(0, 0.01^2) of the face-box width / height, per face and window."),
+    ),
+    claim=("shake+", "shake-"),
+    # Mean stage-1 test error of Fig. 6 (section 4.2, Experiment 3), quoted.
+    quoted_means={"shake-": 0.0235, "shake+": 0.0190},
+    description="The shake (random translation of the windows while training) on and "
+    "off, measured after the first stage like the paper's Fig. 6.",
+    figure_title="Per-point error after {stage}: shake+ vs shake- (cf. Fig. 6)",
 )
-CLAIM = ("shake+", "shake-")
-PAPER_MEANS = {"shake-": 0.0235, "shake+": 0.0190}
-"""Mean stage-1 test error of Fig. 6 (section 4.2, Experiment 3), quoted."""
-
-
-def run(setting: harness.Setting, *, stages: int = 1,
-        verbose: bool = True) -> harness.ExperimentOutput:
-    """Trains stage 1 without shake and compares it with the default, per point.
-
-    Args:
-        setting: the experiment's setting.
-        stages: stages trained by the variant and compared (1: the paper's).
-        verbose: training progress.
-
-    Returns:
-        The written ``harness.ExperimentOutput``.
-    """
-    return stage_ablation(
-        setting, name=NAME, title=TITLE, arms=ARMS, claim=CLAIM, quoted_means=PAPER_MEANS,
-        stages=stages, verbose=verbose,
-        figure_title="Per-point error after {stage}: shake+ vs shake- (cf. Fig. 6)",
-        description="The shake (random translation of the windows while training) on and "
-        "off, measured after the first stage like the paper's Fig. 6.")
+NAME, TITLE, ARMS = EXPERIMENT.name, EXPERIMENT.title, EXPERIMENT.arms
+run = EXPERIMENT.run
 
 
 if __name__ == "__main__":
