@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -427,12 +428,21 @@ def define_flags(family: str | None = None) -> None:
                          "per stage). Default: the preset's.", lower_bound=1)
     flags.DEFINE_string("model", None, "A trained model (.keras or run directory) to use "
                         "instead of training the default variant.")
+    define_shared_flags()
+
+
+def define_shared_flags() -> None:
+    """Defines the flags of a :class:`Setting` that every experiment program shares
+    (this module's scripts and ``experiments.reproduce``); read by
+    :func:`shared_setting_fields`."""
+    from absl import flags
+
     flags.DEFINE_integer("limit", None, "Score only the first LIMIT faces of each "
                          "evaluation split.", lower_bound=1)
     flags.DEFINE_integer("seed", 0, "Seed of training and sampling.")
-    flags.DEFINE_string("format", "auto", "Reader of a raw --data (auto, 300w, cuhk, mtfl, "
+    flags.DEFINE_string("format", "auto", "Reader of raw data (auto, 300w, cuhk, mtfl, "
                         "csv, imglab).")
-    flags.DEFINE_float("val_fraction", 0.1, "For raw --data: fraction held out as 'val'.",
+    flags.DEFINE_float("val_fraction", 0.1, "For raw data: fraction held out as 'val'.",
                        lower_bound=0.0, upper_bound=0.9)
     flags.DEFINE_list("peers", None, "Peers run beside our model (experiments.compare_real "
                       "names: dlib_ert, mean_shape, mtcnn, ...). Default: compare_real's "
@@ -441,6 +451,26 @@ def define_flags(family: str | None = None) -> None:
                         "(overrides of dlib's defaults), e.g. '{}' for dlib's defaults. "
                         "Default: dlib's defaults for the paper preset, else "
                         "experiments.harness.QUICK_DLIB_OPTIONS.")
+    # Flags defined here belong to this module, and `--help` lists only the main
+    # module's: make them the running program's, so its --help shows them.
+    values = flags.FLAGS
+    for flag in values.get_key_flags_for_module(sys.modules[__name__]):
+        values.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def shared_setting_fields() -> dict[str, Any]:
+    """The :class:`Setting` fields of the parsed :func:`define_shared_flags` flags.
+
+    Raises:
+        ValueError, TypeError: ``--dlib_options`` is not a JSON object.
+    """
+    from absl import flags
+
+    values = flags.FLAGS
+    return {"limit": values.limit, "seed": values.seed, "format": values.format,
+            "val_fraction": values.val_fraction,
+            "peers": tuple(values.peers) if values.peers is not None else None,
+            "dlib_options": parse_json_object(values.dlib_options, "--dlib_options")}
 
 
 def setting_from_flags() -> Setting:
@@ -450,10 +480,7 @@ def setting_from_flags() -> Setting:
     values = flags.FLAGS
     return Setting(data=values.data, output=values.output, runs_dir=values.runs_dir,
                    preset=values.preset, steps=values.steps, model=values.model,
-                   limit=values.limit, seed=values.seed, format=values.format,
-                   val_fraction=values.val_fraction,
-                   peers=tuple(values.peers) if values.peers is not None else None,
-                   dlib_options=parse_json_object(values.dlib_options, "--dlib_options"))
+                   **shared_setting_fields())
 
 
 def parse_json_object(text: str | None, what: str) -> dict[str, Any] | None:

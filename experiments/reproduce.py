@@ -262,18 +262,7 @@ def _define_flags() -> None:
                              + "). Default: the preset's.", lower_bound=1)
         flags.DEFINE_string(f"{family}_preset", None, f"Training preset of our "
                             f"{family.upper()} models. Default: quick.")
-    flags.DEFINE_integer("limit", None, "Score only the first LIMIT faces of each "
-                         "evaluation split.", lower_bound=1)
-    flags.DEFINE_integer("seed", 0, "Seed of training and sampling.")
-    flags.DEFINE_string("format", "auto", "Reader of raw data (auto, 300w, cuhk, mtfl, csv, "
-                        "imglab).")
-    flags.DEFINE_float("val_fraction", 0.1, "For raw data: fraction held out as 'val'.",
-                       lower_bound=0.0, upper_bound=0.9)
-    flags.DEFINE_list("peers", None, "Peers run beside our models (experiments.compare_real "
-                      "names). Default: compare_real's default peers.")
-    flags.DEFINE_string("dlib_options", None, "JSON object of dlib ERT training options. "
-                        "Default: dlib's defaults for the paper preset, else "
-                        "experiments.harness.QUICK_DLIB_OPTIONS.")
+    harness.define_shared_flags()
     flags.DEFINE_boolean("true_ablation", False, "msrrn_table2: also train MSRRN models with "
                          "1 and 2 stages (one training each).")
 
@@ -283,11 +272,8 @@ def settings_from_flags() -> dict[str, harness.Setting]:
     from absl import flags
 
     values = flags.FLAGS
-    common = harness.Setting(
-        output=values.output, runs_dir=values.runs_dir, limit=values.limit,
-        seed=values.seed, format=values.format, val_fraction=values.val_fraction,
-        peers=tuple(values.peers) if values.peers is not None else None,
-        dlib_options=harness.parse_json_object(values.dlib_options, "--dlib_options"))
+    common = harness.Setting(output=values.output, runs_dir=values.runs_dir,
+                             **harness.shared_setting_fields())
     return {family: common.replace(data=values[f"{family}_data"].value,
                                    model=values[f"{family}_model"].value,
                                    steps=values[f"{family}_steps"].value,

@@ -149,3 +149,15 @@ def test_cli_runs_the_selected_experiments(tmp_path, repo_root):
     assert "(msrrn_table2/table2_val_ced.png)" in report
     assert (output / "msrrn_fig5" / "examples.png").is_file()
     assert "| msrrn_table2 | ok |" in report
+
+
+@pytest.mark.parametrize("module", ["experiments.reproduce", "experiments.ccnn_exp2"])
+def test_help_lists_the_shared_setting_flags(module):
+    """The flags defined in ``experiments.harness`` show in the program's own --help."""
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                            text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert "Traceback" not in result.stderr, result.stderr  # absl exits 1 after --help
+    for flag in ("--limit", "--seed", "--format", "--val_fraction", "--peers",
+                 "--dlib_options", "--runs_dir"):
+        assert flag in result.stdout, (module, flag)
