@@ -260,6 +260,38 @@ def add_constant_shape(pred: Predictions, name: str, shape_norm: np.ndarray) -> 
 # --------------------------------------------------------------------------------------
 
 
+def mean_crop_residuals(pred: Predictions, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """Mean signed error ``truth - prediction`` of each landmark, in normalised crop
+    coordinates (fractions of the crop box's width and height), over all faces.
+
+    A model trained with flip augmentation cannot learn an annotation convention
+    that is not mirror-symmetric (points marked half a pixel right of the feature,
+    1-based coordinates, ...): a mirrored face carries the opposite offset, so the
+    model learns their average. Measured on training faces, these means are the
+    systematic part of its error that a constant correction removes.
+
+    Args:
+        pred: predictions with ``crop_boxes``.
+        outputs: output names (keys of ``pred.outputs_px``).
+
+    Returns:
+        ``{output: float32 [L, 2]}``.
+
+    Raises:
+        ValueError: ``pred`` has no crop boxes, or an output is missing.
+    """
+    if pred.crop_boxes is None:
+        raise ValueError("the predictions carry no crop boxes")
+    size = (pred.crop_boxes[:, None, 2:4] - pred.crop_boxes[:, None, 0:2]).astype(np.float64)
+    residuals = {}
+    for name in outputs:
+        if name not in pred.outputs_px:
+            raise ValueError(f"no output {name!r} among {sorted(pred.outputs_px)}")
+        error = (pred.true_px.astype(np.float64) - pred.outputs_px[name]) / size
+        residuals[name] = error.mean(axis=0).astype(np.float32)
+    return residuals
+
+
 def face_errors(pred: Predictions, output: str, kind: str,
                 scheme: LandmarkScheme | None = None) -> np.ndarray:
     """Per-face NME of one output (``common.metrics.nme``), e.g. for a CED curve.

@@ -281,7 +281,7 @@ class TrainResult:
     optimizer: keras.optimizers.Optimizer | None = None
 
 
-def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True on the one worker that writes checkpoints, logs and the final model."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or isinstance(
@@ -567,7 +567,7 @@ def train_model(
     if mixed_precision is not None:
         configure_precision(mixed_precision)
 
-    chief = _is_chief(strategy)
+    chief = is_chief(strategy)
     write_dir = run_dir if chief else _worker_dir(run_dir, strategy)
     tf.io.gfile.makedirs(write_dir)
     loss_computer = _LossComputer(loss, loss_weights)

@@ -948,7 +948,7 @@ def stage_cases(mut: ModelUnderTest, faces: Faces, batch_size: int) -> list[Case
                 if mut.name == "ccnn":
                     transfer_stage_weights(model, prefix)
                 else:
-                    prefix.set_weights(model.get_weights())
+                    prefix.copy_weights_from(model)
             parts[f"stages 1..{k}"] = _compiled_landmarks(prefix)
     cases = []
     for batch in (1, batch_size):

@@ -118,8 +118,10 @@ def _shard_signature(data: str, split: str) -> list[list[Any]]:
 
 def peer_cache_key(name: str, data: str, split: str,
                    options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What a trained peer depends on: its name, the training shards and options."""
-    return {"version": PEER_CACHE_VERSION, "peer": name, "data": os.path.abspath(data),
+    """What a trained peer depends on: its name, the training shards and options.
+    The folder is resolved through symbolic links, so a linked or relative path to
+    the same converted data reuses the fit."""
+    return {"version": PEER_CACHE_VERSION, "peer": name, "data": os.path.realpath(data),
             "split": split, "shards": _shard_signature(data, split),
             "options": dict(options or {})}
 

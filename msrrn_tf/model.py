@@ -20,6 +20,11 @@ inside a ``keras.Model`` subclass):
     image_50,  stage_0 --> RecurrentRegressionNetwork --> + --------> stage_1
     image_100, stage_1 --> (same layer, same weights)  --> + -------> stage_2
     image_200, stage_2 --> (same layer, same weights)  --> + -------> stage_3 = landmarks
+
+With ``bias_correction`` every reported output ``stage_t`` is the shape above plus a
+fixed per-landmark offset (``ShapeOffset``) fitted on the training faces after
+training (``msrrn_tf.training.fit_bias_correction``); the next stage still reads the
+uncorrected shape.
 """
 
 from __future__ import annotations
@@ -121,6 +126,98 @@ class MeanShape(keras.layers.Layer):
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(num_landmarks=self.num_landmarks)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="msrrn_tf")
+class ShapeOffset(keras.layers.Layer):
+    """Adds a fixed (non-trainable) per-landmark offset to a shape: the bias
+    correction fitted on training faces after training (``set_offset``; zeros,
+    i.e. the identity, until then).
+
+    Input and output: float32 ``[N, L, 2]`` in normalised crop coordinates.
+
+    Args:
+        num_landmarks: L.
+        **kwargs: ``keras.layers.Layer`` arguments.
+    """
+
+    def __init__(self, num_landmarks: int, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.num_landmarks = int(num_landmarks)
+        self.offset = self.add_weight(name="offset", shape=(self.num_landmarks, 2),
+                                      dtype="float32", initializer="zeros", trainable=False)
+
+    def set_offset(self, offset: np.ndarray) -> None:
+        """Sets the ``[L, 2]`` offset."""
+        offset = np.asarray(offset, np.float32)
+        if offset.shape != (self.num_landmarks, 2):
+            raise ValueError(f"offset must be [{self.num_landmarks}, 2], got {offset.shape}")
+        self.offset.assign(offset)
+
+    def call(self, shape):
+        return keras.ops.cast(shape, "float32") + self.offset[None]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(num_landmarks=self.num_landmarks)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="msrrn_tf")
+class MirrorBatch(keras.layers.Layer):
+    """Flip test, first half: at inference, appends the mirrored images to the batch
+    (``[N, S, S, C] -> [2N, S, S, C]``, the last N flipped left-right); in training,
+    the identity (the flip augmentation already shows mirrored faces).
+
+    Args:
+        **kwargs: ``keras.layers.Layer`` arguments.
+    """
+
+    def call(self, images, training=None):
+        if training:
+            return images
+        return keras.ops.concatenate([images, keras.ops.flip(images, axis=2)], axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+
+@keras.saving.register_keras_serializable(package="msrrn_tf")
+class MergeMirrored(keras.layers.Layer):
+    """Flip test, second half: at inference, maps the shapes predicted on the
+    mirrored half of the batch back (``u -> 1 - u``, points permuted) and averages
+    them with the others (``[2N, L, 2] -> [N, L, 2]``); in training, the identity.
+
+    Args:
+        flip_permutation: the landmark scheme's flip permutation.
+        **kwargs: ``keras.layers.Layer`` arguments.
+    """
+
+    def __init__(self, flip_permutation: Sequence[int], **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.flip_permutation = tuple(int(i) for i in flip_permutation)
+
+    def call(self, shape, training=None):
+        if training:
+            return shape
+        half = keras.ops.shape(shape)[0] // 2
+        plain, mirrored = shape[:half], shape[half:]
+        mirrored = keras.ops.take(mirrored, list(self.flip_permutation), axis=1)
+        mirrored = keras.ops.stack([1.0 - mirrored[..., 0], mirrored[..., 1]], axis=-1)
+        return 0.5 * (plain + mirrored)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(flip_permutation=list(self.flip_permutation))
         return config
 
 
@@ -385,6 +482,14 @@ class MSRRN(keras.Model):
         init_noise: standard deviation of Gaussian noise added to every coordinate of
             S^0 before the first stage, in training only (0: none); ``"stage_0"``
             stays the unperturbed S^0.
+        flip_test: at inference, also predict the mirrored face and average the two
+            (``MirrorBatch`` / ``MergeMirrored``; training is unchanged). Needs the
+            68-point iBUG layout's flip permutation (``common.schemes``).
+        bias_correction: give every output a ``ShapeOffset`` (zeros until
+            ``set_shape_offsets``). The offsets only change what the model reports:
+            each stage still starts from the previous stage's uncorrected shape, as
+            in training. ``False`` (the default here, for models saved before the
+            option existed) builds no offset weights.
         dtype: dtype policy of the layers (e.g. "mixed_float16"), ``None`` for the
             global policy.
         **kwargs: ``keras.Model`` arguments (name, trainable).
@@ -398,7 +503,8 @@ class MSRRN(keras.Model):
                  regression_fc_units: Sequence[int] = (256,), hidden_size: int = 0,
                  init_conv_filters: Sequence[int] = (16, 32, 64), init_kernel_size: int = 3,
                  init_fc_units: Sequence[int] = (256,), weight_decay: float = 0.0,
-                 stop_shape_gradient: bool = True, init_noise: float = 0.0, dtype=None,
+                 stop_shape_gradient: bool = True, init_noise: float = 0.0,
+                 bias_correction: bool = False, flip_test: bool = False, dtype=None,
                  **kwargs):
         if init_noise < 0:
             raise ValueError(f"init_noise must be >= 0, got {init_noise}")
@@ -414,6 +520,18 @@ class MSRRN(keras.Model):
         normalise = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, dtype=dtype,
                                            name="normalise")
         images = {s: normalise(x) for s, x in by_size.items()}
+        merge = None
+        if flip_test:
+            from common.schemes import scheme_for  # only the permutation
+
+            try:
+                permutation = scheme_for(num_landmarks).flip_permutation
+            except ValueError as error:
+                raise ValueError(f"flip_test needs a landmark layout with a mirror "
+                                 f"permutation: {error}; build with flip_test=False") from None
+            mirror = MirrorBatch(dtype=dtype, name="mirror_batch")
+            images = {s: mirror(x) for s, x in images.items()}
+            merge = MergeMirrored(permutation, name="merge_mirrored")
 
         # === Initial shape S^0 on the coarsest scale ===
         if init == "cnn":
@@ -422,9 +540,23 @@ class MSRRN(keras.Model):
                                           name="initial_shape")
         else:
             initial = MeanShape(num_landmarks, name="initial_shape")
-        shape = keras.layers.Activation("linear", dtype="float32", name="stage_0")(
+        offsets: list[ShapeOffset] = []
+
+        def report(raw, t: int):
+            # The output of stage t as reported: the shape itself (averaged with the
+            # mirrored face's under flip_test), plus its fitted bias correction. The
+            # next stage still reads ``raw``.
+            if merge is not None:
+                raw = merge(raw)
+            if not bias_correction:
+                return raw
+            offsets.append(ShapeOffset(num_landmarks, name=f"stage_{t}"))
+            return offsets[-1](raw)
+
+        suffix = "_raw" if bias_correction else ""
+        shape = keras.layers.Activation("linear", dtype="float32", name=f"stage_0{suffix}")(
             initial(images[scales[0]]))
-        outputs = {"stage_0": shape}
+        outputs = {"stage_0": report(shape, 0)}
         if init_noise > 0:
             # Training only: the stages start from a perturbed S^0, as they will
             # from the initial CNN's larger errors on unseen faces.
@@ -442,10 +574,10 @@ class MSRRN(keras.Model):
                 delta, state = regressor(images[size], shape, state)
             else:
                 delta = regressor(images[size], shape)
-            shape = keras.layers.Add(dtype="float32", name=f"stage_{t}")([shape, delta])
-            outputs[f"stage_{t}"] = shape
+            shape = keras.layers.Add(dtype="float32", name=f"stage_{t}{suffix}")([shape, delta])
+            outputs[f"stage_{t}"] = report(shape, t)
         outputs["landmarks"] = keras.layers.Activation(
-            "linear", dtype="float32", name="landmarks")(shape)
+            "linear", dtype="float32", name="landmarks")(outputs[f"stage_{num_stages}"])
 
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.scales = scales
@@ -465,6 +597,9 @@ class MSRRN(keras.Model):
         self.weight_decay = float(weight_decay)
         self.stop_shape_gradient = bool(stop_shape_gradient)
         self.init_noise = float(init_noise)
+        self.bias_correction = bool(bias_correction)
+        self.flip_test = bool(flip_test)
+        self.shape_offsets = offsets
         self._layer_dtype = dtype
         self.input_sizes = tuple(used)
         self.initial_shape = initial
@@ -477,6 +612,56 @@ class MSRRN(keras.Model):
             shapes: ``[L, 2]`` mean shape or ``[N, L, 2]`` training shapes to average.
         """
         self.initial_shape.set_mean_shape(shapes)
+
+    def set_shape_offsets(self, offsets) -> None:
+        """Sets the bias correction of every output (see ``ShapeOffset``).
+
+        Args:
+            offsets: ``[T + 1, L, 2]`` offsets of ``stage_0`` .. ``stage_T`` in
+                normalised crop coordinates (``landmarks`` is ``stage_T``).
+
+        Raises:
+            ValueError: the model was built without ``bias_correction``, or the
+                shape is wrong.
+        """
+        if not self.bias_correction:
+            raise ValueError("this MSRRN was built with bias_correction=False")
+        offsets = np.asarray(offsets, np.float32)
+        expected = (self.num_stages + 1, self.num_landmarks, 2)
+        if offsets.shape != expected:
+            raise ValueError(f"offsets must be {list(expected)}, got {list(offsets.shape)}")
+        for layer, offset in zip(self.shape_offsets, offsets):
+            layer.set_offset(offset)
+
+    def copy_weights_from(self, other: MSRRN) -> None:
+        """Copies every weight of this model from ``other``, matched by path.
+
+        The trainable weights (S^0 network and the one shared regressor) and the
+        mean shape are the same for every T, so a model with fewer stages takes a
+        longer one's weights (the stage ablation); the bias correction of each
+        stage it has is copied too.
+
+        Args:
+            other: an MSRRN of the same widths, with at least as many stages.
+
+        Raises:
+            ValueError: a weight of this model has no counterpart in ``other``.
+        """
+        source = {v.path: v for v in other.weights}
+        missing = [v.path for v in self.weights
+                   if v.path not in source or tuple(source[v.path].shape) != tuple(v.shape)]
+        if missing:
+            raise ValueError(f"{other.name!r} has no weight matching {missing[:5]}")
+        for variable in self.weights:
+            variable.assign(source[variable.path])
+
+    def get_shape_offsets(self) -> np.ndarray:
+        """The bias correction of ``stage_0`` .. ``stage_T``, ``[T + 1, L, 2]`` (zeros
+        for a model without ``bias_correction``)."""
+        if not self.bias_correction:
+            return np.zeros((self.num_stages + 1, self.num_landmarks, 2), np.float32)
+        return np.stack([keras.ops.convert_to_numpy(layer.offset)
+                         for layer in self.shape_offsets])
 
     @property
     def mean_shape(self) -> np.ndarray:
@@ -510,6 +695,8 @@ class MSRRN(keras.Model):
             "weight_decay": self.weight_decay,
             "stop_shape_gradient": self.stop_shape_gradient,
             "init_noise": self.init_noise,
+            "bias_correction": self.bias_correction,
+            "flip_test": self.flip_test,
         }
 
     @classmethod
@@ -553,6 +740,8 @@ def build_msrrn(config: MSRRNConfig, *, num_stages: int | None = None, dtype=Non
         weight_decay=config.weight_decay,
         stop_shape_gradient=config.stop_shape_gradient,
         init_noise=config.init_noise,
+        bias_correction=config.bias_correction,
+        flip_test=config.flip_test,
         dtype=dtype,
         name=name,
     )
@@ -562,7 +751,10 @@ __all__ = [
     "MSRRN",
     "InitialShapeNetwork",
     "MeanShape",
+    "MergeMirrored",
+    "MirrorBatch",
     "RecurrentRegressionNetwork",
+    "ShapeOffset",
     "build_msrrn",
     "schematic_mean_shape",
     "stage_scales",

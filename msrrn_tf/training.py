@@ -18,10 +18,14 @@
    i.e. per face the sum of squared coordinate errors of every stage, averaged over
    the batch. S^0 (the initial-shape CNN) is included so that the CNN is trained;
    lambda ||W||^2 is the kernel regularisers' loss (``MSRRNConfig.weight_decay``);
-4. evaluates the validation split (``common.evaluation``): the stage ablation of
+4. fits the bias correction (``fit_bias_correction``, when
+   ``config.bias_correction``): the mean residual of every stage output on the
+   unaugmented training faces becomes a fixed offset of that output, and the
+   corrected model is saved again as ``run_dir/model.keras``;
+5. evaluates the validation split (``common.evaluation``): the stage ablation of
    Table 2 from the one model, a CED plot, JSON and Markdown, under
    ``run_dir/eval``;
-5. exports a SavedModel (``common.export``) to ``run_dir/export``.
+6. exports a SavedModel (``common.export``) to ``run_dir/export``.
 
 **What "mean shape" means in Table 2.** The paper's first row ("we first leveraged
 the meanshape as the baseline method") is the training mean shape placed in the
@@ -48,6 +52,7 @@ other jobs): mean shape 29.99 %, initial CNN 9.75 / 9.80 %, 1 stage 6.54 / 6.50 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -57,7 +62,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import evaluation, training
+from common import atomic, evaluation, training
 from common.geometry import crop_boxes_from_face_boxes, image_to_crop
 from common.pipeline import make_dataset
 from common.schemes import LandmarkScheme, scheme_for
@@ -199,6 +204,57 @@ def training_mean_shape(data: str, split: str, *, margin: float, num_landmarks: 
         mirrored = np.stack([1.0 - mean[:, 0], mean[:, 1]], axis=-1)[list(flip_permutation)]
         mean = 0.5 * (mean + mirrored)
     return mean.astype(np.float32)
+
+
+BIAS_CORRECTION_FILE = "bias_correction.json"
+"""Where ``train_msrrn`` records the fitted offsets in a run directory."""
+
+
+def fit_bias_correction(model: MSRRN, data: str, split: str, *, margin: float,
+                        limit: int | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """Fits the per-stage, per-landmark offsets of ``model`` on training faces.
+
+    The offsets are first reset to zero, the model predicts the (unaugmented)
+    faces of ``split`` with the evaluation pipeline, and each output's offset is
+    set to its mean residual ``truth - prediction`` in normalised crop coordinates
+    (``common.evaluation.mean_crop_residuals``), so refitting gives the same
+    result. See ``MSRRNConfig.bias_correction`` for why.
+
+    Args:
+        model: an MSRRN built with ``bias_correction=True``.
+        data: TFRecord folder.
+        split: the training split.
+        margin: the crop margin the model was trained with.
+        limit: use only the first ``limit`` faces.
+        batch_size: faces per forward pass.
+
+    Returns:
+        ``{"split", "faces", "offsets": [T + 1][L][2] lists, "mean_offset": {stage:
+        [dx, dy]}, "rms_offset": {stage: value}}`` (normalised crop units).
+
+    Raises:
+        ValueError: the model has no bias correction.
+    """
+    if not model.bias_correction:
+        raise ValueError("the model was built with bias_correction=False; rebuild it with "
+                         "MSRRNConfig(bias_correction=True)")
+    zeros = np.zeros((model.num_stages + 1, model.num_landmarks, 2), np.float32)
+    model.set_shape_offsets(zeros)
+    pred = evaluation.predict_split(model, data, split, sizes=model.input_sizes,
+                                    margin=margin, num_landmarks=model.num_landmarks,
+                                    batch_size=batch_size, limit=limit)
+    names = [f"stage_{t}" for t in range(model.num_stages + 1)]
+    residuals = evaluation.mean_crop_residuals(pred, names)
+    offsets = np.stack([residuals[name] for name in names])
+    model.set_shape_offsets(offsets)
+    return {
+        "split": split,
+        "faces": pred.num_faces,
+        "offsets": offsets.tolist(),
+        "mean_offset": {name: [float(v) for v in residuals[name].mean(axis=0)]
+                        for name in names},
+        "rms_offset": {name: float(np.sqrt(np.mean(residuals[name] ** 2))) for name in names},
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -425,6 +481,21 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
     if mixed_precision:
         training.configure_precision(False)
 
+    if config.bias_correction:
+        correction = fit_bias_correction(model, data, train_split, margin=config.margin,
+                                         limit=config.bias_correction_faces)
+        if training.is_chief(strategy):
+            atomic.write_text(os.path.join(run_dir, BIAS_CORRECTION_FILE),
+                              json.dumps(correction, indent=1) + "\n")
+            training.save_model_atomically(model, os.path.join(run_dir, evaluation.MODEL_FILE))
+        if verbose:
+            dx, dy = correction["mean_offset"][f"stage_{config.num_stages}"]
+            print(f"Bias correction fitted on {correction['faces']} {train_split!r} faces: "
+                  f"mean offset of the final shape ({100 * dx:+.2f}, {100 * dy:+.2f}) % of "
+                  f"the crop, rms per point "
+                  f"{100 * correction['rms_offset'][f'stage_{config.num_stages}']:.2f} %",
+                  flush=True)
+
     report = None
     if evaluate and val_split:
         pred = predict_msrrn(model, data, val_split, margin=config.margin, limit=val_limit)
@@ -537,6 +608,7 @@ def ablation_run_dir(run_dir: str, num_stages: int) -> str:
 
 
 __all__ = [
+    "BIAS_CORRECTION_FILE",
     "PRESETS",
     "QUICK_OVERRIDES",
     "QUICK_SYNTHETIC_SPLITS",
@@ -544,6 +616,7 @@ __all__ = [
     "ablation_run_dir",
     "default_run_dir",
     "export_msrrn",
+    "fit_bias_correction",
     "format_table2",
     "predict_msrrn",
     "preset_config",

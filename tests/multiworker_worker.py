@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         "multi_worker": isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
         "num_replicas": int(strategy.num_replicas_in_sync),
         "task": None if resolver is None else [resolver.task_type, resolver.task_id],
-        "is_chief": training._is_chief(strategy),
+        "is_chief": training.is_chief(strategy),
         "steps_done": int(result.steps_done),
         "history": result.history,
         "weights": weights_fingerprint(result.model),

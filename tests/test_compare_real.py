@@ -160,3 +160,18 @@ def test_compare_with_lbf(tmp_path):
         peers=["lbf"], lbf_options=TINY_LBF, timing_faces=2, verbose=False)
     assert again["results"]["peers"]["lbf"]["reused"]
     assert set(again["results"]["methods"]) == {"msrrn", "lbf"}
+
+
+def test_peer_cache_key_follows_symlinks(tmp_path):
+    data = tmp_path / "ytf68"
+    data.mkdir()
+    (data / "ytf68-train-00000-of-00001.tfrecord").write_bytes(b"x" * 10)
+    link = tmp_path / "linked"
+    link.symlink_to(data)
+    key = compare_real.peer_cache_key("dlib_ert", str(data), "train")
+    assert compare_real.peer_cache_key("dlib_ert", str(link), "train") == key
+    assert key["shards"][0][:2] == ["ytf68-train-00000-of-00001.tfrecord", 10]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "ytf68-train-00000-of-00001.tfrecord").write_bytes(b"x" * 10)
+    assert compare_real.peer_cache_key("dlib_ert", str(other), "train") != key

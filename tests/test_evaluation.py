@@ -182,3 +182,24 @@ def test_load_model_from_file_and_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither"):
         evaluation.load_model(str(tmp_path / "empty"))
+
+
+def test_mean_crop_residuals_in_crop_units():
+    rng = np.random.default_rng(0)
+    pred_px = rng.uniform(0, 100, (3, 5, 2)).astype(np.float32)
+    crop_boxes = np.array([[10, 20, 110, 220], [0, 0, 50, 100], [5, 5, 205, 405]], np.float32)
+    size = crop_boxes[:, None, 2:4] - crop_boxes[:, None, 0:2]
+    offset = np.array([0.05, -0.02], np.float32)  # crop units, the same on every face
+    true_px = pred_px + offset * size
+    pred = evaluation.Predictions(
+        outputs_px={"landmarks": pred_px, "stage_0": true_px}, true_px=true_px,
+        boxes=crop_boxes, source_paths=["a", "b", "c"], seconds_per_face=0.0,
+        crop_boxes=crop_boxes)
+    residuals = evaluation.mean_crop_residuals(pred, ["landmarks", "stage_0"])
+    np.testing.assert_allclose(residuals["landmarks"], np.tile(offset, (5, 1)), atol=1e-6)
+    np.testing.assert_allclose(residuals["stage_0"], 0.0, atol=1e-7)
+    with pytest.raises(ValueError, match="no output 'stage_9'"):
+        evaluation.mean_crop_residuals(pred, ["stage_9"])
+    with pytest.raises(ValueError, match="crop boxes"):
+        evaluation.mean_crop_residuals(
+            evaluation.Predictions(pred.outputs_px, true_px, crop_boxes, [], 0.0), ["landmarks"])

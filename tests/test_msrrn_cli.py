@@ -10,8 +10,10 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from common.evaluation import load_model
 from common.synthetic import ensure_synthetic_dataset
 
 pytestmark = pytest.mark.slow
@@ -73,6 +75,12 @@ def test_train_writes_a_complete_run(run_dir):
     sub = json.loads((run / "stages_1" / "config.json").read_text())
     assert sub["config"]["values"]["num_stages"] == 1
     assert "trained 4 steps (from step 0)" in first
+    # The bias correction was fitted on the 12 training faces and saved with the model.
+    correction = json.loads((run / "bias_correction.json").read_text())
+    assert correction["faces"] == 12 and len(correction["offsets"]) == 4
+    assert "Bias correction fitted on 12 'train' faces" in first
+    np.testing.assert_allclose(load_model(str(run)).get_shape_offsets(),
+                               correction["offsets"], atol=1e-7)
     # ... and the true ablation was evaluated after training.
     summary = json.loads((run / "eval" / "msrrn_eval.json").read_text())
     assert list(summary["splits"]["val"]["ablation"]) == ["mean shape", "T=1 model",

@@ -11,6 +11,7 @@ from msrrn_tf.config import MSRRNConfig
 from msrrn_tf.model import (
     MSRRN,
     RecurrentRegressionNetwork,
+    ShapeOffset,
     build_msrrn,
     schematic_mean_shape,
     stage_scales,
@@ -123,11 +124,15 @@ def test_regression_weights_shared_across_stages(hidden_size):
         regressors = [layer for layer in model.layers
                       if isinstance(layer, RecurrentRegressionNetwork)]
         assert len(regressors) == 1
-    # The one-stage model with the three-stage weights reproduces stage 1 exactly.
-    models[1].set_weights(models[3].get_weights())
+    # The one-stage model with the three-stage weights reproduces stage 1 exactly
+    # (its bias correction included).
+    models[3].set_shape_offsets(np.full((4, 68, 2), 0.01, np.float32))
+    models[1].copy_weights_from(models[3])
     inputs = random_inputs(TINY.scales)
     np.testing.assert_allclose(models[1](inputs)["stage_1"], models[3](inputs)["stage_1"],
                                atol=1e-6)
+    with pytest.raises(ValueError, match="no weight matching"):
+        models[3].copy_weights_from(models[1])  # stages 2 and 3 have no offsets there
 
 
 @pytest.mark.parametrize("hidden_size", [0, 4])
@@ -167,8 +172,10 @@ def test_save_load_round_trip(tmp_path, init, hidden_size):
 
 
 def test_init_noise_perturbs_the_stages_in_training_only(tmp_path):
-    noisy = build_msrrn(TINY.replace(init_noise=0.05))
-    clean = build_msrrn(TINY)
+    # Without the flip test, whose inference output (averaged with the mirrored face)
+    # differs from the training one by design.
+    noisy = build_msrrn(TINY.replace(init_noise=0.05, flip_test=False))
+    clean = build_msrrn(TINY.replace(flip_test=False))
     assert trainable_signature(noisy) == trainable_signature(clean)
     clean.set_weights(noisy.get_weights())
     inputs = random_inputs(TINY.scales)
@@ -186,6 +193,92 @@ def test_init_noise_perturbs_the_stages_in_training_only(tmp_path):
     np.testing.assert_allclose(loaded(inputs)["landmarks"], want["landmarks"], atol=1e-6)
 
 
+def test_bias_correction_offsets_outputs_not_the_recurrence(tmp_path):
+    corrected = build_msrrn(TINY)  # MSRRNConfig.bias_correction is on by default
+    plain = build_msrrn(TINY.replace(bias_correction=False))
+    assert trainable_signature(corrected) == trainable_signature(plain)
+    assert sum(isinstance(layer, ShapeOffset) for layer in corrected.layers) == 4
+    inputs = random_inputs(TINY.scales)
+    np.testing.assert_array_equal(corrected.get_shape_offsets(), 0.0)
+    before = corrected(inputs)
+    offsets = np.random.default_rng(1).normal(0, 0.02, (4, 68, 2)).astype(np.float32)
+    corrected.set_shape_offsets(offsets)
+    after = corrected(inputs)
+    # Each output moves by exactly its own offset: the next stage read the
+    # uncorrected shape (else stage_2 would also move by what stage_1's offset did).
+    for t in range(4):
+        np.testing.assert_allclose(np.asarray(after[f"stage_{t}"]) - before[f"stage_{t}"],
+                                   np.broadcast_to(offsets[t], (2, 68, 2)), atol=1e-6)
+    np.testing.assert_array_equal(after["landmarks"], after["stage_3"])
+    path = tmp_path / "corrected.keras"
+    corrected.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.get_shape_offsets(), offsets)
+    np.testing.assert_allclose(loaded(inputs)["landmarks"], after["landmarks"], atol=1e-6)
+    with pytest.raises(ValueError, match=r"offsets must be \[4, 68, 2\]"):
+        corrected.set_shape_offsets(offsets[:3])
+    with pytest.raises(ValueError, match="bias_correction=False"):
+        plain.set_shape_offsets(offsets)
+    np.testing.assert_array_equal(plain.get_shape_offsets(), 0.0)
+
+
+def test_fit_bias_correction_removes_the_training_mean_residual(tmp_path):
+    from common import evaluation
+    from common.synthetic import ensure_synthetic_dataset
+    from msrrn_tf.training import fit_bias_correction
+
+    data = ensure_synthetic_dataset(68, {"train": 12, "val": 4}, cache_dir=str(tmp_path))
+    model = build_msrrn(TINY)
+
+    def residuals():
+        pred = evaluation.predict_split(model, data, "train", sizes=model.input_sizes,
+                                        margin=TINY.margin, num_landmarks=68)
+        names = [f"stage_{t}" for t in range(4)]
+        return np.stack([evaluation.mean_crop_residuals(pred, names)[n] for n in names])
+
+    before = residuals()
+    assert np.abs(before).max() > 0.01  # an untrained model is far off on average
+    report = fit_bias_correction(model, data, "train", margin=TINY.margin)
+    assert report["faces"] == 12
+    np.testing.assert_allclose(model.get_shape_offsets(), before, atol=1e-6)
+    np.testing.assert_allclose(residuals(), 0.0, atol=1e-5)
+    fit_bias_correction(model, data, "train", margin=TINY.margin)  # refit: same offsets
+    np.testing.assert_allclose(model.get_shape_offsets(), before, atol=1e-6)
+    assert fit_bias_correction(model, data, "train", margin=TINY.margin, limit=5)["faces"] == 5
+    with pytest.raises(ValueError, match="bias_correction=False"):
+        fit_bias_correction(build_msrrn(TINY.replace(bias_correction=False)), data, "train",
+                            margin=TINY.margin)
+
+
+def test_flip_test_averages_the_mirrored_prediction(tmp_path):
+    from common.schemes import IBUG_68
+
+    flipped = build_msrrn(TINY)  # MSRRNConfig.flip_test is on by default
+    plain = build_msrrn(TINY.replace(flip_test=False))
+    assert trainable_signature(flipped) == trainable_signature(plain)
+    flipped.set_shape_offsets(np.full((4, 68, 2), 0.003, np.float32))
+    plain.copy_weights_from(flipped)
+    inputs = random_inputs(TINY.scales, batch=3)
+    mirrored_inputs = {k: v[:, :, ::-1] for k, v in inputs.items()}
+    got, direct, mirror = flipped(inputs), plain(inputs), plain(mirrored_inputs)
+    perm = list(IBUG_68.flip_permutation)
+    for key in got:
+        # Reference: each prediction without its offset, the mirrored one mapped back.
+        offset = 0.003
+        back = np.asarray(mirror[key])[:, perm] - offset
+        back[..., 0] = 1.0 - back[..., 0]
+        want = 0.5 * (np.asarray(direct[key]) - offset + back) + offset
+        np.testing.assert_allclose(got[key], want, atol=1e-5)
+    # Training sees one copy of each face: exactly the plain model.
+    np.testing.assert_allclose(flipped(inputs, training=True)["landmarks"],
+                               direct["landmarks"], atol=1e-6)
+    path = tmp_path / "flip.keras"
+    flipped.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_config()["flip_test"] is True
+    np.testing.assert_allclose(loaded(inputs)["landmarks"], got["landmarks"], atol=1e-6)
+
+
 def test_get_config_from_config():
     model = build_msrrn(TINY)
     clone = MSRRN.from_config(json.loads(json.dumps(model.get_config())))
@@ -197,7 +290,7 @@ def test_get_config_from_config():
 
 
 def test_mean_shape_init():
-    model = build_msrrn(TINY.replace(init="mean_shape"))
+    model = build_msrrn(TINY.replace(init="mean_shape", flip_test=False))
     mean = np.random.default_rng(0).uniform(0.2, 0.8, (10, 68, 2))
     model.set_mean_shape(mean)
     out = model(random_inputs(TINY.scales))
@@ -253,7 +346,9 @@ def test_tiny_msrrn_learns_toy_task():
     config = MSRRNConfig.small(scales=(24, 48), num_stages=2, num_landmarks=3, patch_size=8,
                                init="mean_shape", regression_conv_filters=(8, 8),
                                regression_fc_units=(32,), weight_decay=0.0)
-    model = build_msrrn(config)
+    with pytest.raises(ValueError, match="flip_test needs"):
+        build_msrrn(config)  # three points have no mirror layout
+    model = build_msrrn(config.replace(flip_test=False))
     model.set_mean_shape(TOY_TEMPLATE)
     optimizer = keras.optimizers.Adam(3e-3)
 
