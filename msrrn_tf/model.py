@@ -77,8 +77,28 @@ def _l2(weight_decay: float):
     return keras.regularizers.L2(weight_decay) if weight_decay > 0 else None
 
 
+class _LandmarkConstant(keras.layers.Layer):
+    """A layer holding one fixed (non-trainable) float32 ``[L, 2]`` weight in
+    normalised crop coordinates (coordinates stay float32 under any policy: half
+    precision would cost ~0.1 px at 200 px)."""
+
+    def __init__(self, num_landmarks: int, weight_name: str, initial: np.ndarray, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.num_landmarks = int(num_landmarks)
+        self.value = self.add_weight(
+            name=weight_name, shape=(self.num_landmarks, 2), dtype="float32",
+            initializer=keras.initializers.Constant(np.asarray(initial, np.float32)),
+            trainable=False)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(num_landmarks=self.num_landmarks)
+        return config
+
+
 @keras.saving.register_keras_serializable(package="msrrn_tf")
-class MeanShape(keras.layers.Layer):
+class MeanShape(_LandmarkConstant):
     """S^0 as a fixed (non-trainable) mean shape, broadcast over the batch.
 
     Called on any batched tensor (only its batch size is used); returns
@@ -91,15 +111,9 @@ class MeanShape(keras.layers.Layer):
     """
 
     def __init__(self, num_landmarks: int, **kwargs):
-        # Coordinates stay float32 under any policy (half precision would cost
-        # ~0.1 px at 200 px).
-        kwargs["dtype"] = "float32"
-        super().__init__(**kwargs)
-        self.num_landmarks = int(num_landmarks)
-        self.mean_shape = self.add_weight(
-            name="mean_shape", shape=(self.num_landmarks, 2), dtype="float32",
-            initializer=keras.initializers.Constant(schematic_mean_shape(self.num_landmarks)),
-            trainable=False)
+        super().__init__(num_landmarks, "mean_shape", schematic_mean_shape(int(num_landmarks)),
+                         **kwargs)
+        self.mean_shape = self.value
 
     def set_mean_shape(self, shapes: np.ndarray) -> None:
         """Sets the mean shape.
@@ -123,14 +137,9 @@ class MeanShape(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_landmarks, 2)
 
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(num_landmarks=self.num_landmarks)
-        return config
-
 
 @keras.saving.register_keras_serializable(package="msrrn_tf")
-class ShapeOffset(keras.layers.Layer):
+class ShapeOffset(_LandmarkConstant):
     """Adds a fixed (non-trainable) per-landmark offset to a shape: the bias
     correction fitted on training faces after training (``set_offset``; zeros,
     i.e. the identity, until then).
@@ -143,11 +152,8 @@ class ShapeOffset(keras.layers.Layer):
     """
 
     def __init__(self, num_landmarks: int, **kwargs):
-        kwargs["dtype"] = "float32"
-        super().__init__(**kwargs)
-        self.num_landmarks = int(num_landmarks)
-        self.offset = self.add_weight(name="offset", shape=(self.num_landmarks, 2),
-                                      dtype="float32", initializer="zeros", trainable=False)
+        super().__init__(num_landmarks, "offset", np.zeros((int(num_landmarks), 2)), **kwargs)
+        self.offset = self.value
 
     def set_offset(self, offset: np.ndarray) -> None:
         """Sets the ``[L, 2]`` offset."""
@@ -161,11 +167,6 @@ class ShapeOffset(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(num_landmarks=self.num_landmarks)
-        return config
 
 
 @keras.saving.register_keras_serializable(package="msrrn_tf")
