@@ -384,8 +384,6 @@ def results_table(results: Mapping[str, Any], rows: Mapping[str, str], kind: str
 # --------------------------------------------------------------------------------------
 
 
-
-
 def write_report(results: Mapping[str, Any], out_dir: str, name: str,
                  ced: Mapping[str, np.ndarray], title: str,
                  markdown_tables: str | Iterable[str] = (), *,

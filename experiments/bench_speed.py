@@ -456,8 +456,6 @@ def _model_file(path: str) -> str:
     return path
 
 
-
-
 def load_or_build(name: str, path: str | None, config: Any) -> ModelUnderTest:
     """A trained model from ``path``, or a fresh one from ``config`` (paper defaults).
 

@@ -466,8 +466,6 @@ def _summary_columns(kinds: Sequence[str], thresholds: Sequence[float],
     return columns
 
 
-
-
 def compare(family: str, data: str, *, output: str, train_split: str = "train",
             eval_split: str = "val", model_path: str | None = None,
             steps: int | None = None, preset: str | None = None,

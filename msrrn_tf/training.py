@@ -21,7 +21,8 @@
 4. fits the bias correction (``fit_bias_correction``, when
    ``config.bias_correction``): the mean residual of every stage output on the
    unaugmented training faces becomes a fixed offset of that output, and the
-   corrected model is saved again as ``run_dir/model.keras``;
+   corrected model is saved as ``run_dir/model.keras`` (the runner's checkpoints
+   hold the uncorrected one);
 5. evaluates the validation split (``common.evaluation``): the stage ablation of
    Table 2 from the one model, a CED plot, JSON and Markdown, under
    ``run_dir/eval``;
@@ -62,7 +63,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import atomic, evaluation, training
+from common import evaluation, training
 from common.geometry import crop_boxes_from_face_boxes, image_to_crop
 from common.pipeline import make_dataset
 from common.schemes import LandmarkScheme, scheme_for
@@ -240,9 +241,7 @@ def fit_bias_correction(model: MSRRN, data: str, split: str, *, margin: float,
                          "MSRRNConfig(bias_correction=True)")
     zeros = np.zeros((model.num_stages + 1, model.num_landmarks, 2), np.float32)
     model.set_shape_offsets(zeros)
-    pred = evaluation.predict_split(model, data, split, sizes=model.input_sizes,
-                                    margin=margin, num_landmarks=model.num_landmarks,
-                                    batch_size=batch_size, limit=limit)
+    pred = predict_msrrn(model, data, split, margin=margin, batch_size=batch_size, limit=limit)
     names = [f"stage_{t}" for t in range(model.num_stages + 1)]
     residuals = evaluation.mean_crop_residuals(pred, names)
     offsets = np.stack([residuals[name] for name in names])
@@ -476,7 +475,9 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
         checkpoint_every=checkpoint_every, eval_every=eval_every, log_every=log_every,
         strategy=strategy, config=config,
         val_metric=evaluation.nme_val_metric("inter_pupil", scheme) if val_dataset else None,
-        jit_compile=jit_compile, verbose=verbose)
+        jit_compile=jit_compile, verbose=verbose,
+        # With the bias correction, model.keras is written once, corrected, below.
+        save_final_model=not config.bias_correction)
     model = result.model
     if mixed_precision:
         training.configure_precision(False)
@@ -485,8 +486,9 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
         correction = fit_bias_correction(model, data, train_split, margin=config.margin,
                                          limit=config.bias_correction_faces)
         if training.is_chief(strategy):
-            atomic.write_text(os.path.join(run_dir, BIAS_CORRECTION_FILE),
-                              json.dumps(correction, indent=1) + "\n")
+            # The run directory may be an object store: the runner's gfile writers.
+            training.atomic_write_text(os.path.join(run_dir, BIAS_CORRECTION_FILE),
+                                       json.dumps(correction, indent=1) + "\n")
             training.save_model_atomically(model, os.path.join(run_dir, evaluation.MODEL_FILE))
         if verbose:
             dx, dy = correction["mean_offset"][f"stage_{config.num_stages}"]
