@@ -96,7 +96,7 @@ class MSRRNConfig:
             than on new ones, so without it the shared regressor learns from easier
             starting shapes than it meets at test time; a cascade's usual remedy
             (ERT trains from several perturbed initial shapes per face). Measured on
-            a held-out identity split of ytf68 (3,000 steps, paper scales): 0.02 gave
+            a second identity split of ytf68 (3,000 steps, paper scales): 0.02 gave
             8.43 % inter-pupil NME against 8.07 % without, so it stays off.
         bias_correction: after training, fit a constant per-landmark, per-stage
             offset on the (unaugmented) training faces and add it to every output
@@ -106,14 +106,14 @@ class MSRRNConfig:
             of the crop width right of where the flip-trained model puts them; the
             trained model itself is unbiased on exact synthetic labels). The offset
             is the training faces' mean residual, so held-out faces choose nothing.
-            Measured on a held-out identity split of ytf68 (3,000 steps, paper
+            Measured by re-scoring a finished run on a second identity split of
+            ytf68 (README, "MSRRN on YouTube-Faces frames"; 3,000 steps, paper
             scales): 8.07 -> 7.48 % inter-pupil NME.
         bias_correction_faces: at most this many training faces for the fit.
         flip_test: at inference, predict the face and its mirror image and average
             the two shapes (the mirrored one mapped back), at twice the cost per face
-            (paper silent; training is unchanged). Measured on the held-out identity
-            split of ytf68 above, with the bias correction fitted on the averaged
-            outputs: 7.48 -> 7.04 % inter-pupil NME.
+            (paper silent; training is unchanged). Measured the same way, with the
+            bias correction fitted on the averaged outputs: 7.48 -> 7.04 %.
         weight_decay: lambda of eq. (5), applied as an L2 kernel regulariser
             (lambda * sum(w^2)) on every kernel (not biases). The value is not in
             the text; 1e-4 is small because the data term is measured in

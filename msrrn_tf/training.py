@@ -43,11 +43,8 @@ The ``"quick"`` preset (``QUICK_OVERRIDES``, ``QUICK_SYNTHETIC_SPLITS``) is the 
 default of the command line: the paper's geometry scaled to 32/64/128-px crops,
 narrower layers, 2,500 iterations and 2,000 synthetic training faces, so that data
 generation, training, evaluation and export finish in well under 15 minutes on two
-(shared) CPU cores while the stages improve monotonically. Measured with
-``python -m msrrn_tf.train`` (no flags; inter-pupil NME on the 200 synthetic val
-faces, two runs with random seeds, 7.3 and 10.7 min wall on two cores shared with
-other jobs): mean shape 29.99 %, initial CNN 9.75 / 9.80 %, 1 stage 6.54 / 6.50 %,
-2 stages 5.18 / 5.24 %, 3 stages 4.82 / 4.91 %.
+(shared) CPU cores while the stages improve monotonically (README, "Synthetic
+default data", has the measured table and the command).
 """
 
 from __future__ import annotations
