@@ -28,6 +28,11 @@ _STAGE = flags.DEFINE_enum("stage", "all", ["1", "2", "3", "all"],
 _DATA = flags.DEFINE_string(
     "data", None, "TFRecord folder of 5-point faces (common.prepare output, e.g. the "
     "CUHK/MTFL lists); default: the embedded synthetic 5-point faces.")
+_TRAIN_SPLIT = flags.DEFINE_string(
+    "train_split", "train", "Split of --data to train on (e.g. tune_train of a "
+    "`common.prepare --tune_fraction` folder).")
+_VAL_SPLIT = flags.DEFINE_string("val_split", "val", "Split for the validation error "
+                                 "during training and the final evaluation.")
 _RUN_DIR = flags.DEFINE_string("run_dir", "runs/ccnn", "Run directory (stage1/, stage2/, "
                                "stage3/, eval/, export/).")
 _PRESET = flags.DEFINE_enum(
@@ -80,7 +85,8 @@ def main(argv: Sequence[str]) -> None:
         config, _STAGE.value, data=data, run_dir=_RUN_DIR.value,
         strategy=_STRATEGY.value, mixed_precision=_MIXED_PRECISION.value or None,
         checkpoint_every=_CHECKPOINT_EVERY.value, eval_every=_EVAL_EVERY.value,
-        evaluate=_EVALUATE.value, export=_EXPORT.value)
+        evaluate=_EVALUATE.value, export=_EXPORT.value, train_split=_TRAIN_SPLIT.value,
+        val_split=_VAL_SPLIT.value)
 
 
 if __name__ == "__main__":

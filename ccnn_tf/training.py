@@ -401,15 +401,15 @@ def _previous_fingerprint_recorded(directory: str) -> str | None:
 
 
 def _train_dataset_fn(data: str, config: CCNNConfig, batch_size: int,
-                      shuffle_buffer: int | None) -> Callable[[tf.distribute.InputContext],
-                                                       tf.data.Dataset]:
+                      shuffle_buffer: int | None, split: str = "train"
+                      ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """The augmented training input as a function of the input context (sharding)."""
     augment = augment_config(config)
 
     def make(context: tf.distribute.InputContext) -> tf.data.Dataset:
         pipelines = context.num_input_pipelines
         return make_dataset(
-            data, "train", sizes=(config.input_size,), num_landmarks=config.num_landmarks,
+            data, split, sizes=(config.input_size,), num_landmarks=config.num_landmarks,
             margin=config.margin, batch_size=context.get_per_replica_batch_size(batch_size),
             training=True, augment=augment, seed=config.seed, shuffle_buffer=shuffle_buffer,
             shard=(pipelines, context.input_pipeline_id) if pipelines > 1 else None)
@@ -455,8 +455,8 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
                      mixed_precision: bool | None = None, checkpoint_every: int = 500,
                      eval_every: int | None = None, log_every: int = 50,
                      val_split: str = "val", val_limit: int | None = 1000,
-                     shuffle_buffer: int | None = None, verbose: bool = True
-                     ) -> training.TrainResult:
+                     shuffle_buffer: int | None = None, verbose: bool = True,
+                     train_split: str = "train") -> training.TrainResult:
     """Trains the networks of one stage with the earlier stages frozen (section 3.3).
 
     Stage ``k`` is trained in ``run_dir/stage{k}`` as a ``k``-stage cascade whose
@@ -467,7 +467,7 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
     Args:
         config: the configuration (``config.num_stages`` is not used here).
         stage: 1, 2 or 3.
-        data: TFRecord folder with "train" (and ``val_split``) shards.
+        data: TFRecord folder with ``train_split`` (and ``val_split``) shards.
         run_dir: the CCNN run directory (the stage's run is a sub-directory).
         steps: training steps of this stage; default ``config.steps_per_stage``.
         batch_size: global batch size; default ``config.batch_size``.
@@ -482,6 +482,7 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
         shuffle_buffer: records in the shuffle buffer; default: the whole training
             split when it fits in memory (``common.pipeline.shuffle_buffer_size``).
         verbose: show a progress bar.
+        train_split: the split (or ``dataset.json`` alias) trained on.
 
     Returns:
         The ``common.training.TrainResult`` of the stage (its model is the
@@ -535,9 +536,10 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
         # Traced after build_model ran, so the layout of the built model is known.
         return window_relative_loss(layouts[-1])(landmarks, estimates)
 
-    train_data = _train_dataset_fn(data, config, batch_size, shuffle_buffer)
+    train_data = _train_dataset_fn(data, config, batch_size, shuffle_buffer, train_split)
     val_data = validation_dataset(data, config, val_split, limit=val_limit)
     record = {"ccnn": config.to_dict(), "stage": stage, "data": os.fspath(data),
+              "train_split": train_split,
               "batch_size": batch_size, "previous_stages": list(earlier),
               "previous_stages_fingerprint": fingerprint,
               "augmentation": dataclasses.asdict(augment_config(config))}
@@ -678,13 +680,13 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
                mixed_precision: bool | None = None, checkpoint_every: int = 500,
                eval_every: int | None = None, log_every: int = 50,
                val_split: str = "val", evaluate: bool = True, export: bool = True,
-               verbose: bool = True) -> CCNNTrainSummary:
+               verbose: bool = True, train_split: str = "train") -> CCNNTrainSummary:
     """Trains stages in series, then evaluates and (when complete) exports the cascade.
 
     Args:
         config: the configuration.
         stages: ``"all"``, one stage or several, trained in the given order.
-        data: TFRecord folder with "train" and ``val_split`` shards.
+        data: TFRecord folder with ``train_split`` and ``val_split`` shards.
         run_dir: the CCNN run directory.
         steps: steps per stage; default ``config.steps_per_stage``.
         batch_size: global batch; default ``config.batch_size``.
@@ -697,6 +699,7 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
         export: once all ``config.num_stages`` stages are trained, write
             ``run_dir/model.keras`` and export it to ``run_dir/export``.
         verbose: progress bars and a printed summary.
+        train_split: the split (or alias) every stage trains on.
 
     Returns:
         A :class:`CCNNTrainSummary`.
@@ -716,7 +719,8 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
             config, stage, data=data, run_dir=run_dir, steps=steps, batch_size=batch_size,
             strategy=strategy, mixed_precision=mixed_precision,
             checkpoint_every=checkpoint_every, eval_every=eval_every,
-            log_every=log_every, val_split=val_split, verbose=verbose)
+            log_every=log_every, val_split=val_split, verbose=verbose,
+            train_split=train_split)
     summary = CCNNTrainSummary(run_dir=run_dir, stage_results=results)
     consistent = consistent_stages(run_dir)
     complete = consistent >= config.num_stages

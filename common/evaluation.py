@@ -83,8 +83,9 @@ def default_eval_splits(data: str) -> list[str]:
 
     300-W (a folder with "common" and "challenging" shards): the three test sets
     ``THREE_HUNDRED_W_TEST_SPLITS`` ("full" is the union, whether or not
-    ``dataset.json`` declares it). Otherwise every split except "train" ("val",
-    "test", ...), or "train" when it is the only one.
+    ``dataset.json`` declares it). Otherwise every split except "train" and the
+    parts of a "train" alias (a tuning split carved from it, ``common.prepare``):
+    "val", "test", ..., or "train" when it is the only one.
 
     Args:
         data: a TFRecord folder.
@@ -100,7 +101,8 @@ def default_eval_splits(data: str) -> list[str]:
         return list(THREE_HUNDRED_W_TEST_SPLITS)
     if not splits:
         raise FileNotFoundError(f"no TFRecord shards in {data!r}")
-    held_out = [s for s in splits if s != "train"]
+    training = {"train", *split_aliases(data).get("train", ())}  # + a tuning split
+    held_out = [s for s in splits if s not in training]
     return held_out or ["train"]
 
 

@@ -11,7 +11,10 @@ What ends up in ``--output``:
   A reader that has splits keeps them (300-W: ``train``, ``common``,
   ``challenging``); otherwise the records are split into ``train`` and ``val``
   (``--split_by=identity|random``) or all go to ``--split_name``
-  (``--split_by=none``).
+  (``--split_by=none``). With ``--tune_fraction`` the training faces are written as
+  ``tune_train`` and ``tune_val`` instead (a tuning split that shares no face, nor
+  with ``--split_by=identity`` any identity, with ``val``), and ``train`` is the
+  alias of the two.
 * ``dataset.json``: counts per split, split aliases (``"full": ["common",
   "challenging"]`` when both exist, see ``SPLIT_ALIASES``), format, input, number of
   landmarks, settings, box-source counts and the skipped records. It is written
@@ -50,8 +53,9 @@ from common import atomic, tfrecord
 from common import boxes as boxes_lib
 from common.records import DataError, FaceRecord
 
-SPLIT_ALIASES = {"full": ("common", "challenging")}
-"""Split names that stand for the union of other splits (300-W "full" test set)."""
+SPLIT_ALIASES = {"full": ("common", "challenging"), "train": ("tune_train", "tune_val")}
+"""Split names that stand for the union of other splits (300-W "full" test set; the
+training faces when a tuning split was carved from them, ``split_records``)."""
 
 SPLIT_BY = ("identity", "random", "none")
 ON_ERROR = ("skip", "fail")
@@ -106,9 +110,32 @@ def check_inside_image(record: FaceRecord, height: int, width: int) -> None:
                             f"does not overlap the {width}x{height} image")
 
 
+def _carve(records: Sequence[FaceRecord], indices: Sequence[int], split_by: str,
+           fraction: float, rng: np.random.Generator) -> set[int]:
+    """The members of ``indices`` that go to a held-out split (see ``split_records``)."""
+    n = len(indices)
+    target = fraction * n
+    if split_by == "random":
+        count = min(max(round(target), 1), n - 1) if n > 1 else 0
+        return {indices[i] for i in rng.permutation(n)[:count].tolist()}
+    groups: dict[str, list[int]] = collections.defaultdict(list)
+    for i in indices:
+        groups[identity_of(records[i].image_path)].append(i)
+    names = sorted(groups)
+    if len(names) < 2:
+        _LOG.warning("only one identity: no held-out split")
+        return set()
+    chosen: set[int] = set()
+    for k in rng.permutation(len(names))[:-1]:  # the last identity always trains
+        if len(chosen) >= target:
+            break
+        chosen.update(groups[names[k]])
+    return chosen
+
+
 def split_records(records: Sequence[FaceRecord], split_by: str = "identity",
                   val_fraction: float = 0.1, seed: int = 0,
-                  split_name: str = "train") -> list[str]:
+                  split_name: str = "train", tune_fraction: float = 0.0) -> list[str]:
     """Assigns a split name to each record.
 
     Args:
@@ -121,40 +148,44 @@ def split_records(records: Sequence[FaceRecord], split_by: str = "identity",
         val_fraction: wanted fraction of records in ``val``, in [0, 1).
         seed: random seed (identity order or record order).
         split_name: the split of every record for ``split_by="none"``.
+        tune_fraction: when > 0, the ``"train"`` records are split again, the same
+            way (whole identities or random faces, another seeded draw), into
+            ``"tune_train"`` and ``"tune_val"`` (about ``tune_fraction`` of the
+            training faces): a tuning split that shares nothing with ``val``, for
+            choosing settings without looking at ``val`` (``prepare_dataset``
+            declares ``"train"`` as the alias of the two). ``val`` is the same as
+            with ``tune_fraction=0``.
 
     Returns:
-        one split name per record (``"train"``/``"val"`` or the reader's).
+        one split name per record (``"train"``/``"val"``, the reader's, or
+        ``"tune_train"``/``"tune_val"`` in place of ``"train"``).
     """
     if split_by not in SPLIT_BY:
         raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if any(r.split for r in records):
-        return [r.split or split_name for r in records]
+    if not 0.0 <= tune_fraction < 1.0:
+        raise ValueError(f"tune_fraction must be in [0, 1), got {tune_fraction}")
+    if tune_fraction and split_by == "none":
+        raise ValueError("tune_fraction needs split_by 'identity' or 'random', got 'none'")
     n = len(records)
-    if split_by == "none" or val_fraction == 0.0 or n == 0:
-        return [split_name if split_by == "none" else "train"] * n
-    rng = np.random.default_rng(seed)
-    target = val_fraction * n
-    if split_by == "random":
-        n_val = min(max(round(target), 1), n - 1) if n > 1 else 0
-        val = set(rng.permutation(n)[:n_val].tolist())
-        return ["val" if i in val else "train" for i in range(n)]
-    groups: dict[str, list[int]] = collections.defaultdict(list)
-    for i, record in enumerate(records):
-        groups[identity_of(record.image_path)].append(i)
-    names = sorted(groups)
-    splits = ["train"] * n
-    if len(names) < 2:
-        _LOG.warning("only one identity: no validation split")
-        return splits
-    val_count = 0
-    for k in rng.permutation(len(names))[:-1]:  # the last identity always trains
-        if val_count >= target:
-            break
-        for i in groups[names[k]]:
-            splits[i] = "val"
-        val_count += len(groups[names[k]])
+    if any(r.split for r in records):
+        splits = [r.split or split_name for r in records]
+    elif split_by == "none":
+        splits = [split_name] * n
+    else:
+        splits = ["train"] * n
+        if val_fraction > 0.0 and n:
+            val = _carve(records, range(n), split_by, val_fraction,
+                         np.random.default_rng(seed))
+            splits = ["val" if i in val else "train" for i in range(n)]
+    if tune_fraction:
+        train = [i for i, split in enumerate(splits) if split == "train"]
+        tune = _carve(records, train, split_by, tune_fraction,
+                      np.random.default_rng([seed, 1]))
+        if tune:
+            for i in train:
+                splits[i] = "tune_val" if i in tune else "tune_train"
     return splits
 
 
@@ -251,7 +282,7 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
                     upsample: int = 1, on_error: str = "fail",
                     max_records: int | None = None, split_name: str = "train",
                     progress: bool = True, box_cache: bool = True,
-                    finder=None) -> PrepareSummary:
+                    finder=None, tune_fraction: float = 0.0) -> PrepareSummary:
     """Reads a face list and writes it as sharded TFRecords (see the module docstring).
 
     Args:
@@ -274,6 +305,8 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
         progress: show a progress bar on stderr.
         box_cache: keep chosen boxes in ``output_dir/box_cache.json`` and reuse it.
         finder: face detector override (tests); default dlib's.
+        tune_fraction: fraction of the training faces carved out as a tuning split
+            (``tune_train`` / ``tune_val``, alias ``train``; see ``split_records``).
 
     Returns:
         the summary (also stored in ``dataset.json``).
@@ -296,7 +329,7 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
     settings = {"format": format, "prefix": prefix, "num_shards": num_shards,
                 "val_fraction": val_fraction, "split_by": split_by, "seed": seed,
                 "upsample": upsample, "on_error": on_error, "max_records": max_records,
-                "split_name": split_name}
+                "split_name": split_name, "tune_fraction": tune_fraction}
 
     result = read_dataset(input_path, format=format, on_error=on_error)
     records = list(result.records)
@@ -307,7 +340,7 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
     if not records:
         raise DataError(input_path, f"no usable face records ({len(skipped)} skipped)")
     num_landmarks = records[0].landmarks.shape[0]
-    splits = split_records(records, split_by, val_fraction, seed, split_name)
+    splits = split_records(records, split_by, val_fraction, seed, split_name, tune_fraction)
     split_names = list(dict.fromkeys(splits))  # reading order, no repeats
 
     os.makedirs(output_dir, exist_ok=True)
@@ -413,7 +446,7 @@ def main(argv: Sequence[str]) -> int:
             f.input, f.output, format=f.format, prefix=f.prefix, num_shards=f.num_shards,
             val_fraction=f.val_fraction, split_by=f.split_by, seed=f.seed,
             upsample=f.upsample, on_error=f.on_error, max_records=f.max_records,
-            split_name=f.split_name, progress=f.progress)
+            split_name=f.split_name, progress=f.progress, tune_fraction=f.tune_fraction)
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -438,7 +471,14 @@ def _define_flags() -> None:
                       "random: seeded random faces; none: all faces in --split_name.")
     flags.DEFINE_string("split_name", "train",
                         "Split of every face with --split_by=none (e.g. test).")
-    flags.DEFINE_integer("seed", 0, "Seed of the train/val split.")
+    flags.DEFINE_float("tune_fraction", 0.0,
+                       "Also split the training faces (whole identities or random faces, "
+                       "as --split_by) into tune_train and tune_val, tune_val getting about "
+                       "this fraction: a tuning split disjoint from val (train on "
+                       "tune_train, score on tune_val, then train on 'train', their union). "
+                       "val is the same as without it. 0: no tuning split.",
+                       lower_bound=0.0, upper_bound=0.99)
+    flags.DEFINE_integer("seed", 0, "Seed of the train/val (and tuning) split.")
     flags.DEFINE_integer("upsample", 1,
                          "dlib detector upsampling for faces without a box.", lower_bound=0)
     flags.DEFINE_enum("on_error", "fail", list(ON_ERROR),

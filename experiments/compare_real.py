@@ -270,25 +270,6 @@ class OurModel:
     info: dict[str, Any]
 
 
-def _ccnn_data_view(data: str, train_split: str, eval_split: str, folder: str) -> str:
-    """A folder of links in which ``train_split`` is called "train".
-
-    ``ccnn_tf.training`` trains on the split named "train"; for another training split
-    this view renames it (and links the evaluation split under its own name).
-    """
-    from common.tfrecord import find_shards
-
-    os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(folder):
-        os.remove(os.path.join(folder, name))
-    for split, alias in ((train_split, "train"), (eval_split, eval_split)):
-        files = sorted(find_shards(data, split))
-        for i, path in enumerate(files):
-            link = os.path.join(folder, f"view-{alias}-{i:05d}-of-{len(files):05d}.tfrecord")
-            os.symlink(os.path.abspath(path), link)
-    return folder
-
-
 def train_or_load_ours(family: str, data: str, *, train_split: str, eval_split: str,
                        run_dir: str, model_path: str | None = None,
                        steps: int | None = None, preset: str | None = None,
@@ -353,13 +334,9 @@ def train_or_load_ours(family: str, data: str, *, train_split: str, eval_split: 
             config = ccnn_training.build_config(preset, steps=steps, batch_size=batch_size,
                                                 seed=seed)
             config = config.replace(**(config_overrides or {}))
-            train_data = data
-            if train_split != "train":
-                train_data = _ccnn_data_view(data, train_split, eval_split,
-                                             os.path.join(run_dir, "data_view"))
-            ccnn_training.train_ccnn(config, "all", data=train_data, run_dir=run_dir,
-                                     val_split=eval_split, evaluate=False, export=False,
-                                     verbose=verbose)
+            ccnn_training.train_ccnn(config, "all", data=data, run_dir=run_dir,
+                                     train_split=train_split, val_split=eval_split,
+                                     evaluate=False, export=False, verbose=verbose)
             model = ccnn_evaluate.load_cascade(run_dir)
             info = {"source": "trained", "run_dir": os.path.abspath(run_dir),
                     "preset": preset, "steps_per_stage": config.steps_per_stage,

@@ -69,6 +69,10 @@ def test_stages_in_series_resume_and_stale_weights(data, tmp_path):
               "verbose": False}
     with pytest.raises(FileNotFoundError, match="stage 1"):
         training.train_ccnn_stage(config, 2, **common)
+    # The training split is the one asked for (here one that does not exist).
+    with pytest.raises(FileNotFoundError, match="tune_train"):
+        training.train_ccnn_stage(config, 1, **{**common, "run_dir": str(tmp_path / "other")},
+                                  train_split="tune_train")
     first = training.train_ccnn_stage(config, 1, **common)
     assert first.steps_done == STEPS and "val_nme_box_width" in first.history
     stage1 = training.load_stage_model(run_dir, 1)

@@ -189,6 +189,35 @@ def test_random_split_and_reader_splits():
     assert prepare.split_records(records, "random")[:2] == ["train", "challenging"]
 
 
+@pytest.mark.parametrize("split_by", ["identity", "random"])
+def test_tuning_split_is_carved_from_train_only(split_by):
+    rng = np.random.default_rng(1)
+    names = [f"Person_{p}_{k:02d}.jpg" for p in range(60) for k in range(rng.integers(1, 9))]
+    records = _named_records(names)
+    plain = prepare.split_records(records, split_by, val_fraction=0.1, seed=5)
+    tuned = prepare.split_records(records, split_by, val_fraction=0.1, seed=5,
+                                  tune_fraction=0.25)
+    # val is untouched; every other face is in exactly one tuning part.
+    assert [s == "val" for s in tuned] == [s == "val" for s in plain]
+    assert set(tuned) == {"val", "tune_train", "tune_val"}
+    train = plain.count("train")
+    tune_val = tuned.count("tune_val")
+    assert 0.25 * train - 1 <= tune_val < 0.25 * train + 9
+    if split_by == "identity":
+        parts = {}
+        for record, split in zip(records, tuned):
+            parts.setdefault(prepare.identity_of(record.image_path), set()).add(split)
+        assert all(len(p) == 1 for p in parts.values())
+    # Reader-given splits: only "train" is carved.
+    records[0].split = "challenging"
+    reader = prepare.split_records(records, split_by, tune_fraction=0.25)
+    assert reader[0] == "challenging" and set(reader[1:]) == {"tune_train", "tune_val"}
+    with pytest.raises(ValueError, match="tune_fraction"):
+        prepare.split_records(records, "random", tune_fraction=1.0)
+    with pytest.raises(ValueError, match="tune_fraction needs"):
+        prepare.split_records(_named_records(names), "none", tune_fraction=0.1)
+
+
 # --- conversion ----------------------------------------------------------------------
 
 def test_prepare_cuhk_skip_counts_and_round_trip(tmp_path):
@@ -279,6 +308,28 @@ def test_prepare_csv_identity_split_landmark_boxes_and_cache(tmp_path, monkeypat
     # The old single-shard files are gone: only the new 3-shard (train) set is there.
     assert all("-of-00003" in f for f in tfrecord.find_shards(out, "train"))
     assert len(tfrecord.find_shards(out, "val")) == 3
+
+
+def test_prepare_tuning_split_writes_parts_and_train_alias(tmp_path):
+    from common.evaluation import available_splits, default_eval_splits
+
+    names = [f"{who}_{k:02d}.jpg" for who in ("Ann_Lee", "Bo_Ma", "Cy_Po", "Di_Wu", "Ed_Ko")
+             for k in range(2)]
+    csv_path = _csv_dataset(tmp_path, names)
+    out = str(tmp_path / "out")
+    summary = prepare.prepare_dataset(csv_path, out, split_by="identity", val_fraction=0.2,
+                                      tune_fraction=0.25, progress=False, finder=_NoFaces())
+    assert summary.written == {"tune_train": 6, "tune_val": 2, "val": 2}
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert meta["aliases"] == {"train": ["tune_train", "tune_val"]}
+    assert meta["settings"]["tune_fraction"] == 0.25
+    # "train" still reads every training face; default evaluation is val only.
+    train = _read_all(tfrecord.find_shards(out, "train"))
+    assert len(train) == 8 and {f["split"] for f in train} == {b"tune_train", b"tune_val"}
+    assert "train" in available_splits(out)
+    assert default_eval_splits(out) == ["val"]
+    val = {f["source_path"] for f in _read_all(tfrecord.find_shards(out, "val"))}
+    assert not val & {f["source_path"] for f in train}
 
 
 def test_prepare_300w_tree_writes_reader_splits_and_full_alias(tmp_path):
