@@ -5,37 +5,22 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import test_geometry
+from test_geometry import draw_dots
 
 from common import geometry
 from common.pipeline import AugmentConfig, make_dataset, shuffle_buffer_size
 from common.schemes import CUHK_5
 from common.tfrecord import ShardWriter, find_shards, serialize_face
 
-DOT_COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]],
-                       np.float32)
 NUM_FACES = 6
 SIZES = (32, 64)
 
 
-def draw_dots(height, width, points, sigma=2.5):
-    yy, xx = np.mgrid[0:height, 0:width]
-    image = np.zeros((height, width, 3), np.float32)
-    for (x, y), colour in zip(points, DOT_COLOURS):
-        blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma ** 2))
-        image = np.maximum(image, blob[..., None] * colour)
-    return np.round(image).astype(np.uint8)
-
-
 def find_dot(crop, expected_xy, radius=3):
-    size = crop.shape[0]
-    cx, cy = (round(c) for c in expected_xy)
-    y0, y1 = max(cy - radius, 0), min(cy + radius + 1, size)
-    x0, x1 = max(cx - radius, 0), min(cx + radius + 1, size)
-    window = crop[y0:y1, x0:x1].sum(-1)
-    iy, ix = np.unravel_index(np.argmax(window), window.shape)
-    colour = crop[y0 + iy, x0 + ix] / max(np.linalg.norm(crop[y0 + iy, x0 + ix]), 1e-6)
-    refs = DOT_COLOURS / np.linalg.norm(DOT_COLOURS, axis=1, keepdims=True)
-    return np.array([x0 + ix, y0 + iy], np.float64), int(np.argmax(refs @ colour))
+    """The brightest pixel (x, y) near ``expected_xy`` and the index of its dot colour."""
+    found, colour = test_geometry.find_dot(crop, expected_xy, radius)
+    return found, test_geometry.closest_colour(colour)
 
 
 def write_split(folder, split, images, landmarks, boxes, num_shards=2):
