@@ -153,6 +153,8 @@ class BenchOptions:
         msrrn_model: a trained MSRRN (``.keras`` file or a run folder holding
             ``model.keras``), or ``None`` for a freshly built one.
         ccnn_model: the same for CCNN.
+        msrrn_flip_test: switch MSRRN's flip test on or off (``MSRRN.with_flip_test``);
+            ``None``: as built or trained.
         peers: peers to time (``PEERS``); dlib needs ``dlib``, MTCNN the ``mtcnn``
             package (skipped with a note when missing).
         repeats: timed rounds.
@@ -180,6 +182,7 @@ class BenchOptions:
     ccnn_config: Any = None
     msrrn_model: str | None = None
     ccnn_model: str | None = None
+    msrrn_flip_test: bool | None = None
     peers: tuple[str, ...] = PEERS
     repeats: int = 15
     warmup: int = 2
@@ -456,7 +459,8 @@ def _model_file(path: str) -> str:
     return path
 
 
-def load_or_build(name: str, path: str | None, config: Any) -> ModelUnderTest:
+def load_or_build(name: str, path: str | None, config: Any,
+                  flip_test: bool | None = None) -> ModelUnderTest:
     """A trained model from ``path``, or a fresh one from ``config`` (paper defaults).
 
     Args:
@@ -464,6 +468,7 @@ def load_or_build(name: str, path: str | None, config: Any) -> ModelUnderTest:
         path: ``.keras`` file or run folder with ``model.keras``; ``None`` to build.
         config: ``MSRRNConfig`` / ``CCNNConfig`` (``None``: the paper's defaults).
             With a ``path`` only its training batch size and optimiser are used.
+        flip_test: MSRRN only: switch its flip test on or off; ``None``: as it is.
 
     Returns:
         The model, built with its variables on the CPU.
@@ -481,6 +486,8 @@ def load_or_build(name: str, path: str | None, config: Any) -> ModelUnderTest:
                 model = keras.saving.load_model(_model_file(path), compile=False)
             else:
                 model = build_msrrn(config)
+            if flip_test is not None:
+                model = model.with_flip_test(flip_test)
         if path:
             from msrrn_tf.evaluate import model_margin
 
@@ -491,7 +498,8 @@ def load_or_build(name: str, path: str | None, config: Any) -> ModelUnderTest:
             name, model, tuple(model.input_sizes), margin, model.num_landmarks,
             config.batch_size, config,
             f"{_model_file(path)} (trained)" if path else "freshly built MSRRNConfig"
-            f"{'()' if config == MSRRNConfig() else '(...)'} (untrained)")
+            f"{'()' if config == MSRRNConfig() else '(...)'} (untrained)"
+            + ("" if flip_test is None else f", flip test switched {'on' if flip_test else 'off'}"))
     if name == "ccnn":
         from ccnn_tf.config import CCNNConfig
         from ccnn_tf.model import build_ccnn
@@ -1298,7 +1306,8 @@ def run_benchmark(options: BenchOptions, output_dir: str | None = None,
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as work_dir:
         for name in options.models:
             log(f"{name}: building/loading, exporting SavedModel and TFLite")
-            mut = load_or_build(name, paths[name], configs[name])
+            mut = load_or_build(name, paths[name], configs[name],
+                                options.msrrn_flip_test if name == "msrrn" else None)
             models[name] = mut
             exports[name] = export_model(mut, work_dir)
             model_info[name] = {
@@ -1455,6 +1464,9 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
                       "(empty: none).", flag_values=fv)
     flags.DEFINE_string("msrrn_model", None, "Trained MSRRN: .keras file or run folder with "
                         "model.keras (default: freshly built MSRRNConfig()).", flag_values=fv)
+    flags.DEFINE_boolean("msrrn_flip_test", None, "Time MSRRN with (--msrrn_flip_test) or "
+                         "without (--nomsrrn_flip_test) its flip test; default: as built "
+                         "(MSRRNConfig().flip_test) or trained.", flag_values=fv)
     flags.DEFINE_string("ccnn_model", None, "Trained CCNN: .keras file or run folder with "
                         "model.keras (default: freshly built CCNNConfig()).", flag_values=fv)
     flags.DEFINE_integer("batch_size", None, "Faces per batch of the throughput "
@@ -1487,6 +1499,7 @@ def options_from_flags(values: flags.FlagValues) -> BenchOptions:
         "models": tuple(m for m in values.models if m),
         "peers": tuple(p for p in values.peers if p),
         "msrrn_model": values.msrrn_model, "ccnn_model": values.ccnn_model,
+        "msrrn_flip_test": values.msrrn_flip_test,
         "train": values.train, "threads": values.threads,
         "inter_op_threads": values.inter_op_threads, "profile": values.profile,
         "use_gpu": values.gpu, "seed": values.seed}

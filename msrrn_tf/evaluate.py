@@ -151,16 +151,21 @@ def model_margin(path: str, default: float) -> float:
     return default
 
 
-def load_with_margin(path: str, margin: float | None = None) -> tuple[Any, float]:
+def load_with_margin(path: str, margin: float | None = None,
+                     flip_test: bool | None = None) -> tuple[Any, float]:
     """A trained MSRRN (``.keras`` or run directory) and its crop margin: ``margin``
     if given, else the run's recorded one (:func:`model_margin`), else the config
-    default."""
+    default. ``flip_test`` switches the model's flip test on or off
+    (``MSRRN.with_flip_test``); ``None`` keeps it as trained."""
     from common import evaluation
     from msrrn_tf.config import MSRRNConfig
 
     if margin is None:
         margin = model_margin(path, MSRRNConfig().margin)
-    return evaluation.load_model(path), float(margin)
+    model = evaluation.load_model(path)
+    if flip_test is not None:
+        model = model.with_flip_test(flip_test)
+    return model, float(margin)
 
 
 def _define_flags() -> None:
@@ -178,6 +183,9 @@ def _define_flags() -> None:
                       "stages_2) for the true Table 2 ablation.")
     flags.DEFINE_float("margin", None, "Crop margin (default: the model run's config.json, "
                        "else MSRRNConfig().margin).")
+    flags.DEFINE_boolean("flip_test", None, "Run the flip test (predict the mirrored face "
+                         "too and average): --flip_test / --noflip_test; default: as the "
+                         "model was trained (MSRRNConfig.flip_test).")
     flags.DEFINE_integer("limit", None, "Evaluate only the first this many faces per split.",
                          lower_bound=1)
     flags.DEFINE_integer("batch_size", 64, "Faces per forward pass.", lower_bound=1)
@@ -191,10 +199,12 @@ def main(argv: Sequence[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     from common import evaluation
 
-    model, margin = load_with_margin(FLAGS.model, FLAGS.margin)
+    model, margin = load_with_margin(FLAGS.model, FLAGS.margin, FLAGS.flip_test)
     ablation = {}
     for path in FLAGS.ablation_models:
         other = evaluation.load_model(path)
+        if FLAGS.flip_test is not None:
+            other = other.with_flip_test(FLAGS.flip_test)
         ablation[other.num_stages] = other
     data = FLAGS.data
     if data is None:
@@ -207,8 +217,8 @@ def main(argv: Sequence[str]) -> None:
     model_dir = (FLAGS.model if os.path.isdir(FLAGS.model)
                  else os.path.dirname(os.path.abspath(FLAGS.model)))
     out_dir = FLAGS.output or os.path.join(model_dir, "eval")
-    print(f"evaluating {FLAGS.model} on {data} splits {splits} (margin {margin:g})",
-          flush=True)
+    print(f"evaluating {FLAGS.model} on {data} splits {splits} (margin {margin:g}, "
+          f"flip test {'on' if model.flip_test else 'off'})", flush=True)
     summary = evaluate_msrrn(model, data, splits, margin=margin, out_dir=out_dir,
                              ablation_models=ablation, limit=FLAGS.limit,
                              batch_size=FLAGS.batch_size)

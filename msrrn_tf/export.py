@@ -35,6 +35,10 @@ def _define_flags() -> None:
                         "<output>.tflite).")
     flags.DEFINE_float("margin", None, "Crop margin of serving_default (default: the model "
                        "run's config.json, else MSRRNConfig().margin).")
+    flags.DEFINE_boolean("flip_test", None, "Export with the flip test (predict the "
+                         "mirrored face too and average) or, --noflip_test, without it "
+                         "(about half the work per face); default: as the model was "
+                         "trained (MSRRNConfig.flip_test).")
     flags.DEFINE_string("data", None, "TFRecord folder whose first faces are used for the "
                         "parity check (default: random images).")
     flags.DEFINE_string("split", "val", "Split of --data for the parity check.")
@@ -50,12 +54,12 @@ def main(argv: Sequence[str]) -> None:
     from msrrn_tf.evaluate import load_with_margin
     from msrrn_tf.training import export_msrrn
 
-    model, margin = load_with_margin(FLAGS.model, FLAGS.margin)
+    model, margin = load_with_margin(FLAGS.model, FLAGS.margin, FLAGS.flip_test)
     tflite_path = None
     if FLAGS.tflite or FLAGS.tflite_path:
         tflite_path = FLAGS.tflite_path or os.path.abspath(FLAGS.output).rstrip("/") + ".tflite"
     print(f"exporting {FLAGS.model} (T={model.num_stages}, sizes {model.input_sizes}, "
-          f"margin {margin:g})", flush=True)
+          f"margin {margin:g}, flip test {'on' if model.flip_test else 'off'})", flush=True)
     export_msrrn(model, FLAGS.output, margin=margin, data=FLAGS.data, split=FLAGS.split,
                  parity_check=True, tflite_path=tflite_path, atol=FLAGS.atol)
 

@@ -656,6 +656,32 @@ class MSRRN(keras.Model):
         for variable in self.weights:
             variable.assign(source[variable.path])
 
+    def with_flip_test(self, enabled: bool) -> MSRRN:
+        """This model with the flip test switched on or off, same weights.
+
+        The flip test only acts at inference, so a model trained with it can be
+        served without it (about half the work per face) and vice versa. The bias
+        correction is kept as fitted: it was fitted on the outputs of the model as
+        trained (averaged ones when the flip test was on); the README reports what
+        switching costs on real faces.
+
+        Args:
+            enabled: whether the returned model runs the flip test.
+
+        Returns:
+            ``self`` when it already does as asked, else a new model (weights copied).
+
+        Raises:
+            ValueError: ``enabled`` for a landmark layout without a mirror permutation.
+        """
+        if bool(enabled) == self.flip_test:
+            return self
+        config = self.get_config()
+        config.update(flip_test=bool(enabled), name=self.name)
+        clone = type(self).from_config(config)
+        clone.copy_weights_from(self)
+        return clone
+
     def get_shape_offsets(self) -> np.ndarray:
         """The bias correction of ``stage_0`` .. ``stage_T``, ``[T + 1, L, 2]`` (zeros
         for a model without ``bias_correction``)."""

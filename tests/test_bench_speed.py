@@ -87,7 +87,7 @@ def test_main_tiny_preset(tmp_path, capsys):
     values = flags.FlagValues()
     bench_speed.define_flags(values)
     values(["bench_speed", "--preset=tiny", "--repeats=1", "--warmup=1",
-            f"--output={tmp_path}", "--profile=never"])
+            f"--output={tmp_path}", "--profile=never", "--nomsrrn_flip_test"])
     bench_speed.main(["bench_speed"], flag_values=values)
 
     result = json.loads((tmp_path / "bench_speed.json").read_text())
@@ -120,4 +120,7 @@ def test_main_tiny_preset(tmp_path, capsys):
     targets = {(c["method"], c["form"]) for c in result["targets"]}
     assert targets == {(m, f) for m in ("msrrn", "ccnn") for f in bench_speed.EXPORTED_FORMS}
     assert result["models"]["msrrn"]["tflite_bytes"] > 0
+    # --nomsrrn_flip_test: the MSRRN timed (and exported) runs without the flip test.
+    assert result["models"]["msrrn"]["config"]["flip_test"] is False
+    assert "flip test switched off" in result["models"]["msrrn"]["source"]
     assert result["peers"]["dlib_ert_68"]["options"]["cascade_depth"] == 2

@@ -105,6 +105,7 @@ def test_evaluate_writes_reports(run_dir, data, tmp_path):
     output = run_cli("msrrn_tf.evaluate", f"--model={run}", f"--data={data}",
                      f"--output={out}", f"--ablation_models={run / 'stages_1'}")
     assert "val: stages of one model" in output
+    assert "flip test on" in output  # as trained (MSRRNConfig.flip_test)
     assert sorted(os.listdir(out)) == ["msrrn_eval.json", "msrrn_eval.md",
                                        "msrrn_eval_ced.png", "val.json", "val.md",
                                        "val_ced.png"]
@@ -127,7 +128,9 @@ def test_export_with_tflite_and_parity(run_dir, data, tmp_path):
     run, _, _ = run_dir
     out = tmp_path / "exported" / "1"
     output = run_cli("msrrn_tf.export", f"--model={run / 'model.keras'}", f"--output={out}",
-                     "--tflite", f"--data={data}")
+                     "--tflite", f"--data={data}", "--noflip_test")
+    # Trained with the flip test, exported without it; parity is against that model.
+    assert "flip test off" in output
     assert (out / "saved_model.pb").is_file()
     assert (tmp_path / "exported" / "1.tflite").is_file()
     assert "SavedModel parity (fresh process" in output

@@ -278,6 +278,16 @@ def test_flip_test_averages_the_mirrored_prediction(tmp_path):
     assert loaded.get_config()["flip_test"] is True
     np.testing.assert_allclose(loaded(inputs)["landmarks"], got["landmarks"], atol=1e-6)
 
+    # Switching the flip test after training: same weights and offsets, other inference.
+    switched = loaded.with_flip_test(False)
+    assert switched is not loaded and not switched.flip_test and loaded.flip_test
+    np.testing.assert_allclose(switched.get_shape_offsets(), loaded.get_shape_offsets())
+    for key in got:
+        np.testing.assert_allclose(switched(inputs)[key], direct[key], atol=1e-6)
+    back_on = switched.with_flip_test(True)
+    np.testing.assert_allclose(back_on(inputs)["landmarks"], got["landmarks"], atol=1e-6)
+    assert back_on.with_flip_test(True) is back_on
+
 
 def test_get_config_from_config():
     model = build_msrrn(TINY)
