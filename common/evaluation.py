@@ -190,9 +190,9 @@ def predict_split(model: Callable, data: str, split: str, *, sizes: Sequence[int
     Raises:
         ValueError: the split is empty or the model has no landmark output.
     """
-    dataset = make_dataset(_split_source(data, split), split, sizes=sizes, num_landmarks=num_landmarks,
-                           margin=margin, batch_size=batch_size, training=False,
-                           with_meta=True)
+    dataset = make_dataset(_split_source(data, split), split, sizes=sizes,
+                           num_landmarks=num_landmarks, margin=margin,
+                           batch_size=batch_size, training=False, with_meta=True)
     if limit is not None:
         dataset = dataset.unbatch().take(int(limit)).batch(batch_size)
     forward = _forward_fn(model)

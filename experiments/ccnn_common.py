@@ -202,9 +202,10 @@ def stage_ablation(setting: harness.Setting, *, name: str, title: str,
     error of each key point in the first stage"), so by default a variant trains stage
     1 only (``num_stages = stages``), and the default arm is the same stage(s) of the
     shared default cascade (when ``setting.model`` gives a model trained elsewhere, the
-    default config is trained like the variants instead, variant ``"reference"``). Stage ``k`` is trained with stages ``< k`` frozen and never
-    sees later stages, so the default's stage 1 is what a one-stage run of the default
-    config gives with the same steps, seed and data.
+    default config is trained like the variants instead, variant ``"reference"``).
+    Stage ``k`` is trained with stages ``< k`` frozen and never sees later stages, so
+    the default's stage 1 is what a one-stage run of the default config gives with the
+    same steps, seed and data.
 
     Args:
         setting: the experiment's setting.

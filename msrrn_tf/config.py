@@ -189,7 +189,8 @@ class MSRRNConfig:
         if self.margin < 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
         if self.bias_correction_faces < 1:
-            raise ValueError(f"bias_correction_faces must be >= 1, got {self.bias_correction_faces}")
+            raise ValueError(
+                f"bias_correction_faces must be >= 1, got {self.bias_correction_faces}")
         if self.init_noise < 0:
             raise ValueError(f"init_noise must be >= 0, got {self.init_noise}")
 

@@ -37,7 +37,7 @@ def _define_flags() -> None:
                        "run's config.json, else MSRRNConfig().margin).")
     flags.DEFINE_boolean("flip_test", None, "Export with the flip test (predict the "
                          "mirrored face too and average) or, --noflip_test, without it "
-                         "(about half the work per face); default: as the model was "
+                         "(faster: the mirrored face is not run); default: as the model was "
                          "trained (MSRRNConfig.flip_test).")
     flags.DEFINE_string("data", None, "TFRecord folder whose first faces are used for the "
                         "parity check (default: random images).")

@@ -240,8 +240,9 @@ def _conv_blocks(prefix: str, filters: Sequence[int], kernel_size: int, pool_siz
 def _small_dense(units: int, weight_decay: float, dtype, name: str) -> keras.layers.Dense:
     # Small initial outputs: S^t starts near S^{t-1} (near the mean shape at S^0),
     # while the gradients to every earlier layer are non-zero from the first step.
-    return keras.layers.Dense(units, kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3),
-                              kernel_regularizer=_l2(weight_decay), dtype=dtype, name=name)
+    return keras.layers.Dense(
+        units, kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3),
+        kernel_regularizer=_l2(weight_decay), dtype=dtype, name=name)
 
 
 @keras.saving.register_keras_serializable(package="msrrn_tf")
@@ -660,9 +661,9 @@ class MSRRN(keras.Model):
         """This model with the flip test switched on or off, same weights.
 
         The flip test only acts at inference, so a model trained with it can be
-        served without it (about half the work per face) and vice versa. The bias
-        correction is kept as fitted: it was fitted on the outputs of the model as
-        trained (averaged ones when the flip test was on); the README reports what
+        served without it (faster: the mirrored face is not run) and vice versa. The
+        bias correction is kept as fitted: it was fitted on the outputs of the model
+        as trained (averaged ones when the flip test was on); the README reports what
         switching costs on real faces.
 
         Args:

@@ -794,7 +794,8 @@ def test_values_beyond_float32_are_rejected(case, name, text):
 
 
 def test_mtfl_attribute_beyond_int64_is_rejected():
-    text = "a.jpg 1 2 3 4 5 6 7 8 9 10 1 2 2 3\nb.jpg 1 2 3 4 5 6 7 8 9 10 1 2 2 99999999999999999999\n"
+    text = ("a.jpg 1 2 3 4 5 6 7 8 9 10 1 2 2 3\n"
+            "b.jpg 1 2 3 4 5 6 7 8 9 10 1 2 2 99999999999999999999\n")
     with _in_temp_file("list.txt", text) as path:
         skipped = []
         records = readers.read_mtfl_list(path, on_error="skip", skipped=skipped)

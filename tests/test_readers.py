@@ -182,10 +182,12 @@ def test_detect_format_by_content_and_integer_mtfl(tmp_path):
     assert readers.detect_format(str(mtfl)) == "mtfl"
 
 
-@pytest.mark.parametrize("content", ["hello world\n", "a.jpg 1 2 3\n", "", "a b c d e f g h i j k l m n o\n"])
+@pytest.mark.parametrize("content", ["hello world\n", "a.jpg 1 2 3\n", "",
+                                     "a b c d e f g h i j k l m n o\n"])
 def test_detect_format_unrecognised(tmp_path, content):
     path = _write(tmp_path / "list.txt", content)
-    with pytest.raises(DataError, match=r"list\.txt: unrecognised.*tried 300w.*imglab.*csv.*cuhk.*mtfl"):
+    with pytest.raises(DataError,
+                       match=r"list\.txt: unrecognised.*tried 300w.*imglab.*csv.*cuhk.*mtfl"):
         readers.detect_format(str(path))
 
 
@@ -485,7 +487,8 @@ def test_real_cuhk_list(shared_data):
     assert np.all(boxes[:, :2] >= 0)
     assert np.all(boxes[:, 2] <= sizes[:, 1] - 1) and np.all(boxes[:, 3] <= sizes[:, 0] - 1)
     points = np.stack([r.landmarks for r in records])
-    assert np.all(points[..., 0] >= boxes[:, None, 0]) and np.all(points[..., 0] <= boxes[:, None, 2])
+    assert np.all(points[..., 0] >= boxes[:, None, 0])
+    assert np.all(points[..., 0] <= boxes[:, None, 2])
     for record in records[::2500]:
         assert images.load_image(record.image_path).shape[:2] == tuple(
             images.read_image_size(record.image_path))
