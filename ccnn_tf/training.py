@@ -721,6 +721,11 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
             checkpoint_every=checkpoint_every, eval_every=eval_every,
             log_every=log_every, val_split=val_split, verbose=verbose,
             train_split=train_split)
+        if verbose:
+            done = results[stage]
+            print(f"stage {stage}: " + training.format_speed(
+                done.steps_done - done.initial_step, done.loop_seconds,
+                batch_size or config.batch_size), flush=True)
     summary = CCNNTrainSummary(run_dir=run_dir, stage_results=results)
     consistent = consistent_stages(run_dir)
     complete = consistent >= config.num_stages

@@ -319,13 +319,15 @@ def train_or_load_ours(family: str, data: str, *, train_split: str, eval_split: 
             model, margin = result.model, config.margin
             info = {"source": "trained", "run_dir": os.path.abspath(run_dir),
                     "preset": preset, "steps": result.steps_done,
-                    "resumed_from_step": result.initial_step, "config": config.to_dict()}
+                    "resumed_from_step": result.initial_step, "config": config.to_dict(),
+                    "training_speed": result.speed()}
         sizes = tuple(int(s) for s in model.input_sizes)
         num_landmarks = int(model.num_landmarks)
         info["num_stages"] = int(model.num_stages)
     elif family == "ccnn":
         from ccnn_tf import evaluate as ccnn_evaluate
         from ccnn_tf import training as ccnn_training
+        from common import training
 
         if model_path:
             model = ccnn_evaluate.load_cascade(model_path)
@@ -334,13 +336,17 @@ def train_or_load_ours(family: str, data: str, *, train_split: str, eval_split: 
             config = ccnn_training.build_config(preset, steps=steps, batch_size=batch_size,
                                                 seed=seed)
             config = config.replace(**(config_overrides or {}))
-            ccnn_training.train_ccnn(config, "all", data=data, run_dir=run_dir,
-                                     train_split=train_split, val_split=eval_split,
-                                     evaluate=False, export=False, verbose=verbose)
+            summary = ccnn_training.train_ccnn(
+                config, "all", data=data, run_dir=run_dir, train_split=train_split,
+                val_split=eval_split, evaluate=False, export=False, verbose=verbose)
             model = ccnn_evaluate.load_cascade(run_dir)
             info = {"source": "trained", "run_dir": os.path.abspath(run_dir),
                     "preset": preset, "steps_per_stage": config.steps_per_stage,
-                    "config": config.to_dict()}
+                    "config": config.to_dict(),
+                    "training_speed": "; ".join(
+                        f"stage {k}: " + training.format_speed(
+                            r.steps_done - r.initial_step, r.loop_seconds, config.batch_size)
+                        for k, r in sorted(summary.stage_results.items()))}
         sizes, margin, num_landmarks = ccnn_evaluate.model_geometry(model)
         info["num_stages"] = int(model.num_stages)
     else:
@@ -779,6 +785,8 @@ def _setup_notes(family: str, ours: OurModel, records: Mapping[str, Any],
                      f"{steps} ({info['seconds']:.0f} s in this run; run dir "
                      f"`{info['run_dir']}`), inputs {list(ours.sizes)} px, margin "
                      f"{ours.margin:g}.")
+        if info.get("training_speed"):
+            lines.append(f"- ours, training speed: {info['training_speed']}.")
     else:
         lines.append(f"- ours: loaded from `{info['source']}` (not trained here).")
     lines.append(f"- ours, batched forward pass: {1e3 * pred.seconds_per_face:.2f} ms per "

@@ -197,8 +197,8 @@ def main(argv: Sequence[str]) -> None:
     result = training.train_msrrn(config, run_dir=run_dir, export=FLAGS.export,
                                   **common_args)
     print(f"trained {result.steps_done} steps (from step {result.initial_step}) in "
-          f"{result.seconds:.0f} s; model: {os.path.join(run_dir, 'model.keras')}",
-          flush=True)
+          f"{result.seconds:.0f} s with evaluation and export ({result.speed()}); "
+          f"model: {os.path.join(run_dir, 'model.keras')}", flush=True)
     ablation = {}
     for num_stages in stages:
         if num_stages == config.num_stages:
@@ -207,7 +207,8 @@ def main(argv: Sequence[str]) -> None:
         print(f"stage ablation: training T={num_stages} in {sub_dir}", flush=True)
         sub = training.train_msrrn(config.replace(num_stages=num_stages), run_dir=sub_dir,
                                    export=False, **common_args)
-        print(f"T={num_stages}: {sub.steps_done} steps in {sub.seconds:.0f} s", flush=True)
+        print(f"T={num_stages}: {sub.steps_done} steps in {sub.seconds:.0f} s "
+              f"({sub.speed()})", flush=True)
         ablation[num_stages] = sub.model
     if ablation and FLAGS.val_split:
         from msrrn_tf.evaluate import evaluate_msrrn

@@ -109,6 +109,9 @@ def test_cli_train_evaluate_export(data, tmp_path):
                    "--noexport", cwd=str(tmp_path))
     assert "stage_3" in trained.stdout
     for k in (1, 2, 3):
+        assert f"stage {k}: {STEPS} steps in " in trained.stdout
+    assert "faces/s at batch 8" in trained.stdout
+    for k in (1, 2, 3):
         assert os.path.isfile(os.path.join(run_dir, f"stage{k}", "model.keras"))
         assert os.path.isfile(os.path.join(run_dir, f"stage{k}", "config.json"))
     assert os.path.isfile(os.path.join(run_dir, "model.keras"))

@@ -7,6 +7,7 @@ set; every command runs in its own process, as a user would run it.
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -75,6 +76,9 @@ def test_train_writes_a_complete_run(run_dir):
     sub = json.loads((run / "stages_1" / "config.json").read_text())
     assert sub["config"]["values"]["num_stages"] == 1
     assert "trained 4 steps (from step 0)" in first
+    assert re.search(r"4 steps in \d+ s of training loop: [\d.]+ steps/s, \d+ faces/s at "
+                     r"batch 4\)", first)
+    assert results["steps_per_second"] > 0 and results["training_loop_seconds"] > 0
     # The bias correction was fitted on the 12 training faces and saved with the model.
     correction = json.loads((run / "bias_correction.json").read_text())
     assert correction["faces"] == 12 and len(correction["offsets"]) == 4
@@ -90,6 +94,7 @@ def test_train_writes_a_complete_run(run_dir):
 def test_rerun_resumes(run_dir):
     run, _, second = run_dir
     assert "trained 6 steps (from step 4)" in second
+    assert re.search(r"\(2 steps in \d+ s of training loop", second)
     assert "resuming" in second
     checkpoints = os.listdir(run / "checkpoints")
     assert any(name.startswith("ckpt-6") for name in checkpoints)

@@ -161,6 +161,20 @@ def test_resume_continues_to_the_same_total(tmp_path):
     # The history of the first run was restored and extended.
     assert second.history["step"] == list(range(1, 11))
     assert second.history["loss"][:6] == first.history["loss"]
+    # Speed and wall time are logged with every step; the wall time carries over.
+    assert again.steps_per_second is None and again.loop_seconds == 0
+    assert len(second.history["steps_per_second"]) == 10
+    assert all(rate > 0 for rate in second.history["steps_per_second"])
+    wall = second.history["wall_seconds"]
+    assert wall[:6] == first.history["wall_seconds"] and wall == sorted(wall)
+    assert second.loop_seconds > 0 and second.loop_seconds < wall[-1]
+    assert second.steps_per_second == pytest.approx(4 / second.loop_seconds)
+
+
+def test_format_speed():
+    assert training.format_speed(2500, 160.0, 16) == (
+        "2500 steps in 160 s of training loop: 15.62 steps/s, 250 faces/s at batch 16")
+    assert "no training steps" in training.format_speed(0, 0.0, 16)
 
 
 def test_validation_and_input_function(tmp_path):
@@ -179,6 +193,8 @@ def test_validation_and_input_function(tmp_path):
     result = train(tmp_path / "a", 4, train_dataset=dataset_fn,
                    val_dataset=toy_dataset(n=16, seed=1), eval_every=2)
     assert contexts and result.history["val_step"] == [2, 4]
+    val_wall = result.history["val_wall_seconds"]
+    assert len(val_wall) == 2 and 0 < val_wall[0] < val_wall[1]
     assert len(result.history["val_loss"]) == 2
     assert result.history["val_loss"][-1] > 0
 
