@@ -49,7 +49,9 @@ _SHAKE = flags.DEFINE_bool("shake", True, "Shake the windows during training "
 _WINDOWS = flags.DEFINE_bool("windows", True, "Stage 1 positions relative to its regions "
                              "(--nowindows: absolute positioning, the windows- arm of "
                              "Experiment 2).")
-_SEED = flags.DEFINE_integer("seed", None, "Seed of the shake and the input pipeline.")
+_SEED = flags.DEFINE_integer("seed", None, "Seed of the initial weights, dropout, shake and "
+                             "input pipeline (default: the preset's; quick: 0, so the same "
+                             "command trains the same cascade; paper: random).")
 _STRATEGY = flags.DEFINE_enum(
     "strategy", "default", list(STRATEGY_NAMES),
     "Distribution: default (one device); mirrored (synchronous data parallelism over all "

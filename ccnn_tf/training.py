@@ -401,9 +401,11 @@ def _previous_fingerprint_recorded(directory: str) -> str | None:
 
 
 def _train_dataset_fn(data: str, config: CCNNConfig, batch_size: int,
-                      shuffle_buffer: int | None, split: str = "train"
+                      shuffle_buffer: int | None, split: str = "train",
+                      seed: int | None = None
                       ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
-    """The augmented training input as a function of the input context (sharding)."""
+    """The augmented training input as a function of the input context (sharding);
+    ``seed`` of the data order, shake and augmentation."""
     augment = augment_config(config)
 
     def make(context: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -411,7 +413,7 @@ def _train_dataset_fn(data: str, config: CCNNConfig, batch_size: int,
         return make_dataset(
             data, split, sizes=(config.input_size,), num_landmarks=config.num_landmarks,
             margin=config.margin, batch_size=context.get_per_replica_batch_size(batch_size),
-            training=True, augment=augment, seed=config.seed, shuffle_buffer=shuffle_buffer,
+            training=True, augment=augment, seed=seed, shuffle_buffer=shuffle_buffer,
             shard=(pipelines, context.input_pipeline_id) if pipelines > 1 else None)
 
     return make
@@ -513,8 +515,7 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
         previous_weights = {k: previous.stage_layer(k).get_weights() for k in earlier}
         fingerprint = weights_fingerprint(previous, earlier)
         recorded = _previous_fingerprint_recorded(directory)
-        has_checkpoint = tf.train.latest_checkpoint(os.path.join(directory, "checkpoints"))
-        if has_checkpoint and recorded is not None and recorded != fingerprint:
+        if training.checkpoint_step(directory) and recorded is not None and recorded != fingerprint:
             raise ValueError(
                 f"stages {list(earlier)} changed since {directory} started training "
                 "from them; delete that directory to retrain stage "
@@ -536,7 +537,9 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
         # Traced after build_model ran, so the layout of the built model is known.
         return window_relative_loss(layouts[-1])(landmarks, estimates)
 
-    train_data = _train_dataset_fn(data, config, batch_size, shuffle_buffer, train_split)
+    # A resumed stage draws batches it has not seen (common.training.resume_seed).
+    train_data = _train_dataset_fn(data, config, batch_size, shuffle_buffer, train_split,
+                                   seed=training.resume_seed(config.seed, directory))
     val_data = validation_dataset(data, config, val_split, limit=val_limit)
     record = {"ccnn": config.to_dict(), "stage": stage, "data": os.fspath(data),
               "train_split": train_split,

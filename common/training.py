@@ -430,6 +430,29 @@ class _LossComputer:
         return total, count
 
 
+def checkpoint_step(run_dir: str | os.PathLike) -> int:
+    """The step of the checkpoint :func:`train_model` would resume ``run_dir`` from (0:
+    none)."""
+    latest = tf.train.latest_checkpoint(_join(os.fspath(run_dir), "checkpoints"))
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def resume_seed(seed: int | None, run_dir: str | os.PathLike) -> int | None:
+    """The input pipeline's seed for a run that starts or resumes in ``run_dir``.
+
+    A fixed ``seed`` makes the data order and augmentation repeatable, so a resumed
+    run seeded the same way would feed again the batches it has already trained on;
+    resumed at step N, it is seeded by ``(seed, N)`` instead: still repeatable, and a
+    stream it has not seen. ``None`` stays ``None`` (a fresh random stream).
+    """
+    if seed is None:
+        return None
+    step = checkpoint_step(run_dir)
+    if step == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), step]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
 def _resolve_init_checkpoint(path: str) -> str:
     """A checkpoint prefix from a run dir, a checkpoints dir or a prefix."""
     for candidate in (_join(path, "checkpoints"), path):

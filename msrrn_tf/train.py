@@ -102,8 +102,9 @@ def _define_flags() -> None:
     flags.DEFINE_boolean("jit_compile", False, "XLA-compile the training step.")
     flags.DEFINE_boolean("export", True, "Export a SavedModel to <run_dir>/export and "
                          "check its parity in a fresh process.")
-    flags.DEFINE_integer("seed", None, "Seed of the data order, augmentation and weight "
-                         "initialisation (default: random).")
+    flags.DEFINE_integer("seed", 0, "Seed of the data order, augmentation and weight "
+                         "initialisation: the same command trains the same model; another "
+                         "value gives an independent training.")
     flags.DEFINE_string("cache_dir", None, "Cache folder for the synthetic data (default: "
                         "$FACE_ALIGN_CACHE or ~/.cache/face_align_tf).")
 

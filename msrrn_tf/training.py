@@ -425,7 +425,9 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
         parity_check: after exporting, check the SavedModel against the Keras model
             (``common.export.check_parity``, atol 1e-4, in this process; the export
             command line checks in a fresh one).
-        seed: seed of the data order and augmentation (``None``: random).
+        seed: seed of the data order, augmentation and initial weights (``None``:
+            random); a resumed run draws its batches from a stream seeded by the seed
+            and its start step (``common.training.resume_seed``).
         verbose: show progress.
 
     Returns:
@@ -441,6 +443,7 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
     flip_permutation = scheme.flip_permutation if config.flip else None
     if seed is not None:
         keras.utils.set_random_seed(seed)
+    data_seed = training.resume_seed(seed, run_dir)  # a resumed run: unseen batches
 
     def train_dataset(context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         context = context or tf.distribute.InputContext()
@@ -449,7 +452,7 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
             margin=config.margin,
             batch_size=context.get_per_replica_batch_size(config.batch_size),
             training=True, augment=config.augment_config(),
-            flip_permutation=flip_permutation, seed=seed, cache=True,
+            flip_permutation=flip_permutation, seed=data_seed, cache=True,
             shard=(context.num_input_pipelines, context.input_pipeline_id))
 
     val_dataset = None

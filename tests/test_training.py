@@ -148,6 +148,14 @@ def test_resume_continues_to_the_same_total(tmp_path):
     assert first.steps_done == 6 and first.initial_step == 0
     assert int(first.optimizer.iterations) == 6
 
+    # A seeded pipeline of the resumed run gets a new, repeatable seed.
+    assert training.checkpoint_step(tmp_path) == 6
+    assert training.checkpoint_step(tmp_path / "elsewhere") == 0
+    assert training.resume_seed(3, tmp_path / "elsewhere") == 3
+    assert training.resume_seed(3, tmp_path) == training.resume_seed(3, tmp_path) != 3
+    assert training.resume_seed(3, tmp_path) != training.resume_seed(4, tmp_path)
+    assert training.resume_seed(None, tmp_path) is None
+
     again = train(tmp_path, 6)  # already done: restores, runs no step
     assert again.initial_step == 6 and again.steps_done == 6
     for a, b in zip(first.model.get_weights(), again.model.get_weights(), strict=True):
