@@ -302,8 +302,10 @@ def box_width_val_metric(output_key: str = "landmarks"
     def metric(model: keras.Model, dataset: tf.data.Dataset) -> dict[str, float]:
         if id(model) not in cache:
             cache.clear()
+            # Traced once per model, for any batch size (the short last batch too).
             cache[id(model)] = tf.function(
-                lambda inputs: tf.cast(model(inputs, training=False)[output_key], tf.float32))
+                lambda inputs: tf.cast(model(inputs, training=False)[output_key], tf.float32),
+                input_signature=[dataset.element_spec[0]])
         predict = cache[id(model)]
         total, count = 0.0, 0
         for inputs, targets, meta in dataset:

@@ -455,6 +455,11 @@ def _normalised_nme(pred: tf.Tensor, true: tf.Tensor, kind: str,
     return tf.reduce_mean(errors, axis=1) / tf.norm(right - left, axis=-1)
 
 
+def _landmarks_of(targets: Any) -> Any:
+    """The landmarks of a dataset's targets: ``targets["landmarks"]`` or ``targets``."""
+    return targets["landmarks"] if isinstance(targets, Mapping) else targets
+
+
 def nme_val_metric(kind: str, scheme: LandmarkScheme, output_key: str = "landmarks",
                    name: str | None = None
                    ) -> Callable[[keras.Model, tf.data.Dataset], dict[str, float]]:
@@ -483,9 +488,11 @@ def nme_val_metric(kind: str, scheme: LandmarkScheme, output_key: str = "landmar
     name = name or f"nme_{kind}"
     cache: dict[int, Callable] = {}
 
-    def batch_errors(model: keras.Model) -> Callable:
+    def batch_errors(model: keras.Model, signature: list[Any]) -> Callable:
         if id(model) not in cache:
-            @tf.function(autograph=False)  # straight-line code: nothing to convert
+            # Straight-line code: nothing to convert; traced once per model, for any
+            # batch size (the short last batch too).
+            @tf.function(autograph=False, input_signature=signature)
             def run(inputs, landmarks):
                 outputs = _as_output_dict(model(inputs, training=False))
                 pred = tf.cast(outputs[output_key], tf.float32)
@@ -496,12 +503,11 @@ def nme_val_metric(kind: str, scheme: LandmarkScheme, output_key: str = "landmar
         return cache[id(model)]
 
     def metric(model: keras.Model, dataset: tf.data.Dataset) -> dict[str, float]:
-        run = batch_errors(model)
+        inputs_spec, targets_spec = dataset.element_spec[:2]
+        run = batch_errors(model, [inputs_spec, _landmarks_of(targets_spec)])
         total, count = 0.0, 0
         for element in dataset:
-            inputs, targets = element[0], element[1]
-            landmarks = targets["landmarks"] if isinstance(targets, Mapping) else targets
-            errors = run(inputs, landmarks).numpy()
+            errors = run(element[0], _landmarks_of(element[1])).numpy()
             total += float(errors.sum())
             count += errors.size
         if count == 0:
