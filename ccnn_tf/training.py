@@ -517,7 +517,8 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
         previous_weights = {k: previous.stage_layer(k).get_weights() for k in earlier}
         fingerprint = weights_fingerprint(previous, earlier)
         recorded = _previous_fingerprint_recorded(directory)
-        if training.checkpoint_step(directory) and recorded is not None and recorded != fingerprint:
+        started = training.checkpoint_step(directory) > 0
+        if started and recorded is not None and recorded != fingerprint:
             raise ValueError(
                 f"stages {list(earlier)} changed since {directory} started training "
                 "from them; delete that directory to retrain stage "
@@ -727,10 +728,8 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
             log_every=log_every, val_split=val_split, verbose=verbose,
             train_split=train_split)
         if verbose:
-            done = results[stage]
-            print(f"stage {stage}: " + training.format_speed(
-                done.steps_done - done.initial_step, done.loop_seconds,
-                batch_size or config.batch_size), flush=True)
+            print(f"stage {stage}: {results[stage].speed(batch_size or config.batch_size)}",
+                  flush=True)
     summary = CCNNTrainSummary(run_dir=run_dir, stage_results=results)
     consistent = consistent_stages(run_dir)
     complete = consistent >= config.num_stages

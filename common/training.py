@@ -295,6 +295,11 @@ class TrainResult:
         done = self.steps_done - self.initial_step
         return done / self.loop_seconds if done > 0 and self.loop_seconds > 0 else None
 
+    def speed(self, batch_size: int) -> str:
+        """This call's training speed as one line (:func:`format_speed`)."""
+        return format_speed(self.steps_done - self.initial_step, self.loop_seconds,
+                            batch_size)
+
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True on the one worker that writes checkpoints, logs and the final model."""

@@ -327,7 +327,6 @@ def train_or_load_ours(family: str, data: str, *, train_split: str, eval_split: 
     elif family == "ccnn":
         from ccnn_tf import evaluate as ccnn_evaluate
         from ccnn_tf import training as ccnn_training
-        from common import training
 
         if model_path:
             model = ccnn_evaluate.load_cascade(model_path)
@@ -344,8 +343,7 @@ def train_or_load_ours(family: str, data: str, *, train_split: str, eval_split: 
                     "preset": preset, "steps_per_stage": config.steps_per_stage,
                     "config": config.to_dict(),
                     "training_speed": "; ".join(
-                        f"stage {k}: " + training.format_speed(
-                            r.steps_done - r.initial_step, r.loop_seconds, config.batch_size)
+                        f"stage {k}: {r.speed(config.batch_size)}"
                         for k, r in sorted(summary.stage_results.items()))}
         sizes, margin, num_landmarks = ccnn_evaluate.model_geometry(model)
         info["num_stages"] = int(model.num_stages)

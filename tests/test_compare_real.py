@@ -66,6 +66,7 @@ def test_compare_msrrn_family(tmp_path):
     assert "inter_pupil" in written["methods"]["msrrn"]
     assert {"beats_dlib_ert", "beats_mean_shape"} <= set(written["checks"])
     assert written["peers"]["dlib_ert"]["options"] == TINY_DLIB
+    assert "- ours, training speed: 2 steps in " in report["markdown"]
     if HAS_MTCNN:  # 5 points only: compared on the 5-point reduction
         assert {"mtcnn", "mtcnn_box", "msrrn", "dlib_ert"} <= set(written["five_point"])
         assert (output / "compare_msrrn_five_point_ced.png").stat().st_size > 0
@@ -97,6 +98,8 @@ def test_compare_ccnn_family(tmp_path):
         assert "inter_ocular" in written["methods"][method]
     assert (output / "compare_ccnn_per_point.png").stat().st_size > 0
     assert "| LE | RE | N | LM | RM | mean |" in report["markdown"]
+    assert ("- ours, training speed: stage 1: 2 steps in " in report["markdown"]
+            and "; stage 3: 2 steps in " in report["markdown"])
 
 
 def test_expand_peers():
