@@ -486,8 +486,7 @@ def load_or_build(name: str, path: str | None, config: Any,
                 model = keras.saving.load_model(_model_file(path), compile=False)
             else:
                 model = build_msrrn(config)
-            if flip_test is not None:
-                model = model.with_flip_test(flip_test)
+            model = model.with_flip_test(flip_test)
         if path:
             from msrrn_tf.evaluate import model_margin
 

@@ -162,10 +162,7 @@ def load_with_margin(path: str, margin: float | None = None,
 
     if margin is None:
         margin = model_margin(path, MSRRNConfig().margin)
-    model = evaluation.load_model(path)
-    if flip_test is not None:
-        model = model.with_flip_test(flip_test)
-    return model, float(margin)
+    return evaluation.load_model(path).with_flip_test(flip_test), float(margin)
 
 
 def _define_flags() -> None:
@@ -202,9 +199,7 @@ def main(argv: Sequence[str]) -> None:
     model, margin = load_with_margin(FLAGS.model, FLAGS.margin, FLAGS.flip_test)
     ablation = {}
     for path in FLAGS.ablation_models:
-        other = evaluation.load_model(path)
-        if FLAGS.flip_test is not None:
-            other = other.with_flip_test(FLAGS.flip_test)
+        other = evaluation.load_model(path).with_flip_test(FLAGS.flip_test)
         ablation[other.num_stages] = other
     data = FLAGS.data
     if data is None:

@@ -657,7 +657,7 @@ class MSRRN(keras.Model):
         for variable in self.weights:
             variable.assign(source[variable.path])
 
-    def with_flip_test(self, enabled: bool) -> MSRRN:
+    def with_flip_test(self, enabled: bool | None) -> MSRRN:
         """This model with the flip test switched on or off, same weights.
 
         The flip test only acts at inference, so a model trained with it can be
@@ -667,7 +667,8 @@ class MSRRN(keras.Model):
         switching costs on real faces.
 
         Args:
-            enabled: whether the returned model runs the flip test.
+            enabled: whether the returned model runs the flip test; ``None``: as this
+                one does (callers pass an optional flag straight through).
 
         Returns:
             ``self`` when it already does as asked, else a new model (weights copied).
@@ -675,7 +676,7 @@ class MSRRN(keras.Model):
         Raises:
             ValueError: ``enabled`` for a landmark layout without a mirror permutation.
         """
-        if bool(enabled) == self.flip_test:
+        if enabled is None or bool(enabled) == self.flip_test:
             return self
         config = self.get_config()
         config.update(flip_test=bool(enabled), name=self.name)

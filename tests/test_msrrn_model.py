@@ -287,6 +287,7 @@ def test_flip_test_averages_the_mirrored_prediction(tmp_path):
     back_on = switched.with_flip_test(True)
     np.testing.assert_allclose(back_on(inputs)["landmarks"], got["landmarks"], atol=1e-6)
     assert back_on.with_flip_test(True) is back_on
+    assert switched.with_flip_test(None) is switched and back_on.with_flip_test(None) is back_on
 
 
 def test_get_config_from_config():
