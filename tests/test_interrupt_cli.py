@@ -76,14 +76,15 @@ class Case:
 
 def _msrrn(data: str) -> Case:
     # --seed fixes the initial weights and the data order, so the reference and the
-    # killed run are the same run up to the kill. The rerun then restarts the seeded
-    # input pipeline (the runner does not checkpoint it), so it sees other batches
-    # than the reference after the kill, and this tiny MSRRN (12 training faces,
-    # NME ~0.3, about the mean shape's) is sensitive to that. Measured (relative
-    # final NME difference, exact emulations of a kill after checkpoint 10/20/30):
-    # -2.1 % / +0.8 % / +11.4 %; the CLI kill lands on checkpoint 10 and reproduces
-    # -2.1 % run after run. Other tiny settings gave up to 14 % (60 steps: up to 58 %,
-    # hence 120). 25 %: twice the largest spread at this setting.
+    # killed run are the same run up to the kill. The rerun's input pipeline is not
+    # restored (the runner does not checkpoint it): it draws an unseen stream seeded by
+    # the seed and the resume step (common.training.resume_seed), so after the kill it
+    # sees other batches than the reference, and this tiny MSRRN (12 training faces,
+    # NME ~0.3, about the mean shape's) is sensitive to that. Measured (relative final
+    # NME difference, kills after checkpoint 10/20/30/50/80, scratch script with this
+    # module's helpers): +13.2 / +11.9 / +8.3 / +2.2 / +7.6 %; the CLI kill lands on
+    # checkpoint 10 and reproduces +13.2 % run after run. (60 steps spread more, hence
+    # 120.) 25 %: about twice the largest measured difference.
     steps = 120
     return Case(
         module="msrrn_tf.train",
@@ -98,11 +99,11 @@ def _msrrn(data: str) -> Case:
 def _ccnn(data: str) -> Case:
     # ccnn_tf.train's --seed seeds the initial weights, the shake and the input
     # pipeline, so the reference and the killed run are the same run up to the kill;
-    # the rerun restarts the seeded input pipeline and sees other batches after it.
-    # Measured: the CLI kill lands on checkpoint 10 and the final box-width NME
-    # differs by 0.04 % (0.22007 vs 0.21998, twice; an earlier measurement of a
-    # resume from the same weights: 0.1 %). 5 %: fifty times that. (Before the
-    # weights were seeded, two initialisations differed by 5 to 23 %.)
+    # the rerun draws an unseen seeded stream after it (as MSRRN's). Measured: kills
+    # after checkpoint 10/20/30/40 end at -0.28 / +0.40 / +0.53 / +0.01 % of the
+    # reference's final box-width NME; the CLI kill lands on checkpoint 10. 5 %: about
+    # ten times the largest. (Before the weights were seeded, two initialisations
+    # differed by 5 to 23 %.)
     steps = 60
     return Case(
         module="ccnn_tf.train",
