@@ -212,6 +212,75 @@ def shuffle_buffer_size(files: Sequence[str], memory_bytes: int = SHUFFLE_MEMORY
     return max(minimum, int(memory_bytes / per_record))
 
 
+def _record_stream(files: Sequence[str], *, training: bool, shard: tuple[int, int],
+                   seed: int | None, cache: bool | str, shuffle_buffer: int | None,
+                   repeat: bool) -> tf.data.Dataset:
+    """Serialised records of ``files``: sharded, and for training cached, shuffled, repeated.
+
+    Args are those of ``make_dataset`` (``shard`` = ``(num_pipelines, pipeline_id)``).
+    """
+    num_pipelines, pipeline_id = shard
+    shard_files = num_pipelines > 1 and len(files) >= num_pipelines
+    shard_records = num_pipelines > 1 and not shard_files
+    if shard_files:
+        files = files[pipeline_id::num_pipelines]
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    # Record sharding needs the same file order in every pipeline: no file shuffle.
+    if training and not shard_records:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+                                 num_parallel_calls=AUTOTUNE, deterministic=True)
+    if shard_records:
+        dataset = dataset.shard(num_pipelines, pipeline_id)
+    if training:
+        if cache:
+            dataset = dataset.cache("" if cache is True else cache)
+        if shuffle_buffer is None:
+            shuffle_buffer = shuffle_buffer_size(files)
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            dataset = dataset.repeat()
+    return dataset
+
+
+def parse_data_spec(spec: str | Sequence[str]) -> tuple[list[str], list[float] | None]:
+    """Data folders and optional sampling weights from ``"a:0.7,b:0.3"`` (or a list).
+
+    Args:
+        spec: comma-separated folders (or a list of them), each optionally followed by
+            ``:WEIGHT``; either every folder has a weight or none has.
+
+    Returns:
+        ``(folders, weights)``; ``weights`` is ``None`` when none is given.
+
+    Raises:
+        ValueError: a weight that is not a non-negative number, or weights on only
+            some folders.
+    """
+    items = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec)]
+    items = [p for p in items if p]
+    if not items:
+        raise ValueError("no data folder given")
+    folders, weights = [], []
+    for item in items:
+        head, sep, tail = item.rpartition(":")
+        if sep and head and not os.path.exists(item):
+            try:
+                weight = float(tail)
+            except ValueError:
+                raise ValueError(f"bad weight {tail!r} in data spec {item!r}; expected "
+                                 "FOLDER or FOLDER:WEIGHT") from None
+            if not weight >= 0.0:
+                raise ValueError(f"weight of {head!r} must be >= 0, got {tail}")
+            folders.append(head)
+            weights.append(weight)
+        else:
+            folders.append(item)
+    if weights and len(weights) != len(folders):
+        raise ValueError(f"give a weight for every data folder or for none: {items}")
+    return folders, (weights or None)
+
+
 def make_dataset(data: str | os.PathLike | Sequence[str | os.PathLike], split: str, *,
                  sizes: Sequence[int], num_landmarks: int, margin: float, batch_size: int,
                  training: bool, augment: AugmentConfig | None = None,
@@ -219,7 +288,8 @@ def make_dataset(data: str | os.PathLike | Sequence[str | os.PathLike], split: s
                  shuffle_buffer: int | None = None,
                  repeat: bool | None = None, seed: int | None = None, with_meta: bool = False,
                  cache: bool | str = False, drop_remainder: bool | None = None,
-                 shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+                 shard: tuple[int, int] | None = None,
+                 weights: Sequence[float] | None = None) -> tf.data.Dataset:
     """Batches of cropped faces and normalised landmarks from TFRecord shards.
 
     Args:
@@ -253,6 +323,12 @@ def make_dataset(data: str | os.PathLike | Sequence[str | os.PathLike], split: s
             ``num_pipelines`` files, else every ``num_pipelines``-th record.
             ``batch_size`` is then this pipeline's batch. Augmentation draws differ
             between pipelines.
+        weights: with ``data`` a list of several data sets and ``training``, the
+            probability of drawing a training face from each (normalised to sum to
+            1; ``parse_data_spec`` reads them from ``"a:0.7,b:0.3"``): every data set
+            is shuffled and repeated on its own and the faces are sampled from them
+            by these weights. ``None`` (default) reads the data sets as one, in
+            proportion to their sizes. Evaluation ignores it.
 
     Returns:
         ``tf.data.Dataset`` of ``(inputs, targets)`` or ``(inputs, targets, meta)``
@@ -280,29 +356,26 @@ def make_dataset(data: str | os.PathLike | Sequence[str | os.PathLike], split: s
     if not 0 <= pipeline_id < num_pipelines:
         raise ValueError(f"shard must be (num_pipelines, pipeline_id), got {shard}")
 
-    files = _resolve_files(data, split)
-    shard_files = num_pipelines > 1 and len(files) >= num_pipelines
-    shard_records = num_pipelines > 1 and not shard_files
-    if shard_files:
-        files = files[pipeline_id::num_pipelines]
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    # Record sharding needs the same file order in every pipeline: no file shuffle.
-    if training and not shard_records:
-        dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-                                 num_parallel_calls=AUTOTUNE, deterministic=True)
-    if shard_records:
-        dataset = dataset.shard(num_pipelines, pipeline_id)
     cache_name = "" if cache is True else (cache or "")
-    if training:
-        if cache:
-            dataset = dataset.cache(cache_name)
-        if shuffle_buffer is None:
-            shuffle_buffer = shuffle_buffer_size(files)
-        dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed,
-                                  reshuffle_each_iteration=True)
-        if repeat:
-            dataset = dataset.repeat()
+    items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    if weights is not None and training:
+        if len(weights) != len(items):
+            raise ValueError(f"{len(weights)} weights for {len(items)} data sets {items}")
+        total = float(sum(weights))
+        if not all(w >= 0.0 for w in weights) or total <= 0.0:
+            raise ValueError(f"data set weights must be >= 0 with a positive sum, got "
+                             f"{list(weights)}")
+        streams = [_record_stream(_resolve_files(item, split), training=True,
+                                  shard=(num_pipelines, pipeline_id), seed=shuffle_seed,
+                                  cache=f"{cache_name}-{i}" if cache_name else cache,
+                                  shuffle_buffer=shuffle_buffer, repeat=True)
+                   for i, item in enumerate(items)]
+        dataset = tf.data.Dataset.sample_from_datasets(
+            streams, weights=[w / total for w in weights], seed=shuffle_seed)
+    else:
+        dataset = _record_stream(_resolve_files(data, split), training=training,
+                                 shard=(num_pipelines, pipeline_id), seed=shuffle_seed,
+                                 cache=cache, shuffle_buffer=shuffle_buffer, repeat=repeat)
     # The example's index in the (shuffled, repeated) stream seeds its augmentation.
     dataset = dataset.enumerate()
 

@@ -9,7 +9,7 @@ import test_geometry
 from test_geometry import draw_dots
 
 from common import geometry
-from common.pipeline import AugmentConfig, make_dataset, shuffle_buffer_size
+from common.pipeline import AugmentConfig, make_dataset, parse_data_spec, shuffle_buffer_size
 from common.schemes import CUHK_5
 from common.tfrecord import ShardWriter, find_shards, serialize_face
 
@@ -284,3 +284,41 @@ def test_default_training_shuffle_mixes_an_ordered_split(tmp_path):
                          batch_size=20, training=True, seed=3, with_meta=True,
                          shuffle_buffer=20)
     assert next(iter(small))[2]["box"].numpy()[:, 0].max() < 40
+
+
+def test_weighted_data_sets_mix_in_the_given_proportions(data_dir, tmp_path):
+    """Two data sets drawn 3:1 whatever their sizes (6 and 2 faces)."""
+    small = tmp_path / "small"
+    images = [draw_dots(100, 100, np.array([[50.0, 50.0]] * 5, np.float32), sigma=3.0)] * 2
+    points = [np.array([[40, 40], [60, 40], [50, 50], [42, 60], [58, 60]], np.float32)] * 2
+    boxes = [geometry.landmark_box(p).numpy() for p in points]
+    with ShardWriter(str(small), "small", "train", num_shards=1) as writer:
+        for i, (image, p, box) in enumerate(zip(images, points, boxes)):
+            writer.write(serialize_face(tf.io.encode_png(image).numpy(), 100, 100, p, box,
+                                        split="train", source_path=f"small{i}.png"))
+    folders, weights = parse_data_spec(f"{data_dir}:3,{small}:1")
+    assert folders == [str(data_dir), str(small)] and weights == [3.0, 1.0]
+    ds = make_dataset(folders, "train", sizes=(16,), num_landmarks=5, margin=0.2,
+                      batch_size=50, training=True, seed=5, with_meta=True, weights=weights)
+    paths = [m["source_path"] for _, _, m in collect(ds, 2000)]
+    share = np.mean([p.startswith(b"small") for p in paths])
+    assert abs(share - 0.25) < 0.04, share  # binomial sd at n=2000: ~0.01
+    # without weights the two folders are one data set: 2 of 8 faces
+    ds = make_dataset(folders, "train", sizes=(16,), num_landmarks=5, margin=0.2,
+                      batch_size=8, training=True, repeat=False, seed=5, with_meta=True)
+    assert sorted(p[:5] for _, _, m in collect(ds, 8) for p in [m["source_path"]]).count(
+        b"small") == 2
+    with pytest.raises(ValueError, match="weights"):
+        make_dataset(folders, "train", sizes=(16,), num_landmarks=5, margin=0.2,
+                     batch_size=2, training=True, weights=[1.0])
+
+
+def test_parse_data_spec_errors():
+    assert parse_data_spec("a,b") == (["a", "b"], None)
+    assert parse_data_spec(["a:0.5", " b:0.5 "]) == (["a", "b"], [0.5, 0.5])
+    with pytest.raises(ValueError, match="for none"):
+        parse_data_spec("a:1,b")
+    with pytest.raises(ValueError, match="bad weight"):
+        parse_data_spec("a:x")
+    with pytest.raises(ValueError, match=">= 0"):
+        parse_data_spec("a:-1")
