@@ -19,9 +19,8 @@ import os
 import time
 from collections.abc import Sequence
 
-from absl import app, flags
-
 import numpy as np
+from absl import app, flags
 
 from common import atomic, box_robustness
 

@@ -82,7 +82,9 @@ def test_score_under_boxes_ranks_a_box_sensitive_method():
     faces = [_face(rng, centre=(64 + rng.uniform(-5, 5), 64), size=40) for _ in range(6)]
     lookup = {id(f[0]): f[1] for f in faces}
     # the box-blind oracle: the true points whatever the box
-    oracle = lambda image, boxes: np.repeat(lookup[id(image)][None], len(boxes), axis=0)
+    def oracle(image, boxes):
+        return np.repeat(lookup[id(image)][None], len(boxes), axis=0)
+
     shape_unit = np.stack([(f[1] - f[2][:2]) / (f[2][2:] - f[2][:2]) for f in faces]).mean(0)
     boxes = br.source_boxes(faces, ["stored", "landmark_square", "jitter_10"], seed=0)
     boxes["landmark_square"][2] = np.nan  # a source without a box for face 2
