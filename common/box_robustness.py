@@ -181,8 +181,10 @@ def box_offsets(boxes: np.ndarray, reference: np.ndarray) -> dict[str, np.ndarra
 
     Returns:
         ``{"dx", "dy"}``: centre shift over the reference's width / height;
-        ``"scale"``: ``sqrt(w h) / sqrt(w_ref h_ref)``; ``"aspect"``: ``h / w`` of the
-        boxes; each float64 ``[N]`` over the faces where both boxes are finite.
+        ``"scale"``: ``sqrt(w h) / sqrt(w_ref h_ref)``; ``"side"``: ``max(w, h) /
+        max(w_ref, h_ref)``, the ratio of the square crops a model sees
+        (``common.geometry.crop_boxes_from_face_boxes``); ``"aspect"``: ``h / w`` of
+        the boxes; each float64 ``[N]`` over the faces where both boxes are finite.
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     reference = np.asarray(reference, np.float64).reshape(-1, 4)
@@ -194,6 +196,7 @@ def box_offsets(boxes: np.ndarray, reference: np.ndarray) -> dict[str, np.ndarra
         "dx": (0.5 * (b[:, 0] + b[:, 2]) - 0.5 * (r[:, 0] + r[:, 2])) / rw,
         "dy": (0.5 * (b[:, 1] + b[:, 3]) - 0.5 * (r[:, 1] + r[:, 3])) / rh,
         "scale": np.sqrt(bw * bh) / np.sqrt(rw * rh),
+        "side": np.maximum(bw, bh) / np.maximum(rw, rh),
         "aspect": bh / bw,
     }
 

@@ -64,10 +64,10 @@ def markdown(results: Sequence[dict]) -> str:
         lines += [f"### {res['data']} ({res['split']}, {res['faces']} faces; boxes found: "
                   + ", ".join(f"{s} {n}" for s, n in res["available"].items()) + ")", "",
                   "| boxes vs reference | faces | dx (% of w) | dy (% of h) | size ratio | "
-                  "aspect h/w |", "|---|---:|---:|---:|---:|---:|"]
+                  "crop side ratio | aspect h/w |", "|---|---:|---:|---:|---:|---:|---:|"]
         for pair, stats in res["pairs"].items():
             cells = []
-            for stat in ("dx", "dy", "scale", "aspect"):
+            for stat in ("dx", "dy", "scale", "side", "aspect"):
                 s = stats[stat]
                 factor = 100.0 if stat in ("dx", "dy") else 1.0
                 digits = 1 if stat in ("dx", "dy") else 3
@@ -76,7 +76,8 @@ def markdown(results: Sequence[dict]) -> str:
             lines.append(f"| {pair} | {stats['dx']['faces']} | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("Median [5th, 95th percentile]. dx, dy: centre shift over the reference "
-                 "box's width / height; size ratio: sqrt(w h) over the reference's.")
+                 "box's width / height; size ratio: sqrt(w h) over the reference's; crop side "
+                 "ratio: max(w, h) over the reference's (the square crop the model sees).")
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,7 @@ def test_jitter_box_stays_within_its_fraction():
         assert abs(offsets["dy"][0]) <= 0.05 + 1e-6
         assert 0.95 - 1e-6 <= offsets["scale"][0] <= 1.05 + 1e-6
         assert offsets["aspect"][0] == pytest.approx(60.0 / 40.0, rel=1e-5)
+        assert offsets["side"][0] == pytest.approx(offsets["scale"][0], rel=1e-5)
 
 
 def test_landmark_square_box_is_the_extent_square():
@@ -41,6 +42,7 @@ def test_box_offsets_against_hand_values():
     assert off["dx"][0] == pytest.approx(0.20)
     assert off["dy"][0] == pytest.approx(0.05)
     assert off["scale"][0] == pytest.approx(1.2)
+    assert off["side"][0] == pytest.approx(1.2)
     # NaN rows (a detector that missed the face) are left out
     off = br.box_offsets(np.array([[np.nan] * 4, [0, 0, 50, 50]]), np.array([[0, 0, 1, 1]] * 2))
     assert off["dx"].shape == (1,)
