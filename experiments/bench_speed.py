@@ -34,14 +34,14 @@ What is measured, per face at batch 1 (latency, ms/face) and for batches of
   - ``crop_only``: ``preprocess_faces`` alone, the part of ``saved_model_default``
     that the ``*_cropped``, ``keras_*`` and ``tflite`` rows do not include;
 
-* ``dlib_ert_68`` / ``dlib_ert_5``: ``common.peers.DlibERT`` (dlib's
+* ``dlib_ert_68`` / ``dlib_ert_5``: ``experiments.peers.DlibERT`` (dlib's
   ``shape_predictor``, single-threaded) trained on ``--dlib_faces`` synthetic faces.
   The predictor has dlib's default size (10 cascade levels x 500 trees of depth 4,
   400 feature-pool pixels), which is what its prediction time depends on; only
   training-time options (``oversampling_amount``, ``num_test_splits``,
   ``DLIB_TRAINING_SHORTCUTS``) are lowered so that training takes about a minute.
   Its accuracy is irrelevant here. A batch is a loop over ``predict``;
-* ``mtcnn_onet``: the landmark stage of MTCNN (``common.peers.MTCNNPeer`` in
+* ``mtcnn_onet``: the landmark stage of MTCNN (``experiments.peers.MTCNNPeer`` in
   ``"box"`` mode: ONet alone on the given box, with the package's own crop,
   normalisation and landmark mapping). Batch 1 is ``MTCNNPeer.predict``; a batch
   runs ONet once on the patches of all its faces (as MTCNN runs ONet on all
@@ -673,7 +673,7 @@ def tflite_cases(name: str, path: str, cropped: Mapping[str, np.ndarray], thread
 def dlib_cases(faces: Faces, train_faces: Faces, num_points: int, options: Mapping[str, Any],
                batch_size: int, threads: int) -> tuple[list[Case], dict[str, Any]]:
     """Trains dlib ERT on ``train_faces`` and returns its cases and its description."""
-    from common.peers import DLIB_DEFAULT_OPTIONS, DlibERT
+    from experiments.peers import DLIB_DEFAULT_OPTIONS, DlibERT
 
     train = [(image, points, box) for image, points, box in zip(
         train_faces.images, train_faces.landmarks(num_points), train_faces.boxes)]
@@ -707,7 +707,7 @@ def mtcnn_onet_batch(peer: Any, images: np.ndarray, boxes: np.ndarray) -> np.nda
     from mtcnn.utils.images import extract_patches, normalize_images
     from mtcnn.utils.landmarks import adjust_landmarks
 
-    from common.peers import MTCNN_ONET_SIZE, square_box
+    from experiments.peers import MTCNN_ONET_SIZE, square_box
 
     squares = np.stack([square_box(box) for box in boxes])
     rows = np.concatenate([np.arange(len(squares), dtype=np.float64)[:, None], squares], 1)
@@ -723,7 +723,7 @@ def mtcnn_cases(faces: Faces, batch_size: int) -> list[Case]:
     """MTCNN's ONet on the given boxes, on the CPU."""
     import tensorflow as tf
 
-    from common.peers import MTCNNPeer
+    from experiments.peers import MTCNNPeer
 
     with tf.device("/CPU:0"):
         peer = MTCNNPeer(mode="box")

@@ -11,18 +11,18 @@ For the data folder of ``common.prepare`` (or ``common.synthetic``) and one fami
 1. our model is trained on ``--train_split`` with the package's own library function
    (``msrrn_tf.training.train_msrrn``, ``ccnn_tf.training.train_ccnn``) unless
    ``--model`` gives a trained one;
-2. the trainable peers of ``common.peers`` are fitted on the *same* training faces with
+2. the trainable peers of ``experiments.peers`` are fitted on the *same* training faces with
    the *same* face boxes (the boxes stored in the TFRecords): dlib's ERT with dlib's
-   default options (``common.peers.DLIB_DEFAULT_OPTIONS``: 10 cascades x 500 trees of
+   default options (``experiments.peers.DLIB_DEFAULT_OPTIONS``: 10 cascades x 500 trees of
    depth 4, nu 0.1, 400 pool pixels, 20 initialisations per face; Kazemi and Sullivan,
    CVPR 2014) and the mean shape. By default dlib trains in a child process while our
    model trains; fitted peers are kept in ``--output/peers`` and reused by a rerun on
    the same shards with the same options;
-3. the pretrained MTCNN (5 points) runs in both modes of ``common.peers.MTCNNPeer``:
+3. the pretrained MTCNN (5 points) runs in both modes of ``experiments.peers.MTCNNPeer``:
    ``mtcnn`` (its own detector, detection matched to our box) and ``mtcnn_box`` (its
    last stage on our box);
-   optionally OpenCV's Facemark LBF (``lbf``, ``common.peers.LBFPeer``) is trained
-   like dlib on the same faces and boxes, with ``common.peers.LBF_QUICK_OPTIONS`` by
+   optionally OpenCV's Facemark LBF (``lbf``, ``experiments.peers.LBFPeer``) is trained
+   like dlib on the same faces and boxes, with ``experiments.peers.LBF_QUICK_OPTIONS`` by
    default (``--lbf_options``), by the C++ program ``tools/lbf_tool.cpp`` that
    ``--lbf_tool`` or ``$FACE_ALIGN_LBF_TOOL`` names (README, "Optional peers"); it
    is among the default peers when that variable is set, and skipped with a note in
@@ -73,7 +73,7 @@ PEER_NAMES = ("dlib_ert", "mean_shape", "mtcnn", "mtcnn_box", "lbf")
 DEFAULT_PEERS = ("dlib_ert", "mean_shape", "mtcnn") + (
     ("lbf",) if os.environ.get("FACE_ALIGN_LBF_TOOL") else ())
 """The peers run when none are named: LBF too when ``$FACE_ALIGN_LBF_TOOL`` is set
-(``common.peers.LBF_TOOL_ENV``; read when this module is imported)."""
+(``experiments.peers.LBF_TOOL_ENV``; read when this module is imported)."""
 
 TRAINED_PEERS = ("mean_shape", "dlib_ert", "lbf")
 """Peers fitted on the training split (MTCNN is pretrained)."""
@@ -148,9 +148,9 @@ def cached_peer_info(cache_dir: str, key: Mapping[str, Any]) -> dict[str, Any] |
 
 def resolved_lbf_options(lbf_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The FacemarkLBF parameters of a comparison: ``lbf_options`` over OpenCV's
-    defaults (``common.peers.LBF_DEFAULT_OPTIONS``); ``None``:
-    ``common.peers.LBF_QUICK_OPTIONS``."""
-    from common import peers
+    defaults (``experiments.peers.LBF_DEFAULT_OPTIONS``); ``None``:
+    ``experiments.peers.LBF_QUICK_OPTIONS``."""
+    from experiments import peers
 
     return peers.lbf_options(peers.LBF_QUICK_OPTIONS if lbf_options is None
                              else lbf_options)
@@ -173,7 +173,7 @@ def fit_trained_peers(data: str, split: str, names: Sequence[str], cache_dir: st
         split: the training split.
         names: peers to fit, a subset of ``TRAINED_PEERS``.
         cache_dir: folder of the fitted peers.
-        dlib_options: overrides of dlib's defaults (``common.peers.DLIB_DEFAULT_OPTIONS``).
+        dlib_options: overrides of dlib's defaults (``experiments.peers.DLIB_DEFAULT_OPTIONS``).
         dlib_threads: dlib training threads.
         reuse: reuse peers already fitted on the same shards with the same options.
         lbf_options: overrides of OpenCV's FacemarkLBF defaults
@@ -187,9 +187,10 @@ def fit_trained_peers(data: str, split: str, names: Sequence[str], cache_dir: st
         faces accepted by OpenCV's box test).
 
     Raises:
-        common.peers.LBFUnavailable: LBF asked for without a working ``lbf_tool``.
+        experiments.peers.LBFUnavailable: LBF asked for without a working ``lbf_tool``.
     """
-    from common import atomic, peers
+    from common import atomic
+    from experiments import peers
 
     os.makedirs(cache_dir, exist_ok=True)
     records: dict[str, Any] = {}
@@ -237,7 +238,7 @@ def fit_trained_peers(data: str, split: str, names: Sequence[str], cache_dir: st
 def load_trained_peer(name: str, record: Mapping[str, Any], *, lbf_tool: str | None = None):
     """The fitted peer of a :func:`fit_trained_peers` record (``lbf_tool``: the program
     that runs a fitted LBF, default ``$FACE_ALIGN_LBF_TOOL``)."""
-    from common import peers
+    from experiments import peers
 
     if name == "dlib_ert":
         return peers.DlibERT.load(record["path"])
@@ -492,9 +493,9 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         files}``.
     """
     from common import atomic, evaluation, plots
-    from common import peers as common_peers
     from common.metrics import results_markdown
     from common.schemes import scheme_for
+    from experiments import peers as peer_lib
 
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -508,8 +509,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
                      "(pip install mtcnn).")
     if "lbf" in methods:
         try:
-            lbf_tool = common_peers.check_lbf_tool(lbf_tool)["tool"]
-        except common_peers.LBFUnavailable as e:
+            lbf_tool = peer_lib.check_lbf_tool(lbf_tool)["tool"]
+        except peer_lib.LBFUnavailable as e:
             methods.remove("lbf")
             notes.append(f"LBF skipped: {e}.")
     os.makedirs(output, exist_ok=True)
@@ -572,7 +573,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         pred = evaluation.predict_split(ours.model, data, eval_split, sizes=ours.sizes,
                                         margin=ours.margin,
                                         num_landmarks=ours.num_landmarks, limit=limit)
-    faces = list(common_peers.iterate_faces(data, eval_split, limit))
+    faces = list(peer_lib.iterate_faces(data, eval_split, limit))
     _check_same_faces(pred, faces)
     log(f"our model evaluated on {pred.num_faces} {eval_split!r} faces")
 
@@ -595,11 +596,11 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
             info = {k: v for k, v in records[method].items() if k != "key"}
             info["options"] = records[method]["key"]["options"]
         else:
-            peer = common_peers.make_peer(method)
+            peer = peer_lib.make_peer(method)
             info = {"pretrained": True}
         start = time.perf_counter()
         five_only = method.startswith("mtcnn") and five_point_faces is not None
-        result = common_peers.evaluate_peer(peer, five_point_faces if five_only else faces,
+        result = peer_lib.evaluate_peer(peer, five_point_faces if five_only else faces,
                                             kinds[0])
         info["eval_seconds"] = time.perf_counter() - start
         seconds[method] = result.seconds_per_face
@@ -772,7 +773,7 @@ def _five_point_comparison(pred, outputs: Mapping[str, np.ndarray],
 def _setup_notes(family: str, ours: OurModel, records: Mapping[str, Any],
                  method_info: Mapping[str, Any], pred, train_split: str,
                  eval_split: str) -> str:
-    from common import peers as common_peers
+    from experiments import peers as peer_lib
 
     lines = ["### Setup", ""]
     info = ours.info
@@ -797,7 +798,7 @@ def _setup_notes(family: str, ours: OurModel, records: Mapping[str, Any],
         elif name == "lbf":
             info = record["train_info"]
             changed = {k: v for k, v in options.items()
-                       if v != common_peers.LBF_DEFAULT_OPTIONS[k]}
+                       if v != peer_lib.LBF_DEFAULT_OPTIONS[k]}
             what = (f"`cv::face::FacemarkLBF` of OpenCV {info['opencv']} (`lbf_tool`), "
                     "OpenCV's default parameters"
                     + (f" with {changed}" if changed else "")
@@ -869,16 +870,16 @@ def _define_flags() -> None:
     flags.DEFINE_string("dlib_options", None,
                         "JSON object of dlib shape-predictor option overrides, e.g. "
                         "'{\"oversampling_amount\": 5}'. Default: dlib's defaults "
-                        "(common.peers.DLIB_DEFAULT_OPTIONS).")
+                        "(experiments.peers.DLIB_DEFAULT_OPTIONS).")
     flags.DEFINE_integer("dlib_threads", 2, "dlib training threads.", lower_bound=1)
     flags.DEFINE_string("lbf_tool", None,
                         "The lbf_tool program built from tools/lbf_tool.cpp (README, "
                         "'Optional peers'). Default: $FACE_ALIGN_LBF_TOOL.")
     flags.DEFINE_string("lbf_options", None,
                         "JSON object of FacemarkLBF parameter overrides of OpenCV's "
-                        "defaults (common.peers.LBF_DEFAULT_OPTIONS), e.g. "
+                        "defaults (experiments.peers.LBF_DEFAULT_OPTIONS), e.g. "
                         "'{\"initShape_n\": 3}'. Default: "
-                        "common.peers.LBF_QUICK_OPTIONS; '{}': OpenCV's defaults.")
+                        "experiments.peers.LBF_QUICK_OPTIONS; '{}': OpenCV's defaults.")
     flags.DEFINE_boolean("parallel_peers", True,
                          "Fit dlib ERT and the mean shape in a child process while our "
                          "model trains.")

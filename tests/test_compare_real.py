@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from common import peers as common_peers
 from experiments import compare_real
+from experiments import peers as peer_lib
 
 TINY_DLIB = {"cascade_depth": 2, "num_trees_per_cascade_level": 4, "tree_depth": 2,
              "oversampling_amount": 1, "feature_pool_size": 40, "num_test_splits": 4}
@@ -18,8 +18,8 @@ TINY_LBF = {"initShape_n": 1, "stages_n": 2, "tree_n": 2, "feats_m": [40, 40],
 
 def _lbf_configured() -> bool:
     try:
-        common_peers.check_lbf_tool()
-    except common_peers.LBFUnavailable:
+        peer_lib.check_lbf_tool()
+    except peer_lib.LBFUnavailable:
         return False
     return True
 TINY_MSRRN = {"scales": (16, 32), "num_stages": 2, "patch_size": 4,
@@ -115,9 +115,9 @@ def test_lbf_is_a_trained_peer_and_a_default_when_configured(monkeypatch):
     assert "lbf" in compare_real.TRAINED_PEERS
     assert compare_real.METHOD_LABELS["lbf"] == "OpenCV LBF"
     try:
-        monkeypatch.setenv(common_peers.LBF_TOOL_ENV, "/somewhere/lbf_tool")
+        monkeypatch.setenv(peer_lib.LBF_TOOL_ENV, "/somewhere/lbf_tool")
         assert "lbf" in importlib.reload(compare_real).DEFAULT_PEERS
-        monkeypatch.delenv(common_peers.LBF_TOOL_ENV)
+        monkeypatch.delenv(peer_lib.LBF_TOOL_ENV)
         assert "lbf" not in importlib.reload(compare_real).DEFAULT_PEERS
     finally:
         monkeypatch.undo()
@@ -125,14 +125,14 @@ def test_lbf_is_a_trained_peer_and_a_default_when_configured(monkeypatch):
 
 
 def test_resolved_lbf_options():
-    assert compare_real.resolved_lbf_options() == common_peers.lbf_options(
-        common_peers.LBF_QUICK_OPTIONS)
-    assert compare_real.resolved_lbf_options({}) == common_peers.LBF_DEFAULT_OPTIONS
+    assert compare_real.resolved_lbf_options() == peer_lib.lbf_options(
+        peer_lib.LBF_QUICK_OPTIONS)
+    assert compare_real.resolved_lbf_options({}) == peer_lib.LBF_DEFAULT_OPTIONS
 
 
 @pytest.mark.slow
 def test_compare_skips_unconfigured_lbf(tmp_path, monkeypatch):
-    monkeypatch.delenv(common_peers.LBF_TOOL_ENV, raising=False)
+    monkeypatch.delenv(peer_lib.LBF_TOOL_ENV, raising=False)
     output = tmp_path / "msrrn"
     report = compare_real.compare(
         "msrrn", _data(tmp_path, 68), output=str(output), steps=2,
@@ -153,7 +153,7 @@ def test_compare_with_lbf(tmp_path):
         config_overrides=TINY_MSRRN, peers=["lbf", "mean_shape"], lbf_options=TINY_LBF,
         parallel_peers=True, timing_faces=2, verbose=False)
     written = _check_report(report, output, "msrrn", ["msrrn", "lbf", "mean_shape"])
-    assert written["peers"]["lbf"]["options"] == common_peers.lbf_options(TINY_LBF)
+    assert written["peers"]["lbf"]["options"] == peer_lib.lbf_options(TINY_LBF)
     assert written["peers"]["lbf"]["train_info"]["accepted"] == 24
     assert "beats_lbf" in written["checks"]
     assert "`cv::face::FacemarkLBF` of OpenCV" in report["markdown"]
