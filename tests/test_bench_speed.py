@@ -7,6 +7,7 @@ import pytest
 from absl import flags
 
 from experiments import bench_speed
+from experiments.speed import profiling
 
 MODEL_FORMS = {"keras_eager", "keras_predict_on_batch", "saved_model_default",
                "saved_model_cropped", "crop_only", "tflite"}
@@ -72,13 +73,13 @@ def test_rows_targets_and_summaries():
 
 def test_profile_scopes():
     prefix = "StatefulPartitionedCall_1/StatefulPartitionedCall/"
-    assert bench_speed._scope(prefix + "msrrn_1/recurrent_regression_3/conv_0_1/Conv2D",
+    assert profiling._scope(prefix + "msrrn_1/recurrent_regression_3/conv_0_1/Conv2D",
                               "msrrn") == "model/recurrent_regression_3"
-    assert bench_speed._scope(prefix + "AvgPool2D_4", "msrrn") == "serving/AvgPool2D"
-    assert bench_speed._scope(prefix + "ccnn_1/stage_2_1/CropAndResize",
+    assert profiling._scope(prefix + "AvgPool2D_4", "msrrn") == "serving/AvgPool2D"
+    assert profiling._scope(prefix + "ccnn_1/stage_2_1/CropAndResize",
                               "ccnn") == "model/stage_2_1"
     # A nested network's op outside the model's name scope, found by its weight path.
-    assert bench_speed._scope(prefix + "N22_fc2/MatMul", "ccnn",
+    assert profiling._scope(prefix + "N22_fc2/MatMul", "ccnn",
                               frozenset({"N22_fc2", "kernel"})) == "model/N22_fc2"
 
 
