@@ -82,6 +82,7 @@ from experiments.comparison.report import (
     METHOD_LABELS,
     NORMALISERS,
     five_point_comparison,
+    method_label,
     per_point_table,
     point_labels,
     setup_notes,
@@ -92,9 +93,10 @@ from experiments.comparison.report import (
 __all__ = [
     "DEFAULT_PEERS", "FAMILIES", "FAMILY_SETTINGS", "KIND_LABELS", "METHOD_LABELS",
     "NORMALISERS", "PEER_CACHE_VERSION", "PEER_NAMES", "TRAINED_PEERS", "OurModel",
-    "cached_peer_info", "compare", "expand_peers", "fit_trained_peers", "load_trained_peer",
-    "main", "peer_cache_key", "per_point_table", "resolved_lbf_options", "summary_columns",
-    "summary_row", "time_ours_per_face", "train_or_load_ours",
+    "cached_peer_info", "compare", "expand_peers", "fit_trained_peers", "five_point_peer",
+    "load_trained_peer", "main", "method_label", "peer_cache_key", "per_point_table",
+    "resolved_lbf_options", "summary_columns", "summary_row", "time_ours_per_face",
+    "train_or_load_ours",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,15 +118,33 @@ DEFAULT_PEERS = ("dlib_ert", "mean_shape", "mtcnn") + (
 
 
 def expand_peers(names: Sequence[str]) -> list[str]:
-    """``--peers`` names to methods: ``mtcnn`` becomes ``mtcnn`` and ``mtcnn_box``."""
+    """``--peers`` names to methods: ``mtcnn`` becomes ``mtcnn`` and ``mtcnn_box``.
+
+    Accepted: ``PEER_NAMES`` and any other peer registered in
+    ``experiments.peers.PEERS`` (a pretrained peer added as a module of that package).
+    """
+    from experiments.peers import PEERS
+
+    known = [*PEER_NAMES, *(name for name in PEERS if name not in PEER_NAMES)]
     methods: list[str] = []
     for name in names:
-        if name not in PEER_NAMES:
-            raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEER_NAMES)}")
+        if name not in known:
+            raise ValueError(f"unknown peer {name!r}; known: {', '.join(known)}")
         for method in (("mtcnn", "mtcnn_box") if name == "mtcnn" else (name,)):
             if method not in methods:
                 methods.append(method)
     return methods
+
+
+def five_point_peer(method: str) -> bool:
+    """Whether the peer registered as ``method`` predicts the 5 CUHK points only (its
+    class's ``scheme``; MTCNN): beside a 68-point model it is compared on the 5-point
+    reduction."""
+    from experiments.peers import PEERS
+
+    factory = PEERS.get(method)
+    scheme = getattr(getattr(factory, "func", factory), "scheme", None)
+    return scheme is not None and scheme.num_points == 5
 
 
 def _mtcnn_available() -> bool:
@@ -289,7 +309,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
     seconds = {family: time_ours_per_face(ours, faces, timing_faces)}
     five_point_outputs: dict[str, np.ndarray] = {}
     five_point_faces = None
-    if ours.num_landmarks != 5 and any(m.startswith("mtcnn") for m in methods):
+    if ours.num_landmarks != 5 and any(five_point_peer(m) for m in methods):
         from common.synthetic import to_five_points
 
         five_point_faces = [(f[0], to_five_points(f[1]), f[2], f[3]) for f in faces]
@@ -303,7 +323,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
             peer = peer_lib.make_peer(method)
             info = {"pretrained": True}
         start = time.perf_counter()
-        five_only = method.startswith("mtcnn") and five_point_faces is not None
+        five_only = five_point_peer(method) and five_point_faces is not None
         result = peer_lib.evaluate_peer(peer, five_point_faces if five_only else faces,
                                             kinds[0])
         info["eval_seconds"] = time.perf_counter() - start
@@ -337,7 +357,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
 
     # Tables.
     tables = []
-    table = {METHOD_LABELS[m]: summary_row(scored, m, kinds, thresholds, 1e3 * seconds[m])
+    table = {method_label(m): summary_row(scored, m, kinds, thresholds, 1e3 * seconds[m])
              for m in final_methods}
     tables.append(results_markdown(
         table, summary_columns(kinds, thresholds),
@@ -362,7 +382,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
     if ours.num_landmarks == 5:
         labels = point_labels(scheme)
         for kind in kinds:
-            rows = {METHOD_LABELS[m]: scored["outputs"][m][kind]["per_point"]
+            rows = {method_label(m): scored["outputs"][m][kind]["per_point"]
                     for m in final_methods}
             rows.update({f"{family.upper()} {k.split(':', 1)[1].replace('_', ' ')}":
                          scored["outputs"][k][kind]["per_point"]
@@ -370,7 +390,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
             tables.append(per_point_table(rows, labels, kind))
         # The mean shape (several times the others' error) is left to the table so
         # that the plot's scale shows the differences between the real methods.
-        series = {METHOD_LABELS[m]: scored["outputs"][m][kinds[0]]["per_point"]
+        series = {method_label(m): scored["outputs"][m][kinds[0]]["per_point"]
                   for m in final_methods if m != "mean_shape"}
         paths["per_point"] = atomic.write_figure(
             plots.plot_per_point_errors, os.path.join(output, f"{name}_per_point.png"),
@@ -397,8 +417,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         if method in outputs:
             other = scored["outputs"][method][headline]["mean"]
             checks[f"beats_{method}"] = bool(ours_error < other)
-            notes.insert(0, f"- {METHOD_LABELS[family]} {100 * ours_error:.2f} % vs "
-                         f"{METHOD_LABELS[method]} {100 * other:.2f} % "
+            notes.insert(0, f"- {method_label(family)} {100 * ours_error:.2f} % vs "
+                         f"{method_label(method)} {100 * other:.2f} % "
                          f"({KIND_LABELS[headline]} NME): "
                          f"{'lower' if ours_error < other else 'NOT lower'}.")
     if stage_errors:
@@ -411,7 +431,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
     notes.append(setup_notes(family, ours, records, method_info, pred, train_split,
                               eval_split))
     results["wall_seconds"] = time.perf_counter() - wall_start
-    ced = {METHOD_LABELS[m]: evaluation.face_errors(combined, m, headline, scheme)
+    ced = {method_label(m): evaluation.face_errors(combined, m, headline, scheme)
            for m in final_methods}
     paths.update(evaluation.write_report(
         results, output, name, ced,

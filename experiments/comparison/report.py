@@ -15,6 +15,18 @@ METHOD_LABELS = {"msrrn": "MSRRN (ours)", "ccnn": "CCNN (ours)", "dlib_ert": "dl
                  "mean_shape": "mean shape", "mtcnn": "MTCNN (detect)",
                  "mtcnn_box": "MTCNN (ONet on our box)", "lbf": "OpenCV LBF"}
 
+
+def method_label(method: str) -> str:
+    """The display name of a method: ``METHOD_LABELS``, else the ``label`` of the peer
+    registered as ``method`` (``experiments.peers.PEERS``), else ``method``."""
+    if method in METHOD_LABELS:
+        return METHOD_LABELS[method]
+    from experiments.peers import PEERS
+
+    factory = PEERS.get(method)
+    return getattr(getattr(factory, "func", factory), "label", "") or method
+
+
 KIND_LABELS = {"inter_pupil": "inter-pupil", "inter_ocular": "inter-ocular",
                "box_width": "face-box width", "box_diagonal": "face-box diagonal"}
 """Short names of the normalisers (``common.metrics.NORMALIZER_KINDS``) for columns."""
@@ -93,13 +105,13 @@ def five_point_comparison(pred, outputs: Mapping[str, np.ndarray],
         seconds_per_face=pred.seconds_per_face)
     kinds = ("inter_ocular", "box_width")
     scored = evaluation.evaluate_outputs(five, CUHK_5, kinds=kinds, thresholds=thresholds)
-    table = {METHOD_LABELS[m]: summary_row(scored, m, kinds, thresholds,
+    table = {method_label(m): summary_row(scored, m, kinds, thresholds,
                                             1e3 * seconds[m]) for m in order}
     markdown = results_markdown(
         table, summary_columns(kinds, thresholds),
         "5-point reduction (eye centres = mean of the 6 eye points, nose tip 30, mouth "
         "corners 48/54), errors in % of the eye-centre distance (and face-box width)")
-    ced = {METHOD_LABELS[m]: evaluation.face_errors(five, m, "inter_ocular", CUHK_5)
+    ced = {method_label(m): evaluation.face_errors(five, m, "inter_ocular", CUHK_5)
            for m in order}
     return {"results": {m: scored["outputs"][m] for m in order}, "markdown": markdown,
             "ced": ced}
@@ -143,7 +155,7 @@ def setup_notes(family: str, ours: Any, records: Mapping[str, Any],
                        if "train_cpu_seconds" in info else ""))
         else:
             what = "mean of the normalised box coordinates"
-        lines.append(f"- {METHOD_LABELS[name]}: {what}, fitted on {record['num_faces']} "
+        lines.append(f"- {method_label(name)}: {what}, fitted on {record['num_faces']} "
                      f"{train_split!r} faces and their stored boxes in "
                      f"{record['train_seconds']:.0f} s"
                      + (" (reused from an earlier run on the same shards)"
@@ -154,7 +166,7 @@ def setup_notes(family: str, ours: Any, records: Mapping[str, Any],
     for name in ("mtcnn", "mtcnn_box"):
         if name in method_info:
             info = method_info[name]
-            lines.append(f"- {METHOD_LABELS[name]}: pretrained (`mtcnn` package)"
+            lines.append(f"- {method_label(name)}: pretrained (`mtcnn` package)"
                          + (f", detection missed or not matched to our box on "
                             f"{info['misses']} of {info['calls']} faces (ONet on our box "
                             "used for those)" if name == "mtcnn" else "") + ".")

@@ -98,11 +98,13 @@ class Peer:
 
     Attributes:
         name: registry name, e.g. ``"dlib_ert"``.
+        label: display name in reports (``""``: the report's own, else ``name``).
         scheme: the landmark scheme it predicts, or ``None`` (that of ``fit``'s faces).
         trainable: whether ``fit`` learns from the training faces.
     """
 
     name: str = ""
+    label: str = ""
     scheme: LandmarkScheme | None = None
     trainable: bool = False
 
