@@ -46,6 +46,8 @@ What is measured, per face at batch 1 (latency, ms/face) and for batches of
   normalisation and landmark mapping). Batch 1 is ``MTCNNPeer.predict``; a batch
   runs ONet once on the patches of all its faces (as MTCNN runs ONet on all
   proposals at once), with the same package functions.
+* any pretrained peer registered in ``experiments.peers`` and named in ``--peers``
+  (``pretrained_peers``): its ``predict`` at batch 1, its ``predict_batch`` batched.
 
 Training throughput (faces/s): the compiled loop of ``common.training.train_model``
 (``common.training.make_training_steps``: forward, the models' own losses, L2
@@ -102,6 +104,7 @@ from experiments.speed.cases import (
     model_cases,
     mtcnn_cases,
     mtcnn_onet_batch,
+    pretrained_peer_cases,
     synthetic_faces,
     tflite_cases,
     training_cases,
@@ -117,6 +120,7 @@ from experiments.speed.options import (
     TINY_DLIB_OPTIONS,
     BenchOptions,
     preset_options,
+    pretrained_peers,
 )
 from experiments.speed.profiling import (
     profile_model,
@@ -146,7 +150,8 @@ __all__ = [
     "Case", "Faces", "ModelUnderTest", "check_targets", "configure_threads", "define_flags",
     "dlib_cases", "environment_report", "export_model", "format_markdown",
     "latency_summary", "load_or_build", "main", "model_cases", "mtcnn_cases",
-    "mtcnn_onet_batch", "options_from_flags", "preset_options", "profile_model",
+    "mtcnn_onet_batch", "options_from_flags", "preset_options", "pretrained_peer_cases",
+    "pretrained_peers", "profile_model",
     "profile_ops", "result_rows", "run_benchmark", "stage_cases", "stage_summary",
     "synthetic_faces", "tflite_cases", "throughput_summary", "time_cases", "training_cases",
     "training_rows",
@@ -170,9 +175,11 @@ def run_benchmark(options: BenchOptions, output_dir: str | None = None,
     Returns:
         The result (the JSON content; ``"markdown"`` holds the report).
     """
-    unknown = set(options.models) - set(MODELS) or set(options.peers) - set(PEERS)
+    known_peers = (*PEERS, *pretrained_peers())
+    unknown = set(options.models) - set(MODELS) or set(options.peers) - set(known_peers)
     if unknown:
-        raise ValueError(f"unknown models/peers {sorted(unknown)}; known: {MODELS}, {PEERS}")
+        raise ValueError(f"unknown models/peers {sorted(unknown)}; known: {MODELS}, "
+                         f"{known_peers}")
     if options.profile not in ("auto", "always", "never"):
         raise ValueError(f"profile must be auto, always or never, got {options.profile!r}")
     inter = options.inter_op_threads or options.threads
@@ -255,6 +262,13 @@ def run_benchmark(options: BenchOptions, output_dir: str | None = None,
                 peer_info["mtcnn_onet"] = {"mode": "box", "onet_input": 48}
             except ImportError as error:
                 notes.append(f"MTCNN skipped: {error}")
+        for name in (p for p in options.peers if p not in PEERS):
+            try:
+                peer_cases, peer_info[name] = pretrained_peer_cases(name, faces,
+                                                                    options.batch_size)
+                cases += peer_cases
+            except ImportError as error:
+                notes.append(f"{name} skipped: {error}")
 
         all_cases = cases + train_cases
         log(f"timing {len(all_cases)} cases x {options.repeats} rounds")
@@ -328,8 +342,8 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
                        "(default 0.05 s).", flag_values=fv)
     flags.DEFINE_list("models", list(MODELS), "Our models to time: msrrn, ccnn.",
                       flag_values=fv)
-    flags.DEFINE_list("peers", list(PEERS), "Peers to time: dlib_ert, mtcnn_box "
-                      "(empty: none).", flag_values=fv)
+    flags.DEFINE_list("peers", list(PEERS), "Peers to time: dlib_ert, mtcnn_box, or any "
+                      "pretrained peer of experiments.peers (empty: none).", flag_values=fv)
     flags.DEFINE_string("msrrn_model", None, "Trained MSRRN: .keras file or run folder with "
                         "model.keras (default: freshly built MSRRNConfig()).", flag_values=fv)
     flags.DEFINE_boolean("msrrn_flip_test", None, "Time MSRRN with (--msrrn_flip_test) or "

@@ -330,6 +330,25 @@ def dlib_cases(faces: Faces, train_faces: Faces, num_points: int, options: Mappi
     return cases, info
 
 
+def pretrained_peer_cases(name: str, faces: Faces, batch_size: int
+                          ) -> tuple[list[Case], dict[str, Any]]:
+    """A pretrained peer of ``experiments.peers`` (``options.pretrained_peers``): its
+    ``predict`` at batch 1 and its ``predict_batch``, and its description.
+
+    Raises:
+        ImportError: the peer's package is not installed.
+    """
+    from experiments.peers import make_peer
+
+    peer = make_peer(name).fit()
+    images, boxes = list(faces.images[:batch_size]), faces.boxes[:batch_size]
+    cases = [Case(name, "peer_predict", "CPU", 1,
+                  lambda: peer.predict(faces.images[0], faces.boxes[0])),
+             Case(name, "peer_predict", "CPU", batch_size,
+                  lambda: peer.predict_batch(images, boxes))]
+    return cases, peer.describe()
+
+
 def mtcnn_onet_batch(peer: Any, images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """ONet on one face per image, all faces in one ONet call.
 

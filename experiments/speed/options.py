@@ -15,6 +15,23 @@ from typing import Any
 
 MODELS = ("msrrn", "ccnn")
 PEERS = ("dlib_ert", "mtcnn_box")
+"""The peers timed by default; ``--peers`` also takes any pretrained peer registered in
+``experiments.peers`` (``pretrained_peers``), timed through its ``predict``."""
+
+
+def pretrained_peers() -> tuple[str, ...]:
+    """The registered peers that need no training (``Peer.trainable`` false), other than
+    the ones of ``PEERS``, which have cases of their own."""
+    import functools
+
+    from experiments.peers import PEERS as REGISTERED
+
+    def trainable(factory) -> bool:
+        cls = factory.func if isinstance(factory, functools.partial) else factory
+        return bool(getattr(cls, "trainable", False))
+
+    return tuple(name for name, factory in REGISTERED.items()
+                 if name not in PEERS and not trainable(factory))
 
 TARGETS: dict[str, dict[str, float]] = {
     "msrrn": {"max_ms_per_face": 10.0, "min_faces_per_s": 200.0},
@@ -37,6 +54,7 @@ FORM_DESCRIPTIONS = {
     "crop_only": "preprocess_faces alone (the crop in serving_default)",
     "dlib_predict": "dlib shape_predictor on image + box (1 thread)",
     "onet_box": "MTCNN ONet on image + box (package crop)",
+    "peer_predict": "a pretrained peer of experiments.peers on image + box",
 }
 
 DLIB_TRAINING_SHORTCUTS = {"oversampling_amount": 1, "num_test_splits": 5}

@@ -30,7 +30,7 @@ def result_rows(cases: Sequence[Case], batch_size: int) -> list[dict[str, Any]]:
             "method": case.method, "form": case.form, "device": case.device,
             "description": FORM_DESCRIPTIONS.get(case.form, case.form),
             "includes_crop": case.form in ("saved_model_default", "crop_only",
-                                           "dlib_predict", "onet_box"),
+                                           "dlib_predict", "onet_box", "peer_predict"),
             "batch_1": None, "batched": None})
         if case.faces == 1 and row["batch_1"] is None:
             row["batch_1"] = latency_summary(case)
