@@ -37,6 +37,7 @@ import pkgutil
 
 # These imports register the peers, in this order (the order of PEERS and of the
 # names in make_peer's error message); the loop below imports any other peer module.
+# isort: off
 from experiments.peers.base import Face, Peer
 from experiments.peers.dlib_ert import (
     DLIB_DEFAULT_OPTIONS,
@@ -67,6 +68,7 @@ from experiments.peers.lbf import (
     lbf_tool_path,
 )
 from experiments.peers.registry import PEERS, make_peer, register_peer
+# isort: on
 
 _INFRASTRUCTURE = {"base", "registry", "evaluate"}
 
