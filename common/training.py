@@ -805,3 +805,54 @@ def _mean_loss(strategy: tf.distribute.Strategy, eval_step: Callable,
     if count == 0:
         raise ValueError("val_dataset is empty")
     return total / count
+
+
+# --------------------------------------------------------------------------------------
+# The training step alone (benchmarks)
+# --------------------------------------------------------------------------------------
+
+
+def make_training_steps(
+    build_model: Callable[[], keras.Model],
+    build_optimizer: Callable[[], keras.optimizers.Optimizer],
+    loss: LossSpec,
+    dataset: DatasetSpec,
+    *,
+    loss_weights: Mapping[str, float] | None = None,
+    jit_compile: bool = False,
+    strategy: tf.distribute.Strategy | None = None,
+) -> Callable[[tf.Tensor | int], tf.Tensor]:
+    """The compiled training loop of :func:`train_model`, without its run folder.
+
+    Builds the model, the optimiser (with its slots) and the step counter exactly as
+    ``train_model`` does, and returns its compiled loop over a repeated ``dataset``:
+    the same forward pass, losses (``loss``, ``loss_weights``, the model's own
+    regularisation losses, scaled by the global batch), gradients and update, but no
+    checkpoints, logs or evaluation. For measuring the training step
+    (``experiments.bench_speed``).
+
+    Args:
+        build_model: returns the model (called once, under the caller's device and
+            strategy scope).
+        build_optimizer: returns its optimiser.
+        loss: as in ``train_model``.
+        dataset: ``(inputs, targets)`` batches (or a per-replica function), repeated.
+        loss_weights: as in ``train_model``.
+        jit_compile: XLA-compile the replica step.
+        strategy: the distribution strategy (default: the current one).
+
+    Returns:
+        ``run_steps(num_steps) -> mean loss`` (a scalar tensor): runs ``num_steps``
+        steps on the next batches. Pass a ``tf.constant`` to avoid retracing.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    model, optimizer, step_var = _build_model_and_optimizer(build_model, build_optimizer,
+                                                            dataset)
+    loop = _make_train_loop(strategy, model, optimizer, _LossComputer(loss, loss_weights),
+                            step_var, jit_compile=jit_compile)
+    iterator = iter(_distribute(strategy, dataset, repeat=True))
+
+    def run_steps(num_steps: tf.Tensor | int) -> tf.Tensor:
+        return loop(iterator, num_steps)
+
+    return run_steps

@@ -227,7 +227,7 @@ def stage_ablation(setting: harness.Setting, *, name: str, title: str,
         The written ``harness.ExperimentOutput``.
     """
     from common import plots
-    from experiments.compare_real import NORMALISERS, _per_point_table
+    from experiments.compare_real import NORMALISERS, per_point_table
 
     if not 1 <= stages <= 3:
         raise ValueError(f"stages must be 1, 2 or 3, got {stages}")
@@ -279,7 +279,7 @@ def stage_ablation(setting: harness.Setting, *, name: str, title: str,
         rows = {f"{label}, {stage_label(stage)}":
                 arm_results[label]["stages"][stage][kind]["per_point"]
                 for stage in compared for label in labels}
-        tables.append(_per_point_table(rows, point_labels, kind))
+        tables.append(per_point_table(rows, point_labels, kind))
     quoted = ", ".join(f"{label} {100 * value:.2f} %" for label, value in quoted_means.items())
     lines = [description, ""]
     lines += [f"- **{arm.label}**: {arm.description}" for arm in arms]

@@ -78,11 +78,11 @@ def run(setting: harness.Setting, *, verbose: bool = True) -> harness.Experiment
                   "Rui's per-point errors are only drawn in Fig. 7, not given in the text"},
     }
     summary = results_markdown(
-        {labels[m]: compare_real._summary_row({"outputs": compared["methods"]}, m, kinds,
+        {labels[m]: compare_real.summary_row({"outputs": compared["methods"]}, m, kinds,
                                               thresholds, ms[m]) for m in methods},
-        compare_real._summary_columns(kinds, thresholds),
+        compare_real.summary_columns(kinds, thresholds),
         f"{compared['num_faces']} {EVAL_SPLIT!r} faces, the same faces and boxes for all")
-    tables = [compare_real._per_point_table(
+    tables = [compare_real.per_point_table(
         {labels[m]: compared["methods"][m][kind]["per_point"] for m in methods},
         points, kind) for kind in kinds]
     options = harness.dlib_options(setting)

@@ -61,7 +61,7 @@ def run(setting: harness.Setting, *, num_faces: int = 6,
     """
     from ccnn_tf.evaluate import point_labels, stage_outputs
     from common import evaluation, metrics, plots
-    from common.peers import iterate_faces
+    from experiments.peers import iterate_faces
 
     data, ours = default_cascade(setting, verbose=verbose)
     pred = evaluation.predict_split(ours.model, data, EVAL_SPLIT, sizes=ours.sizes,

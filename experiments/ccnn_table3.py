@@ -68,8 +68,8 @@ def run(setting: harness.Setting, *, timing_faces: int = 50,
 
     from ccnn_tf.evaluate import PAPER_TABLE3, time_per_face, truncated_cascade
     from common import plots
-    from common.peers import iterate_faces
     from experiments.compare_real import time_ours_per_face
+    from experiments.peers import iterate_faces
 
     data, ours = default_cascade(setting, verbose=verbose)
     model = ours.model

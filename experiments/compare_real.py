@@ -11,18 +11,18 @@ For the data folder of ``common.prepare`` (or ``common.synthetic``) and one fami
 1. our model is trained on ``--train_split`` with the package's own library function
    (``msrrn_tf.training.train_msrrn``, ``ccnn_tf.training.train_ccnn``) unless
    ``--model`` gives a trained one;
-2. the trainable peers of ``common.peers`` are fitted on the *same* training faces with
+2. the trainable peers of ``experiments.peers`` are fitted on the *same* training faces with
    the *same* face boxes (the boxes stored in the TFRecords): dlib's ERT with dlib's
-   default options (``common.peers.DLIB_DEFAULT_OPTIONS``: 10 cascades x 500 trees of
+   default options (``experiments.peers.DLIB_DEFAULT_OPTIONS``: 10 cascades x 500 trees of
    depth 4, nu 0.1, 400 pool pixels, 20 initialisations per face; Kazemi and Sullivan,
    CVPR 2014) and the mean shape. By default dlib trains in a child process while our
    model trains; fitted peers are kept in ``--output/peers`` and reused by a rerun on
    the same shards with the same options;
-3. the pretrained MTCNN (5 points) runs in both modes of ``common.peers.MTCNNPeer``:
+3. the pretrained MTCNN (5 points) runs in both modes of ``experiments.peers.MTCNNPeer``:
    ``mtcnn`` (its own detector, detection matched to our box) and ``mtcnn_box`` (its
    last stage on our box);
-   optionally OpenCV's Facemark LBF (``lbf``, ``common.peers.LBFPeer``) is trained
-   like dlib on the same faces and boxes, with ``common.peers.LBF_QUICK_OPTIONS`` by
+   optionally OpenCV's Facemark LBF (``lbf``, ``experiments.peers.LBFPeer``) is trained
+   like dlib on the same faces and boxes, with ``experiments.peers.LBF_QUICK_OPTIONS`` by
    default (``--lbf_options``), by the C++ program ``tools/lbf_tool.cpp`` that
    ``--lbf_tool`` or ``$FACE_ALIGN_LBF_TOOL`` names (README, "Optional peers"); it
    is among the default peers when that variable is set, and skipped with a note in
@@ -61,9 +61,45 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from experiments.comparison.ours import (
+    FAMILIES,
+    FAMILY_SETTINGS,
+    OurModel,
+    time_ours_per_face,
+    train_or_load_ours,
+)
+from experiments.comparison.peer_cache import (
+    PEER_CACHE_VERSION,
+    TRAINED_PEERS,
+    cached_peer_info,
+    fit_trained_peers,
+    load_trained_peer,
+    peer_cache_key,
+    resolved_lbf_options,
+)
+from experiments.comparison.report import (
+    KIND_LABELS,
+    METHOD_LABELS,
+    NORMALISERS,
+    five_point_comparison,
+    method_label,
+    per_point_table,
+    point_labels,
+    setup_notes,
+    summary_columns,
+    summary_row,
+)
 
-FAMILIES = ("msrrn", "ccnn")
+__all__ = [
+    "DEFAULT_PEERS", "FAMILIES", "FAMILY_SETTINGS", "KIND_LABELS", "METHOD_LABELS",
+    "NORMALISERS", "PEER_CACHE_VERSION", "PEER_NAMES", "TRAINED_PEERS", "OurModel",
+    "cached_peer_info", "compare", "expand_peers", "fit_trained_peers", "five_point_peer",
+    "load_trained_peer", "main", "method_label", "peer_cache_key", "per_point_table",
+    "resolved_lbf_options", "summary_columns", "summary_row", "time_ours_per_face",
+    "train_or_load_ours",
+]
+
+logger = logging.getLogger(__name__)
 
 PEER_NAMES = ("dlib_ert", "mean_shape", "mtcnn", "mtcnn_box", "lbf")
 """Names accepted by ``--peers``; ``mtcnn`` means both MTCNN modes (``mtcnn`` and
@@ -73,306 +109,7 @@ PEER_NAMES = ("dlib_ert", "mean_shape", "mtcnn", "mtcnn_box", "lbf")
 DEFAULT_PEERS = ("dlib_ert", "mean_shape", "mtcnn") + (
     ("lbf",) if os.environ.get("FACE_ALIGN_LBF_TOOL") else ())
 """The peers run when none are named: LBF too when ``$FACE_ALIGN_LBF_TOOL`` is set
-(``common.peers.LBF_TOOL_ENV``; read when this module is imported)."""
-
-TRAINED_PEERS = ("mean_shape", "dlib_ert", "lbf")
-"""Peers fitted on the training split (MTCNN is pretrained)."""
-
-METHOD_LABELS = {"msrrn": "MSRRN (ours)", "ccnn": "CCNN (ours)", "dlib_ert": "dlib ERT",
-                 "mean_shape": "mean shape", "mtcnn": "MTCNN (detect)",
-                 "mtcnn_box": "MTCNN (ONet on our box)", "lbf": "OpenCV LBF"}
-
-FAMILY_SETTINGS = {
-    "msrrn": {"kinds": ("inter_pupil", "inter_ocular"), "thresholds": (0.08, 0.10),
-              "ced_max": 0.15, "default_preset": "quick"},
-    "ccnn": {"kinds": ("box_width", "inter_ocular"), "thresholds": (0.05, 0.10),
-             "ced_max": 0.15, "default_preset": "quick"},
-}
-"""Per family: the normalisers (the first is the headline metric and the CED's), the
-AUC / failure thresholds, the CED's x range and the default training preset."""
-
-KIND_LABELS = {"inter_pupil": "inter-pupil", "inter_ocular": "inter-ocular",
-               "box_width": "face-box width", "box_diagonal": "face-box diagonal"}
-"""Short names of the normalisers (``common.metrics.NORMALIZER_KINDS``) for columns."""
-
-NORMALISERS = {"inter_pupil": "inter-pupil distance", "inter_ocular": "inter-ocular distance",
-               "box_width": "face-box width", "box_diagonal": "face-box diagonal"}
-"""The normalisers in words, for sentences and axis labels."""
-
-PEER_CACHE_VERSION = 1
-
-
-# --------------------------------------------------------------------------------------
-# Trained peers (cached)
-# --------------------------------------------------------------------------------------
-
-
-def _shard_signature(data: str, split: str) -> list[list[Any]]:
-    """``[[file name, bytes, mtime], ...]`` of the split's shards: the cache key of the
-    training data (a re-prepared folder invalidates trained peers)."""
-    from common.tfrecord import find_shards
-
-    return [[os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f))]
-            for f in sorted(find_shards(data, split))]
-
-
-def peer_cache_key(name: str, data: str, split: str,
-                   options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What a trained peer depends on: its name, the training shards and options.
-    The folder is resolved through symbolic links, so a linked or relative path to
-    the same converted data reuses the fit."""
-    return {"version": PEER_CACHE_VERSION, "peer": name, "data": os.path.realpath(data),
-            "split": split, "shards": _shard_signature(data, split),
-            "options": dict(options or {})}
-
-
-_PEER_SUFFIXES = {"dlib_ert": ".dat", "mean_shape": ".npy", "lbf": ".yml"}
-
-
-def _peer_paths(cache_dir: str, name: str) -> tuple[str, str]:
-    return (os.path.join(cache_dir, f"{name}{_PEER_SUFFIXES[name]}"),
-            os.path.join(cache_dir, f"{name}.json"))
-
-
-def cached_peer_info(cache_dir: str, key: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The record of a trained peer in ``cache_dir`` if it matches ``key``, else None."""
-    model_path, info_path = _peer_paths(cache_dir, key["peer"])
-    needed = [model_path, info_path] + ([model_path + ".layout.json"]
-                                        if key["peer"] == "lbf" else [])
-    if not all(os.path.isfile(path) for path in needed):
-        return None
-    with open(info_path) as f:
-        info = json.load(f)
-    return info if info.get("key") == json.loads(json.dumps(key)) else None
-
-
-def resolved_lbf_options(lbf_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The FacemarkLBF parameters of a comparison: ``lbf_options`` over OpenCV's
-    defaults (``common.peers.LBF_DEFAULT_OPTIONS``); ``None``:
-    ``common.peers.LBF_QUICK_OPTIONS``."""
-    from common import peers
-
-    return peers.lbf_options(peers.LBF_QUICK_OPTIONS if lbf_options is None
-                             else lbf_options)
-
-
-def fit_trained_peers(data: str, split: str, names: Sequence[str], cache_dir: str, *,
-                      dlib_options: Mapping[str, Any] | None = None,
-                      dlib_threads: int = 2, reuse: bool = True,
-                      lbf_options: Mapping[str, Any] | None = None,
-                      lbf_tool: str | None = None) -> dict[str, Any]:
-    """Fits the trainable peers on the training faces of ``split`` (their stored boxes).
-
-    Each peer is written to ``cache_dir`` (``dlib_ert.dat``, ``mean_shape.npy``,
-    ``lbf.yml`` + ``lbf.yml.layout.json``) with a JSON record of what it was trained
-    on; a matching record is reused when ``reuse``. Runs in a child process when the
-    comparison trains dlib beside our model.
-
-    Args:
-        data: TFRecord folder.
-        split: the training split.
-        names: peers to fit, a subset of ``TRAINED_PEERS``.
-        cache_dir: folder of the fitted peers.
-        dlib_options: overrides of dlib's defaults (``common.peers.DLIB_DEFAULT_OPTIONS``).
-        dlib_threads: dlib training threads.
-        reuse: reuse peers already fitted on the same shards with the same options.
-        lbf_options: overrides of OpenCV's FacemarkLBF defaults
-            (:func:`resolved_lbf_options`; ``None``: ``LBF_QUICK_OPTIONS``).
-        lbf_tool: the ``lbf_tool`` program (default ``$FACE_ALIGN_LBF_TOOL``).
-
-    Returns:
-        ``{name: record}``; a record holds ``key``, ``path``, ``train_seconds``,
-        ``num_faces``, ``fitted_at`` (epoch seconds), ``reused``, for dlib the
-        ``resolved_options`` and for LBF the tool's ``train_info`` (OpenCV version,
-        faces accepted by OpenCV's box test).
-
-    Raises:
-        common.peers.LBFUnavailable: LBF asked for without a working ``lbf_tool``.
-    """
-    from common import atomic, peers
-
-    os.makedirs(cache_dir, exist_ok=True)
-    records: dict[str, Any] = {}
-    todo = []
-    for name in names:
-        if name not in TRAINED_PEERS:
-            raise ValueError(f"{name!r} is not a trained peer ({TRAINED_PEERS})")
-        options: dict[str, Any] = {}
-        if name == "dlib_ert":
-            options = dict(dlib_options or {})
-        elif name == "lbf":
-            options = resolved_lbf_options(lbf_options)
-        key = peer_cache_key(name, data, split, options)
-        info = cached_peer_info(cache_dir, key) if reuse else None
-        if info is not None:
-            records[name] = {**info, "path": _peer_paths(cache_dir, name)[0],
-                             "reused": True}
-        else:
-            todo.append((name, key))
-    if not todo:
-        return records
-    faces = list(peers.iterate_faces(data, split))
-    for name, key in todo:
-        model_path, info_path = _peer_paths(cache_dir, name)
-        start = time.perf_counter()
-        if name == "dlib_ert":
-            peer = peers.DlibERT.train(faces, key["options"], num_threads=dlib_threads)
-            extra = {"resolved_options": peer.resolved_options,
-                     "train_seconds": peer.train_seconds}
-        elif name == "lbf":
-            peer = peers.LBFPeer.train(faces, key["options"], tool=lbf_tool)
-            extra = {"train_info": peer.train_info, "train_seconds": peer.train_seconds,
-                     "tool": peer.tool}
-        else:
-            peer = peers.MeanShape().fit(faces)
-            extra = {"train_seconds": time.perf_counter() - start}
-        peer.save(model_path)
-        info = {"key": key, "path": model_path, "num_faces": len(faces),
-                "fitted_at": time.time(), **extra}
-        atomic.write_text(info_path, json.dumps(info, indent=2))
-        records[name] = {**info, "reused": False}
-    return records
-
-
-def load_trained_peer(name: str, record: Mapping[str, Any], *, lbf_tool: str | None = None):
-    """The fitted peer of a :func:`fit_trained_peers` record (``lbf_tool``: the program
-    that runs a fitted LBF, default ``$FACE_ALIGN_LBF_TOOL``)."""
-    from common import peers
-
-    if name == "dlib_ert":
-        return peers.DlibERT.load(record["path"])
-    if name == "lbf":
-        return peers.LBFPeer.load(record["path"], tool=lbf_tool)
-    return peers.MeanShape.load(record["path"])
-
-
-# --------------------------------------------------------------------------------------
-# Our model
-# --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class OurModel:
-    """Our trained model and how to feed it.
-
-    Attributes:
-        model: the Keras model.
-        sizes: its input sides.
-        margin: its crop margin.
-        num_landmarks: L.
-        info: JSON-ready description (source, preset, steps, training seconds).
-    """
-
-    model: Any
-    sizes: tuple[int, ...]
-    margin: float
-    num_landmarks: int
-    info: dict[str, Any]
-
-
-def train_or_load_ours(family: str, data: str, *, train_split: str, eval_split: str,
-                       run_dir: str, model_path: str | None = None,
-                       steps: int | None = None, preset: str | None = None,
-                       batch_size: int | None = None,
-                       config_overrides: Mapping[str, Any] | None = None,
-                       seed: int | None = 0, verbose: bool = True) -> OurModel:
-    """Trains our model of ``family`` with the package's training function, or loads it.
-
-    Args:
-        family: ``"msrrn"`` or ``"ccnn"``.
-        data: TFRecord folder.
-        train_split: the training split.
-        eval_split: the evaluation split (CCNN logs its error on it at the end of every
-            stage; nothing is selected on it).
-        run_dir: the run directory (rerunning resumes, a finished run is reused).
-        model_path: a trained model (``.keras`` or run directory): no training.
-        steps: training steps (MSRRN: total; CCNN: per stage); default the preset's.
-        preset: training preset (``msrrn_tf.training.PRESETS`` /
-            ``ccnn_tf.training.PRESETS``); default ``"quick"``.
-        batch_size: override of the preset's batch size.
-        config_overrides: fields of the preset's config to change
-            (``MSRRNConfig`` / ``CCNNConfig``), applied before ``steps``/``batch_size``.
-        seed: seed of the data order and augmentation.
-        verbose: progress output.
-
-    Returns:
-        The :class:`OurModel`.
-    """
-    preset = preset or FAMILY_SETTINGS[family]["default_preset"]
-    start = time.perf_counter()
-    if family == "msrrn":
-        from msrrn_tf import training as msrrn_training
-
-        if model_path:
-            from msrrn_tf.evaluate import load_with_margin
-
-            model, margin = load_with_margin(model_path)
-            info = {"source": os.path.abspath(model_path)}
-        else:
-            config = msrrn_training.preset_config(preset).replace(**(config_overrides or {}))
-            if batch_size:
-                config = config.replace(batch_size=int(batch_size))
-            result = msrrn_training.train_msrrn(
-                config, data=data, run_dir=run_dir, steps=steps, train_split=train_split,
-                val_split=None, evaluate=False, export=False, seed=seed, verbose=verbose,
-                checkpoint_every=500)
-            model, margin = result.model, config.margin
-            info = {"source": "trained", "run_dir": os.path.abspath(run_dir),
-                    "preset": preset, "steps": result.steps_done,
-                    "resumed_from_step": result.initial_step, "config": config.to_dict(),
-                    "training_speed": result.speed()}
-        sizes = tuple(int(s) for s in model.input_sizes)
-        num_landmarks = int(model.num_landmarks)
-        info["num_stages"] = int(model.num_stages)
-    elif family == "ccnn":
-        from ccnn_tf import evaluate as ccnn_evaluate
-        from ccnn_tf import training as ccnn_training
-
-        if model_path:
-            model = ccnn_evaluate.load_cascade(model_path)
-            info = {"source": os.path.abspath(model_path)}
-        else:
-            config = ccnn_training.build_config(preset, steps=steps, batch_size=batch_size,
-                                                seed=seed)
-            config = config.replace(**(config_overrides or {}))
-            summary = ccnn_training.train_ccnn(
-                config, "all", data=data, run_dir=run_dir, train_split=train_split,
-                val_split=eval_split, evaluate=False, export=False, verbose=verbose)
-            model = ccnn_evaluate.load_cascade(run_dir)
-            info = {"source": "trained", "run_dir": os.path.abspath(run_dir),
-                    "preset": preset, "steps_per_stage": config.steps_per_stage,
-                    "config": config.to_dict(),
-                    "training_speed": "; ".join(
-                        f"stage {k}: {r.speed(config.batch_size)}"
-                        for k, r in sorted(summary.stage_results.items()))}
-        sizes, margin, num_landmarks = ccnn_evaluate.model_geometry(model)
-        info["num_stages"] = int(model.num_stages)
-    else:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    info["seconds"] = time.perf_counter() - start
-    return OurModel(model=model, sizes=tuple(sizes), margin=float(margin),
-                    num_landmarks=int(num_landmarks), info=info)
-
-
-def time_ours_per_face(ours: OurModel, faces: Sequence[Any], count: int = 50) -> float:
-    """Median seconds to align one face (batch 1) with our model, crop included.
-
-    Runs the serving function of the exported model (``LandmarkServingModule``: crop
-    from the uint8 image and box, model, back to pixels), so the number is what a user
-    calling the SavedModel one face at a time sees, and compares with the peers'
-    ``predict`` calls.
-    """
-    from common.export import LandmarkServingModule
-
-    module = LandmarkServingModule(ours.model, ours.sizes, ours.margin, ours.num_landmarks)
-    times = []
-    for index, face in enumerate(faces[:max(1, count) + 2]):
-        image, box = np.asarray(face[0])[None], np.asarray(face[2], np.float32)[None]
-        start = time.perf_counter()
-        module.serving_default(image, box)["landmarks"].numpy()
-        if index >= 2:  # the first calls trace
-            times.append(time.perf_counter() - start)
-    return float(np.median(times)) if times else float("nan")
+(``experiments.peers.LBF_TOOL_ENV``; read when this module is imported)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -381,15 +118,33 @@ def time_ours_per_face(ours: OurModel, faces: Sequence[Any], count: int = 50) ->
 
 
 def expand_peers(names: Sequence[str]) -> list[str]:
-    """``--peers`` names to methods: ``mtcnn`` becomes ``mtcnn`` and ``mtcnn_box``."""
+    """``--peers`` names to methods: ``mtcnn`` becomes ``mtcnn`` and ``mtcnn_box``.
+
+    Accepted: ``PEER_NAMES`` and any other peer registered in
+    ``experiments.peers.PEERS`` (a pretrained peer added as a module of that package).
+    """
+    from experiments.peers import PEERS
+
+    known = [*PEER_NAMES, *(name for name in PEERS if name not in PEER_NAMES)]
     methods: list[str] = []
     for name in names:
-        if name not in PEER_NAMES:
-            raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEER_NAMES)}")
+        if name not in known:
+            raise ValueError(f"unknown peer {name!r}; known: {', '.join(known)}")
         for method in (("mtcnn", "mtcnn_box") if name == "mtcnn" else (name,)):
             if method not in methods:
                 methods.append(method)
     return methods
+
+
+def five_point_peer(method: str) -> bool:
+    """Whether the peer registered as ``method`` predicts the 5 CUHK points only (its
+    class's ``scheme``; MTCNN): beside a 68-point model it is compared on the 5-point
+    reduction."""
+    from experiments.peers import PEERS
+
+    factory = PEERS.get(method)
+    scheme = getattr(getattr(factory, "func", factory), "scheme", None)
+    return scheme is not None and scheme.num_points == 5
 
 
 def _mtcnn_available() -> bool:
@@ -415,36 +170,6 @@ def _stage_keys(outputs: Sequence[str]) -> list[str]:
     return sorted((o for o in outputs if o.startswith("stage_") and o[6:].isdigit()),
                   key=lambda o: int(o[6:]))
 
-
-def _summary_row(results: Mapping[str, Any], method: str, kinds: Sequence[str],
-                 thresholds: Sequence[float], ms: float | None = None) -> dict[str, Any]:
-    entry = results["outputs"][method]
-    row: dict[str, Any] = {}
-    for kind in kinds:
-        row[f"{kind}"] = entry[kind]["mean"]
-    first = entry[kinds[0]]
-    for t in thresholds:
-        row[f"auc@{t:g}"] = first[f"auc@{t:g}"]
-    for t in thresholds:
-        row[f"failure@{t:g}"] = first[f"failure@{t:g}"]
-    row["count"] = first["count"]
-    if ms is not None:
-        row["ms"] = f"{ms:.2f}" if np.isfinite(ms) else "-"
-    return row
-
-
-def _summary_columns(kinds: Sequence[str], thresholds: Sequence[float],
-                     with_ms: bool = True) -> dict[str, str]:
-    columns = {kind: f"NME {KIND_LABELS.get(kind, kind)}" for kind in kinds}
-    first = KIND_LABELS.get(kinds[0], kinds[0])
-    for t in thresholds:
-        columns[f"auc@{t:g}"] = f"AUC@{t:g} ({first})"
-    for t in thresholds:
-        columns[f"failure@{t:g}"] = f"failure@{t:g} ({first})"
-    columns["count"] = "faces"
-    if with_ms:
-        columns["ms"] = "ms / face (batch 1)"
-    return columns
 
 
 def compare(family: str, data: str, *, output: str, train_split: str = "train",
@@ -492,9 +217,9 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         files}``.
     """
     from common import atomic, evaluation, plots
-    from common import peers as common_peers
     from common.metrics import results_markdown
     from common.schemes import scheme_for
+    from experiments import peers as peer_lib
 
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -508,8 +233,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
                      "(pip install mtcnn).")
     if "lbf" in methods:
         try:
-            lbf_tool = common_peers.check_lbf_tool(lbf_tool)["tool"]
-        except common_peers.LBFUnavailable as e:
+            lbf_tool = peer_lib.check_lbf_tool(lbf_tool)["tool"]
+        except peer_lib.LBFUnavailable as e:
             methods.remove("lbf")
             notes.append(f"LBF skipped: {e}.")
     os.makedirs(output, exist_ok=True)
@@ -572,7 +297,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         pred = evaluation.predict_split(ours.model, data, eval_split, sizes=ours.sizes,
                                         margin=ours.margin,
                                         num_landmarks=ours.num_landmarks, limit=limit)
-    faces = list(common_peers.iterate_faces(data, eval_split, limit))
+    faces = list(peer_lib.iterate_faces(data, eval_split, limit))
     _check_same_faces(pred, faces)
     log(f"our model evaluated on {pred.num_faces} {eval_split!r} faces")
 
@@ -584,7 +309,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
     seconds = {family: time_ours_per_face(ours, faces, timing_faces)}
     five_point_outputs: dict[str, np.ndarray] = {}
     five_point_faces = None
-    if ours.num_landmarks != 5 and any(m.startswith("mtcnn") for m in methods):
+    if ours.num_landmarks != 5 and any(five_point_peer(m) for m in methods):
         from common.synthetic import to_five_points
 
         five_point_faces = [(f[0], to_five_points(f[1]), f[2], f[3]) for f in faces]
@@ -595,11 +320,11 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
             info = {k: v for k, v in records[method].items() if k != "key"}
             info["options"] = records[method]["key"]["options"]
         else:
-            peer = common_peers.make_peer(method)
+            peer = peer_lib.make_peer(method)
             info = {"pretrained": True}
         start = time.perf_counter()
-        five_only = method.startswith("mtcnn") and five_point_faces is not None
-        result = common_peers.evaluate_peer(peer, five_point_faces if five_only else faces,
+        five_only = five_point_peer(method) and five_point_faces is not None
+        result = peer_lib.evaluate_peer(peer, five_point_faces if five_only else faces,
                                             kinds[0])
         info["eval_seconds"] = time.perf_counter() - start
         seconds[method] = result.seconds_per_face
@@ -632,10 +357,10 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
 
     # Tables.
     tables = []
-    table = {METHOD_LABELS[m]: _summary_row(scored, m, kinds, thresholds, 1e3 * seconds[m])
+    table = {method_label(m): summary_row(scored, m, kinds, thresholds, 1e3 * seconds[m])
              for m in final_methods}
     tables.append(results_markdown(
-        table, _summary_columns(kinds, thresholds),
+        table, summary_columns(kinds, thresholds),
         f"{pred.num_faces} {eval_split!r} faces of {os.path.basename(os.path.abspath(data))}"
         f", errors in % of the {NORMALISERS[kinds[0]]} (and {NORMALISERS[kinds[1]]})"))
     stage_keys = [k for k in outputs if k.startswith(f"{family}:")]
@@ -644,8 +369,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         name = key.split(":", 1)[1]
         label = {"mean_shape": "mean shape (in our crop)",
                  "stage_0": "initial CNN (S^0)"}.get(name, name.replace("_", " "))
-        stage_table[label] = _summary_row(scored, key, kinds, thresholds)
-    tables.append(results_markdown(stage_table, _summary_columns(kinds, thresholds, False),
+        stage_table[label] = summary_row(scored, key, kinds, thresholds)
+    tables.append(results_markdown(stage_table, summary_columns(kinds, thresholds, False),
                                    f"Stages of our {family.upper()} model"))
     stage_errors = [scored["outputs"][f"{family}:{k}"][kinds[0]]["mean"]
                     for k in _stage_keys(pred.outputs_px) if k != "stage_0"]
@@ -655,17 +380,17 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
     paths: dict[str, str] = {}
     name = f"compare_{family}"
     if ours.num_landmarks == 5:
-        labels = _point_labels(scheme)
+        labels = point_labels(scheme)
         for kind in kinds:
-            rows = {METHOD_LABELS[m]: scored["outputs"][m][kind]["per_point"]
+            rows = {method_label(m): scored["outputs"][m][kind]["per_point"]
                     for m in final_methods}
             rows.update({f"{family.upper()} {k.split(':', 1)[1].replace('_', ' ')}":
                          scored["outputs"][k][kind]["per_point"]
                          for k in stage_keys if k.split(":", 1)[1].startswith("stage_")})
-            tables.append(_per_point_table(rows, labels, kind))
+            tables.append(per_point_table(rows, labels, kind))
         # The mean shape (several times the others' error) is left to the table so
         # that the plot's scale shows the differences between the real methods.
-        series = {METHOD_LABELS[m]: scored["outputs"][m][kinds[0]]["per_point"]
+        series = {method_label(m): scored["outputs"][m][kinds[0]]["per_point"]
                   for m in final_methods if m != "mean_shape"}
         paths["per_point"] = atomic.write_figure(
             plots.plot_per_point_errors, os.path.join(output, f"{name}_per_point.png"),
@@ -673,7 +398,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
             ylabel=f"mean error (% of the {NORMALISERS[kinds[0]]})")
         notes.append(f"![per-point errors]({os.path.basename(paths['per_point'])})")
     elif five_point_outputs:
-        five = _five_point_comparison(pred, outputs, five_point_outputs, final_methods,
+        five = five_point_comparison(pred, outputs, five_point_outputs, final_methods,
                                       thresholds, seconds)
         results["five_point"] = five["results"]
         tables.append(five["markdown"])
@@ -692,8 +417,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         if method in outputs:
             other = scored["outputs"][method][headline]["mean"]
             checks[f"beats_{method}"] = bool(ours_error < other)
-            notes.insert(0, f"- {METHOD_LABELS[family]} {100 * ours_error:.2f} % vs "
-                         f"{METHOD_LABELS[method]} {100 * other:.2f} % "
+            notes.insert(0, f"- {method_label(family)} {100 * ours_error:.2f} % vs "
+                         f"{method_label(method)} {100 * other:.2f} % "
                          f"({KIND_LABELS[headline]} NME): "
                          f"{'lower' if ours_error < other else 'NOT lower'}.")
     if stage_errors:
@@ -703,10 +428,10 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
                      + ("decreasing" if results["stage_errors_decrease"]
                         else "NOT decreasing") + ".")
     results["checks"] = checks
-    notes.append(_setup_notes(family, ours, records, method_info, pred, train_split,
+    notes.append(setup_notes(family, ours, records, method_info, pred, train_split,
                               eval_split))
     results["wall_seconds"] = time.perf_counter() - wall_start
-    ced = {METHOD_LABELS[m]: evaluation.face_errors(combined, m, headline, scheme)
+    ced = {method_label(m): evaluation.face_errors(combined, m, headline, scheme)
            for m in final_methods}
     paths.update(evaluation.write_report(
         results, output, name, ced,
@@ -719,112 +444,6 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
     log(f"reports written to {output}")
     return {"results": results, "markdown": markdown, "paths": paths}
 
-
-def _point_labels(scheme) -> list[str]:
-    from ccnn_tf.model import point_abbreviation
-
-    return [point_abbreviation(n) for n in scheme.point_names]
-
-
-def _per_point_table(rows: Mapping[str, Sequence[float]], labels: Sequence[str],
-                     kind: str) -> str:
-    lines = [f"### Per-point error (% of the {NORMALISERS.get(kind, kind)})", "",
-             "| method | " + " | ".join(labels) + " | mean |",
-             "|---|" + "---:|" * (len(labels) + 1)]
-    for label, values in rows.items():
-        values = list(values)
-        lines.append(f"| {label} | " + " | ".join(f"{100 * v:.2f}" for v in values)
-                     + f" | {100 * float(np.mean(values)):.2f} |")
-    return "\n".join(lines) + "\n"
-
-
-def _five_point_comparison(pred, outputs: Mapping[str, np.ndarray],
-                           five_point: Mapping[str, np.ndarray], methods: Sequence[str],
-                           thresholds: Sequence[float], seconds: Mapping[str, float]
-                           ) -> dict[str, Any]:
-    """68-point methods reduced to 5 points beside the 5-point peers (MTCNN)."""
-    from common import evaluation
-    from common.metrics import results_markdown
-    from common.schemes import CUHK_5
-    from common.synthetic import to_five_points
-
-    reduced = {m: to_five_points(outputs[m]) for m in methods if m in outputs}
-    reduced.update(five_point)
-    order = [m for m in [*methods, *five_point] if m in reduced]
-    five = evaluation.Predictions(
-        outputs_px={m: reduced[m] for m in order}, true_px=to_five_points(pred.true_px),
-        boxes=pred.boxes, source_paths=pred.source_paths,
-        seconds_per_face=pred.seconds_per_face)
-    kinds = ("inter_ocular", "box_width")
-    scored = evaluation.evaluate_outputs(five, CUHK_5, kinds=kinds, thresholds=thresholds)
-    table = {METHOD_LABELS[m]: _summary_row(scored, m, kinds, thresholds,
-                                            1e3 * seconds[m]) for m in order}
-    markdown = results_markdown(
-        table, _summary_columns(kinds, thresholds),
-        "5-point reduction (eye centres = mean of the 6 eye points, nose tip 30, mouth "
-        "corners 48/54), errors in % of the eye-centre distance (and face-box width)")
-    ced = {METHOD_LABELS[m]: evaluation.face_errors(five, m, "inter_ocular", CUHK_5)
-           for m in order}
-    return {"results": {m: scored["outputs"][m] for m in order}, "markdown": markdown,
-            "ced": ced}
-
-
-def _setup_notes(family: str, ours: OurModel, records: Mapping[str, Any],
-                 method_info: Mapping[str, Any], pred, train_split: str,
-                 eval_split: str) -> str:
-    from common import peers as common_peers
-
-    lines = ["### Setup", ""]
-    info = ours.info
-    if info.get("source") == "trained":
-        steps = (f"{info['steps']} steps" if "steps" in info
-                 else f"{info['steps_per_stage']} steps per stage")
-        lines.append(f"- ours: trained on {train_split!r} with preset {info['preset']!r}, "
-                     f"{steps} ({info['seconds']:.0f} s in this run; run dir "
-                     f"`{info['run_dir']}`), inputs {list(ours.sizes)} px, margin "
-                     f"{ours.margin:g}.")
-        if info.get("training_speed"):
-            lines.append(f"- ours, training speed: {info['training_speed']}.")
-    else:
-        lines.append(f"- ours: loaded from `{info['source']}` (not trained here).")
-    lines.append(f"- ours, batched forward pass: {1e3 * pred.seconds_per_face:.2f} ms per "
-                 "face (crop excluded); the table's time is one face at a time through "
-                 "the export's serving function, crop included.")
-    for name, record in records.items():
-        options = record["key"]["options"]
-        if name == "dlib_ert":
-            what = "dlib's default options" + (f" with {options}" if options else "")
-        elif name == "lbf":
-            info = record["train_info"]
-            changed = {k: v for k, v in options.items()
-                       if v != common_peers.LBF_DEFAULT_OPTIONS[k]}
-            what = (f"`cv::face::FacemarkLBF` of OpenCV {info['opencv']} (`lbf_tool`), "
-                    "OpenCV's default parameters"
-                    + (f" with {changed}" if changed else "")
-                    + f", {info['n_landmarks']} model points; OpenCV's box test kept "
-                    f"{info['accepted']} of {info['faces']} faces"
-                    + (f"; its training took {info['train_cpu_seconds']:.0f} s of CPU"
-                       if "train_cpu_seconds" in info else ""))
-        else:
-            what = "mean of the normalised box coordinates"
-        lines.append(f"- {METHOD_LABELS[name]}: {what}, fitted on {record['num_faces']} "
-                     f"{train_split!r} faces and their stored boxes in "
-                     f"{record['train_seconds']:.0f} s"
-                     + (" (reused from an earlier run on the same shards)"
-                        if record["reused"] else "") + ".")
-    if "lbf" in records:
-        lines.append("- OpenCV LBF's time per face is that of `FacemarkLBF::fit` inside "
-                     "the tool (grey image given, model loaded once).")
-    for name in ("mtcnn", "mtcnn_box"):
-        if name in method_info:
-            info = method_info[name]
-            lines.append(f"- {METHOD_LABELS[name]}: pretrained (`mtcnn` package)"
-                         + (f", detection missed or not matched to our box on "
-                            f"{info['misses']} of {info['calls']} faces (ONet on our box "
-                            "used for those)" if name == "mtcnn" else "") + ".")
-    lines.append(f"- every method sees the same {pred.num_faces} {eval_split!r} faces and "
-                 "the same face boxes (stored in the TFRecords).")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------
@@ -869,16 +488,16 @@ def _define_flags() -> None:
     flags.DEFINE_string("dlib_options", None,
                         "JSON object of dlib shape-predictor option overrides, e.g. "
                         "'{\"oversampling_amount\": 5}'. Default: dlib's defaults "
-                        "(common.peers.DLIB_DEFAULT_OPTIONS).")
+                        "(experiments.peers.DLIB_DEFAULT_OPTIONS).")
     flags.DEFINE_integer("dlib_threads", 2, "dlib training threads.", lower_bound=1)
     flags.DEFINE_string("lbf_tool", None,
                         "The lbf_tool program built from tools/lbf_tool.cpp (README, "
                         "'Optional peers'). Default: $FACE_ALIGN_LBF_TOOL.")
     flags.DEFINE_string("lbf_options", None,
                         "JSON object of FacemarkLBF parameter overrides of OpenCV's "
-                        "defaults (common.peers.LBF_DEFAULT_OPTIONS), e.g. "
+                        "defaults (experiments.peers.LBF_DEFAULT_OPTIONS), e.g. "
                         "'{\"initShape_n\": 3}'. Default: "
-                        "common.peers.LBF_QUICK_OPTIONS; '{}': OpenCV's defaults.")
+                        "experiments.peers.LBF_QUICK_OPTIONS; '{}': OpenCV's defaults.")
     flags.DEFINE_boolean("parallel_peers", True,
                          "Fit dlib ERT and the mean shape in a child process while our "
                          "model trains.")

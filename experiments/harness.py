@@ -49,7 +49,7 @@ QUICK_DLIB_OPTIONS: dict[str, Any] = {"num_trees_per_cascade_level": 100,
                                       "oversampling_amount": 5}
 """dlib ERT training options of the quick presets (:func:`dlib_options`).
 
-dlib's defaults (``common.peers.DLIB_DEFAULT_OPTIONS``: 10 cascades of 500 trees, 20
+dlib's defaults (``experiments.peers.DLIB_DEFAULT_OPTIONS``: 10 cascades of 500 trees, 20
 initialisations per face) took 57 min on the 2,661 ytf68 training faces on two shared
 cores. A fifth of the trees and a quarter of the initialisations (a twentieth of the
 tree fits) took 137 s on the 2,000 synthetic training faces of the default data set

@@ -79,7 +79,7 @@ def run(setting: harness.Setting, *, split: str | None = None,
     """
     from common import metrics, plots
     from common.evaluation import default_eval_splits, face_errors
-    from common.peers import iterate_faces
+    from experiments.peers import iterate_faces
     from msrrn_tf.training import predict_msrrn
 
     data = harness.prepared_data(setting, FAMILY, progress=verbose)

@@ -3,10 +3,12 @@
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 from absl import flags
 
 from experiments import bench_speed
+from experiments.speed import profiling
 
 MODEL_FORMS = {"keras_eager", "keras_predict_on_batch", "saved_model_default",
                "saved_model_cropped", "crop_only", "tflite"}
@@ -72,13 +74,13 @@ def test_rows_targets_and_summaries():
 
 def test_profile_scopes():
     prefix = "StatefulPartitionedCall_1/StatefulPartitionedCall/"
-    assert bench_speed._scope(prefix + "msrrn_1/recurrent_regression_3/conv_0_1/Conv2D",
+    assert profiling._scope(prefix + "msrrn_1/recurrent_regression_3/conv_0_1/Conv2D",
                               "msrrn") == "model/recurrent_regression_3"
-    assert bench_speed._scope(prefix + "AvgPool2D_4", "msrrn") == "serving/AvgPool2D"
-    assert bench_speed._scope(prefix + "ccnn_1/stage_2_1/CropAndResize",
+    assert profiling._scope(prefix + "AvgPool2D_4", "msrrn") == "serving/AvgPool2D"
+    assert profiling._scope(prefix + "ccnn_1/stage_2_1/CropAndResize",
                               "ccnn") == "model/stage_2_1"
     # A nested network's op outside the model's name scope, found by its weight path.
-    assert bench_speed._scope(prefix + "N22_fc2/MatMul", "ccnn",
+    assert profiling._scope(prefix + "N22_fc2/MatMul", "ccnn",
                               frozenset({"N22_fc2", "kernel"})) == "model/N22_fc2"
 
 
@@ -124,3 +126,35 @@ def test_main_tiny_preset(tmp_path, capsys):
     assert result["models"]["msrrn"]["config"]["flip_test"] is False
     assert "flip test switched off" in result["models"]["msrrn"]["source"]
     assert result["peers"]["dlib_ert_68"]["options"]["cascade_depth"] == 2
+
+
+def test_a_registered_pretrained_peer_is_timed_by_name(monkeypatch):
+    from experiments import peers
+    from experiments.peers import registry
+    from experiments.peers.base import Peer
+    from experiments.speed import cases, options
+
+    monkeypatch.setattr(registry, "PEERS", dict(registry.PEERS))
+    monkeypatch.setattr(peers, "PEERS", registry.PEERS)
+
+    @registry.register_peer("toy_centre")
+    class Centre(Peer):
+        name = "toy_centre"
+
+        def predict(self, image, box):
+            return (0.5 * (box[:2] + box[2:]))[None].astype(np.float32)
+
+    assert "toy_centre" in options.pretrained_peers()
+    assert not {"dlib_ert", "mtcnn_box", "mean_shape", "lbf"} & set(options.pretrained_peers())
+    faces = cases.Faces(images=np.zeros((3, 8, 8, 3), np.uint8),
+                        boxes=np.array([[0, 0, 4, 4]] * 3, np.float32),
+                        landmarks68=np.zeros((3, 68, 2), np.float32),
+                        landmarks5=np.zeros((3, 5, 2), np.float32))
+    timed, info = cases.pretrained_peer_cases("toy_centre", faces, 3)
+    assert info["name"] == "toy_centre" and not info["trainable"]
+    np.testing.assert_array_equal(timed[1].fn(), [[[2, 2]]] * 3)
+    bench_speed.time_cases(timed, repeats=2, warmup=1, sample_seconds=1e-4, max_inner=2)
+    (row,) = bench_speed.result_rows(timed, 3)
+    assert (row["method"], row["form"], row["includes_crop"]) == (
+        "toy_centre", "peer_predict", True)
+    assert row["batch_1"]["samples"] == row["batched"]["samples"] == 2

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from common import peers as common_peers
 from experiments import compare_real
+from experiments import peers as peer_lib
 
 TINY_DLIB = {"cascade_depth": 2, "num_trees_per_cascade_level": 4, "tree_depth": 2,
              "oversampling_amount": 1, "feature_pool_size": 40, "num_test_splits": 4}
@@ -18,8 +18,8 @@ TINY_LBF = {"initShape_n": 1, "stages_n": 2, "tree_n": 2, "feats_m": [40, 40],
 
 def _lbf_configured() -> bool:
     try:
-        common_peers.check_lbf_tool()
-    except common_peers.LBFUnavailable:
+        peer_lib.check_lbf_tool()
+    except peer_lib.LBFUnavailable:
         return False
     return True
 TINY_MSRRN = {"scales": (16, 32), "num_stages": 2, "patch_size": 4,
@@ -27,11 +27,18 @@ TINY_MSRRN = {"scales": (16, 32), "num_stages": 2, "patch_size": 4,
               "init_conv_filters": (4, 4), "init_fc_units": (16,), "batch_size": 8}
 
 
-def _data(tmp_path, num_points):
+@pytest.fixture(scope="module")
+def data_cache(tmp_path_factory):
+    """One synthetic-data cache for the module: each data set is generated once (the
+    comparisons only read it; fitted peers live in each test's own output folder)."""
+    return tmp_path_factory.mktemp("compare_real_data")
+
+
+def _data(cache, num_points):
     from common.synthetic import ensure_synthetic_dataset
 
     return ensure_synthetic_dataset(num_points, {"train": 24, "val": 8}, seed=0,
-                                    cache_dir=str(tmp_path / "cache"), progress=False)
+                                    cache_dir=str(cache / "cache"), progress=False)
 
 
 def _check_report(report, output, family, methods):
@@ -54,10 +61,10 @@ def _check_report(report, output, family, methods):
 
 
 @pytest.mark.slow
-def test_compare_msrrn_family(tmp_path):
+def test_compare_msrrn_family(tmp_path, data_cache, monkeypatch):
     output = tmp_path / "msrrn"
     report = compare_real.compare(
-        "msrrn", _data(tmp_path, 68), output=str(output), steps=2,
+        "msrrn", _data(data_cache, 68), output=str(output), steps=2,
         config_overrides=TINY_MSRRN, dlib_options=TINY_DLIB, dlib_threads=1,
         parallel_peers=True, timing_faces=2, verbose=False)
     written = _check_report(report, output, "msrrn", ["msrrn", "dlib_ert", "mean_shape"])
@@ -71,21 +78,26 @@ def test_compare_msrrn_family(tmp_path):
         assert {"mtcnn", "mtcnn_box", "msrrn", "dlib_ert"} <= set(written["five_point"])
         assert (output / "compare_msrrn_five_point_ced.png").stat().st_size > 0
 
-    # A second run with --model reuses the fitted peers and trains nothing.
+    # A second run with --model reuses the fitted peers and trains nothing; LBF,
+    # asked for without a configured lbf_tool, is skipped with a note.
+    monkeypatch.delenv(peer_lib.LBF_TOOL_ENV, raising=False)
     again = compare_real.compare(
-        "msrrn", _data(tmp_path, 68), output=str(output),
-        model_path=str(output / "run"), peers=["dlib_ert"], dlib_options=TINY_DLIB,
+        "msrrn", _data(data_cache, 68), output=str(output),
+        model_path=str(output / "run"), peers=["dlib_ert", "lbf"], dlib_options=TINY_DLIB,
         timing_faces=2, verbose=False)
     assert again["results"]["ours"]["source"].endswith("run")
     assert again["results"]["peers"]["dlib_ert"]["reused"]
     assert set(again["results"]["methods"]) == {"msrrn", "dlib_ert"}
+    assert "lbf" not in again["results"]["peers"]
+    assert "LBF skipped: no OpenCV LBF tool configured" in again["markdown"]
+    assert "FACE_ALIGN_LBF_TOOL" in again["markdown"]
 
 
 @pytest.mark.slow
-def test_compare_ccnn_family(tmp_path):
+def test_compare_ccnn_family(tmp_path, data_cache):
     output = tmp_path / "ccnn"
     report = compare_real.compare(
-        "ccnn", _data(tmp_path, 5), output=str(output), preset="tiny", steps=2,
+        "ccnn", _data(data_cache, 5), output=str(output), preset="tiny", steps=2,
         dlib_options=TINY_DLIB, dlib_threads=1, parallel_peers=False, timing_faces=2,
         verbose=False)
     methods = ["ccnn", "dlib_ert", "mean_shape"] + (["mtcnn", "mtcnn_box"] if HAS_MTCNN
@@ -115,9 +127,9 @@ def test_lbf_is_a_trained_peer_and_a_default_when_configured(monkeypatch):
     assert "lbf" in compare_real.TRAINED_PEERS
     assert compare_real.METHOD_LABELS["lbf"] == "OpenCV LBF"
     try:
-        monkeypatch.setenv(common_peers.LBF_TOOL_ENV, "/somewhere/lbf_tool")
+        monkeypatch.setenv(peer_lib.LBF_TOOL_ENV, "/somewhere/lbf_tool")
         assert "lbf" in importlib.reload(compare_real).DEFAULT_PEERS
-        monkeypatch.delenv(common_peers.LBF_TOOL_ENV)
+        monkeypatch.delenv(peer_lib.LBF_TOOL_ENV)
         assert "lbf" not in importlib.reload(compare_real).DEFAULT_PEERS
     finally:
         monkeypatch.undo()
@@ -125,41 +137,27 @@ def test_lbf_is_a_trained_peer_and_a_default_when_configured(monkeypatch):
 
 
 def test_resolved_lbf_options():
-    assert compare_real.resolved_lbf_options() == common_peers.lbf_options(
-        common_peers.LBF_QUICK_OPTIONS)
-    assert compare_real.resolved_lbf_options({}) == common_peers.LBF_DEFAULT_OPTIONS
-
-
-@pytest.mark.slow
-def test_compare_skips_unconfigured_lbf(tmp_path, monkeypatch):
-    monkeypatch.delenv(common_peers.LBF_TOOL_ENV, raising=False)
-    output = tmp_path / "msrrn"
-    report = compare_real.compare(
-        "msrrn", _data(tmp_path, 68), output=str(output), steps=2,
-        config_overrides=TINY_MSRRN, peers=["mean_shape", "lbf"], parallel_peers=False,
-        timing_faces=2, verbose=False)
-    written = _check_report(report, output, "msrrn", ["msrrn", "mean_shape"])
-    assert "lbf" not in written["peers"]
-    assert "LBF skipped: no OpenCV LBF tool configured" in report["markdown"]
-    assert "FACE_ALIGN_LBF_TOOL" in report["markdown"]
+    assert compare_real.resolved_lbf_options() == peer_lib.lbf_options(
+        peer_lib.LBF_QUICK_OPTIONS)
+    assert compare_real.resolved_lbf_options({}) == peer_lib.LBF_DEFAULT_OPTIONS
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _lbf_configured(), reason="$FACE_ALIGN_LBF_TOOL names no lbf_tool")
-def test_compare_with_lbf(tmp_path):
+def test_compare_with_lbf(tmp_path, data_cache):
     output = tmp_path / "msrrn"
     report = compare_real.compare(
-        "msrrn", _data(tmp_path, 68), output=str(output), steps=2,
+        "msrrn", _data(data_cache, 68), output=str(output), steps=2,
         config_overrides=TINY_MSRRN, peers=["lbf", "mean_shape"], lbf_options=TINY_LBF,
         parallel_peers=True, timing_faces=2, verbose=False)
     written = _check_report(report, output, "msrrn", ["msrrn", "lbf", "mean_shape"])
-    assert written["peers"]["lbf"]["options"] == common_peers.lbf_options(TINY_LBF)
+    assert written["peers"]["lbf"]["options"] == peer_lib.lbf_options(TINY_LBF)
     assert written["peers"]["lbf"]["train_info"]["accepted"] == 24
     assert "beats_lbf" in written["checks"]
     assert "`cv::face::FacemarkLBF` of OpenCV" in report["markdown"]
 
     again = compare_real.compare(
-        "msrrn", _data(tmp_path, 68), output=str(output), model_path=str(output / "run"),
+        "msrrn", _data(data_cache, 68), output=str(output), model_path=str(output / "run"),
         peers=["lbf"], lbf_options=TINY_LBF, timing_faces=2, verbose=False)
     assert again["results"]["peers"]["lbf"]["reused"]
     assert set(again["results"]["methods"]) == {"msrrn", "lbf"}
@@ -178,3 +176,26 @@ def test_peer_cache_key_follows_symlinks(tmp_path):
     other.mkdir()
     (other / "ytf68-train-00000-of-00001.tfrecord").write_bytes(b"x" * 10)
     assert compare_real.peer_cache_key("dlib_ert", str(other), "train") != key
+
+
+def test_a_registered_pretrained_peer_needs_no_edit_here(monkeypatch):
+    from common.schemes import CUHK_5
+    from experiments.peers import registry
+    from experiments.peers.base import Peer
+
+    monkeypatch.setattr(registry, "PEERS", dict(registry.PEERS))
+    monkeypatch.setattr(peer_lib, "PEERS", registry.PEERS)
+
+    @registry.register_peer("toy_five")
+    class ToyFive(Peer):
+        name, label, scheme = "toy_five", "Toy (5 points)", CUHK_5
+
+        def predict(self, image, box):
+            raise NotImplementedError
+
+    assert compare_real.expand_peers(["toy_five", "mtcnn"]) == ["toy_five", "mtcnn",
+                                                                 "mtcnn_box"]
+    assert compare_real.method_label("toy_five") == "Toy (5 points)"
+    assert compare_real.method_label("mtcnn_box") == "MTCNN (ONet on our box)"
+    assert compare_real.five_point_peer("toy_five") and compare_real.five_point_peer("mtcnn")
+    assert not any(compare_real.five_point_peer(m) for m in ("dlib_ert", "lbf", "mean_shape"))

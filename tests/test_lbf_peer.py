@@ -1,4 +1,4 @@
-"""Tests of the OpenCV Facemark LBF peer (common.peers.LBFPeer) and its tool protocol.
+"""Tests of the OpenCV Facemark LBF peer (experiments.peers.lbf) and its tool protocol.
 
 The tests that train and fit run only where ``$FACE_ALIGN_LBF_TOOL`` names a working
 ``lbf_tool`` (built from tools/lbf_tool.cpp, see README "Optional peers").
@@ -10,16 +10,17 @@ import cv2
 import numpy as np
 import pytest
 
-from common import peers
-from common.peers import (
+from common.schemes import CUHK_5, IBUG_68
+from experiments import peers
+from experiments.peers import (
     Face,
     LBFLayout,
     LBFPeer,
     LBFUnavailable,
     MeanShape,
     evaluate_peer,
+    lbf,
 )
-from common.schemes import CUHK_5, IBUG_68
 
 # A few small trees: seconds, not minutes (OpenCV's defaults: 5 stages x 6 trees).
 TINY_LBF = {"initShape_n": 2, "stages_n": 2, "tree_n": 3, "feats_m": [60, 60],
@@ -97,7 +98,7 @@ def test_faces_file_protocol(tmp_path):
     boxes = np.array([[2.2, 3.7, 20.1, 15.5], [1.0, 1.0, 9.0, 12.0]], np.float32)
     landmarks = rng.uniform(0, 10, (2, 5, 2))
     layout = LBFLayout.for_scheme(CUHK_5)
-    peers._write_lbf_faces(str(tmp_path), images, boxes, layout.slots, landmarks)
+    lbf._write_lbf_faces(str(tmp_path), images, boxes, layout.slots, landmarks)
     lines = (tmp_path / "faces.txt").read_text().splitlines()
     assert lines[0] == "2 29"
     pixels = (tmp_path / "pixels.bin").read_bytes()
@@ -187,5 +188,5 @@ def test_lbf_5_points(synthetic68):
 @needs_tool
 def test_lbf_tool_errors_are_reported(tmp_path):
     with pytest.raises(RuntimeError, match="lbf_tool train failed.*faces.txt"):
-        peers._run_lbf_tool([LBF_TOOL, "train", str(tmp_path), str(tmp_path / "m.yml")],
+        lbf._run_lbf_tool([LBF_TOOL, "train", str(tmp_path), str(tmp_path / "m.yml")],
                             "train")

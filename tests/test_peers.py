@@ -1,4 +1,4 @@
-"""Tests of the peer methods (common.peers)."""
+"""Tests of the peer methods (experiments.peers)."""
 
 import importlib.util
 import sys
@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from common import peers
 from common.boxes import dlib_rect_to_box, fraction_inside
-from common.peers import DlibERT, Face, MeanShape, evaluate_peer, iterate_faces
 from common.schemes import CUHK_5
+from experiments import peers
+from experiments.peers import DlibERT, Face, MeanShape, evaluate_peer, iterate_faces
 
 # Small forests keep training under a second (dlib's defaults: 10 x 500 trees).
 TINY_ERT = {"cascade_depth": 6, "num_trees_per_cascade_level": 40, "oversampling_amount": 5,
@@ -214,3 +214,56 @@ def test_mtcnn_onet_on_its_own_boxes_reproduces_detector(sun5_faces):
     ours = peer.onet_on_boxes(image, proposals[:, 1:5])
     for points in detected:
         assert np.abs(ours - points[None]).max(axis=(1, 2)).min() < 1e-3
+
+
+def test_every_registered_peer_is_a_peer():
+    import functools
+
+    from experiments.peers.base import Peer
+
+    for name, factory in peers.PEERS.items():
+        cls = factory.func if isinstance(factory, functools.partial) else factory
+        assert issubclass(cls, Peer), name
+    assert [peers.PEERS[n] for n in ("dlib_ert", "mean_shape", "lbf")] == [
+        DlibERT, MeanShape, peers.LBFPeer]
+    assert peers.PEERS["mtcnn_box"].keywords == {"mode": "box"}
+
+
+def test_every_peer_module_is_imported():
+    import pkgutil
+
+    names = {m.name for m in pkgutil.iter_modules(peers.__path__)}
+    assert {"dlib_ert", "mean_shape", "mtcnn_peer", "lbf"} <= names
+    assert all(f"experiments.peers.{name}" in sys.modules for name in names)
+
+
+def test_register_peer_adds_a_module_peer_and_rejects_a_second(monkeypatch):
+    from experiments.peers.base import Peer
+    from experiments.peers.registry import register_peer
+
+    monkeypatch.setattr(peers.registry, "PEERS", dict(peers.PEERS))
+
+    @register_peer("toy_center")
+    class Center(Peer):
+        name = "toy_center"
+
+        def predict(self, image, box):
+            box = np.asarray(box, np.float32)
+            return (0.5 * (box[:2] + box[2:]))[None]
+
+    peer = peers.registry.make_peer("toy_center")
+    assert isinstance(peer, Center) and "toy_center" not in peers.PEERS
+    np.testing.assert_array_equal(peer.predict_batch([None, None], [[0, 0, 2, 4], [2, 2, 4, 4]]),
+                                  [[[1, 2]], [[3, 3]]])
+    assert peer.describe() == {"name": "toy_center", "class": "Center", "scheme": None,
+                               "trainable": False}
+    assert register_peer("toy_center", Center) is Center  # the same factory again: fine
+    with pytest.raises(ValueError, match="already registered"):
+        register_peer("toy_center", MeanShape)
+
+
+def test_describe_names_scheme_and_training():
+    assert MeanShape().describe() == {"name": "mean_shape", "class": "MeanShape",
+                                      "scheme": None, "trainable": True}
+    assert peers.MTCNNPeer.scheme is CUHK_5 and not peers.MTCNNPeer.trainable
+    assert DlibERT.trainable and peers.LBFPeer.trainable

@@ -1,5 +1,5 @@
 // OpenCV's Facemark LBF (cv::face::FacemarkLBF, opencv_contrib) trained and run on
-// given face boxes, for the "lbf" peer of common/peers.py.
+// given face boxes, for the "lbf" peer of experiments/peers/lbf.py.
 //
 // Why a C++ program: the Python bindings of opencv-contrib-python (4.x and 5.x) wrap
 // only createFacemarkLBF(), loadModel() and fit(); the trainer (FacemarkLBF::Params,
@@ -13,7 +13,7 @@
 //   g++ -O2 -std=c++17 -o lbf_tool tools/lbf_tool.cpp $(pkg-config --cflags opencv4)
 //       -lopencv_face -lopencv_objdetect -lopencv_imgproc -lopencv_core    (one line)
 //
-// Usage (the files are written and read by common.peers.LBFPeer):
+// Usage (the files are written and read by experiments.peers.lbf.LBFPeer):
 //   lbf_tool version
 //   lbf_tool train FACES_DIR MODEL [key=value ...]   FacemarkLBF::Params overrides
 //   lbf_tool fit FACES_DIR MODEL PREDICTIONS [threads=N]
