@@ -37,7 +37,7 @@ import numpy as np
 from absl import app, flags
 
 IBUG_GROUPS = {
-    "jaw": range(0, 17),
+    "jaw": range(17),
     "brows": range(17, 27),
     "nose": range(27, 36),
     "eyes": range(36, 48),
@@ -191,18 +191,23 @@ def load_meshes(data: str, split: str, cache: str | None, python: str | None = N
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", "/work/data/w300", "Converted 300-W folder (common.prepare "
-                    "--format=300w) whose faces choose the table.")
-flags.DEFINE_string("split", "train", "Split of --data to read.")
-flags.DEFINE_float("holdout_percent", 20.0, "Percent of the photos held out (never used "
-                   "to choose; scored for the report).")
-flags.DEFINE_string("cache", os.path.expanduser("~/.cache/face_align_tf/w300_meshes.npz"),
-                    "Where the meshes are cached ('' for no cache).")
-flags.DEFINE_string("python", None, "The MediaPipe venv's Python (default: "
-                    "$FACE_ALIGN_MEDIAPIPE_PYTHON or the default venv).")
-flags.DEFINE_integer("candidates", 10, "Nearest vertices searched for groups per point.")
-flags.DEFINE_integer("max_group", 3, "Largest number of vertices averaged per point.")
-flags.DEFINE_float("min_gain", 0.03, "Relative error drop a larger group must bring.")
+
+
+def define_flags() -> None:
+    """Defines this script's flags (only when run as a script, so that other entry
+    points can import ``photo_id`` / ``is_held_out``)."""
+    flags.DEFINE_string("data", "/work/data/w300", "Converted 300-W folder (common.prepare "
+                        "--format=300w) whose faces choose the table.")
+    flags.DEFINE_string("split", "train", "Split of --data to read.")
+    flags.DEFINE_float("holdout_percent", 20.0, "Percent of the photos held out (never used "
+                       "to choose; scored for the report).")
+    flags.DEFINE_string("cache", os.path.expanduser("~/.cache/face_align_tf/w300_meshes.npz"),
+                        "Where the meshes are cached ('' for no cache).")
+    flags.DEFINE_string("python", None, "The MediaPipe venv's Python (default: "
+                        "$FACE_ALIGN_MEDIAPIPE_PYTHON or the default venv).")
+    flags.DEFINE_integer("candidates", 10, "Nearest vertices searched for groups per point.")
+    flags.DEFINE_integer("max_group", 3, "Largest number of vertices averaged per point.")
+    flags.DEFINE_float("min_gain", 0.03, "Relative error drop a larger group must bring.")
 
 
 def main(argv):
@@ -229,4 +234,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

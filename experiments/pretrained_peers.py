@@ -338,7 +338,9 @@ class MediaPipeWorker:
             command = [mediapipe_python(python), "-u", mediapipe_worker.__file__,
                        str(float(min_detection_confidence))]
         self.command = list(command)
-        self._stderr = tempfile.TemporaryFile(mode="w+")
+        # Lives as long as the worker (closed by close()); a worker whose parent dies
+        # sees the end of its stdin and exits on its own.
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         env = dict(os.environ, GLOG_minloglevel="2", TF_CPP_MIN_LOG_LEVEL="2",
                    PYTHONPATH="")
         self._process = subprocess.Popen(self.command, stdin=subprocess.PIPE,
@@ -398,12 +400,6 @@ class MediaPipeWorker:
                 self._process.wait()
         self._folder.cleanup()
         self._stderr.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 -- interpreter shutdown
-            pass
 
 
 class MediaPipeFaceMesh(_BatchMixin):
@@ -497,6 +493,7 @@ class MediaPipeFaceMesh(_BatchMixin):
         boxes = _check_boxes(boxes)
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
+        self.worker  # noqa: B018 -- start the worker outside the timed part
         start = time.perf_counter()
         meshes, found, seconds = self._meshes(images, boxes, self.margin)
         if self.retry_margin is not None and not found.all():

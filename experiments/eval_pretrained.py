@@ -1,0 +1,87 @@
+"""Scores the pretrained peers (dlib 68, MediaPipe mesh) under several face-box sources.
+
+For each converted folder ``--data`` (``PATH:SPLIT[:heldout]``; ``:heldout`` keeps only
+the photos that ``experiments.mediapipe_correspondence`` held out when it chose the
+mesh table), every peer of ``--peers`` is run on the same faces with the boxes of
+each ``--sources`` (``common.box_robustness.source_boxes``: ``stored``,
+``landmark_square``, ``dlib``, ...; only the faces for which every source has a box),
+and the mean inter-pupil NME is printed for the 68 points and for the 5 CUHK points
+they reduce to (``common.schemes.reduce_to_cuhk5``), with the median ms per face and
+the faces the peer missed (NaN, left out of the mean). Example::
+
+    python -m experiments.eval_pretrained \\
+        --data=/work/data/w300:train:heldout,/work/data/ytf68:val
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("data", ["/work/data/w300:train:heldout", "/work/data/ytf68:val"],
+                  "Comma-separated PATH:SPLIT[:heldout] of converted folders.")
+flags.DEFINE_list("peers", ["dlib_pretrained68", "mediapipe_mesh"],
+                  "Pretrained peers (experiments.pretrained_peers.PRETRAINED_PEERS).")
+flags.DEFINE_list("sources", ["stored", "dlib", "landmark_square"],
+                  "Box sources (common.box_robustness.ALL_SOURCES).")
+flags.DEFINE_integer("limit", None, "Read at most this many faces per folder.")
+
+
+def evaluate(faces, peer_names, sources) -> list[dict]:
+    """One row per (peer, source): NME 68 / 5 (%), misses, ms per face, faces."""
+    from common import metrics
+    from common.box_robustness import source_boxes
+    from common.peers import Face, evaluate_peer
+    from common.schemes import CUHK_5, reduce_to_cuhk5
+    from experiments.pretrained_peers import available, make_pretrained_peer
+
+    boxes = source_boxes(faces, sources)
+    keep = np.all([np.all(np.isfinite(b), axis=1) for b in boxes.values()], axis=0)
+    rows = []
+    for name in peer_names:
+        ok, why = available(name)
+        if not ok:
+            print(f"skipping {name}: {why}")
+            continue
+        peer = make_pretrained_peer(name)
+        for source in sources:
+            chosen = [Face(f.image, f.landmarks, box, f.source_path)
+                      for f, box, k in zip(faces, boxes[source], keep) if k]
+            result = evaluate_peer(peer, chosen, "inter_pupil")
+            five = metrics.nme(reduce_to_cuhk5(result.predictions),
+                               reduce_to_cuhk5(result.landmarks), "inter_pupil",
+                               scheme=CUHK_5)
+            rows.append({"peer": name, "source": source, "faces": len(chosen),
+                         "missed": int(np.isnan(result.errors).sum()),
+                         "nme68": 100 * float(np.nanmean(result.errors)),
+                         "nme5": 100 * float(np.nanmean(five)),
+                         "ms": 1000 * result.seconds_per_face})
+        if hasattr(peer, "close"):
+            peer.close()
+    return rows
+
+
+def main(argv):
+    del argv
+    from common.peers import iterate_faces
+    from experiments.mediapipe_correspondence import is_held_out
+
+    for spec in FLAGS.data:
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "heldout"):
+            raise ValueError(f"--data entry {spec!r}: expected PATH:SPLIT[:heldout]")
+        faces = list(iterate_faces(parts[0], parts[1], FLAGS.limit))
+        if len(parts) == 3:
+            faces = [f for f in faces if is_held_out(f.source_path)]
+        print(f"== {spec}: {len(faces)} faces")
+        print(f"{'peer':<20} {'boxes':<16} {'faces':>5} {'missed':>6} "
+              f"{'NME68 %':>8} {'NME5 %':>7} {'ms/face':>8}")
+        for row in evaluate(faces, FLAGS.peers, FLAGS.sources):
+            print(f"{row['peer']:<20} {row['source']:<16} {row['faces']:>5} "
+                  f"{row['missed']:>6} {row['nme68']:>8.2f} {row['nme5']:>7.2f} "
+                  f"{row['ms']:>8.2f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
