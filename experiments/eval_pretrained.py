@@ -6,7 +6,8 @@ mesh table), every peer of ``--peers`` is run on the same faces with the boxes o
 each ``--sources`` (``common.box_robustness.source_boxes``: ``stored``,
 ``landmark_square``, ``dlib``, ...; only the faces for which every source has a box),
 and the mean inter-pupil NME is printed for the 68 points and for the 5 CUHK points
-they reduce to (``common.schemes.reduce_to_cuhk5``), with the median ms per face and
+they reduce to (``common.schemes.reduce_to_cuhk5``), the jaw (0-16) and inner (17-67)
+point errors, with the median ms per face and
 the faces the peer missed (NaN, left out of the mean). Example::
 
     python -m experiments.eval_pretrained \\
@@ -29,11 +30,13 @@ flags.DEFINE_integer("limit", None, "Read at most this many faces per folder.")
 
 
 def evaluate(faces, peer_names, sources) -> list[dict]:
-    """One row per (peer, source): NME 68 / 5 (%), misses, ms per face, faces."""
+    """One row per (peer, source): NME 68 / 5 (%), misses, ms per face, faces, and the
+    mean point error (%) per iBUG group (``mediapipe_correspondence.group_errors``)."""
     from common import metrics
     from common.box_robustness import source_boxes
     from common.peers import Face, evaluate_peer
     from common.schemes import CUHK_5, reduce_to_cuhk5
+    from experiments.mediapipe_correspondence import group_errors
     from experiments.pretrained_peers import available, make_pretrained_peer
 
     boxes = source_boxes(faces, sources)
@@ -56,6 +59,7 @@ def evaluate(faces, peer_names, sources) -> list[dict]:
                          "missed": int(np.isnan(result.errors).sum()),
                          "nme68": 100 * float(np.nanmean(result.errors)),
                          "nme5": 100 * float(np.nanmean(five)),
+                         **group_errors(result.predictions, result.landmarks),
                          "ms": 1000 * result.seconds_per_face})
         if hasattr(peer, "close"):
             peer.close()
@@ -76,10 +80,11 @@ def main(argv):
             faces = [f for f in faces if is_held_out(f.source_path)]
         print(f"== {spec}: {len(faces)} faces")
         print(f"{'peer':<20} {'boxes':<16} {'faces':>5} {'missed':>6} "
-              f"{'NME68 %':>8} {'NME5 %':>7} {'ms/face':>8}")
+              f"{'NME68 %':>8} {'NME5 %':>7} {'jaw %':>6} {'inner %':>7} {'ms/face':>8}")
         for row in evaluate(faces, FLAGS.peers, FLAGS.sources):
             print(f"{row['peer']:<20} {row['source']:<16} {row['faces']:>5} "
                   f"{row['missed']:>6} {row['nme68']:>8.2f} {row['nme5']:>7.2f} "
+                  f"{row['jaw']:>6.2f} {row['inner (17-67)']:>7.2f} "
                   f"{row['ms']:>8.2f}")
 
 
