@@ -39,6 +39,10 @@ def evaluate(faces, peer_names, sources) -> list[dict]:
     from experiments.mediapipe_correspondence import group_errors
     from experiments.pretrained_peers import available, make_pretrained_peer
 
+    five_point = [name for name in peer_names if name.endswith("_cuhk5")]
+    if five_point:
+        raise ValueError(f"{five_point}: give the 68-point peers; the NME5 column scores "
+                         "their 5-point form")
     boxes = source_boxes(faces, sources)
     keep = np.all([np.all(np.isfinite(b), axis=1) for b in boxes.values()], axis=0)
     rows = []
