@@ -234,3 +234,27 @@ def test_mediapipe_real_worker_on_a_real_face(shared_data):
     assert points.shape == (68, 2) and peer.misses == 0
     assert _pupil_nme(points, truth) < 0.12
     assert _pupil_nme(points, truth, slice(17, 68)) < 0.08
+
+
+def test_eval_pretrained_scores_a_fake_mesh(monkeypatch):
+    from common.peers import Face
+    from experiments import eval_pretrained
+
+    monkeypatch.setitem(pretrained_peers.PRETRAINED_PEERS, "mediapipe_mesh",
+                        lambda: MediaPipeFaceMesh(worker_command=FAKE_WORKER, crop_size=96))
+    monkeypatch.setattr(pretrained_peers, "available", lambda name: (True, ""))
+    rng = np.random.default_rng(3)
+    faces = []
+    for _ in range(3):
+        truth = rng.uniform(20, 80, (68, 2))
+        faces.append(Face(_dot_image(100, 100, 50.0, 50.0), truth.astype(np.float32),
+                          np.array([20, 20, 80, 80], np.float32), "x.jpg"))
+    (row,) = eval_pretrained.evaluate(faces, ["mediapipe_mesh"], ["stored"])
+    truth = np.stack([f.landmarks for f in faces]).astype(np.float64)
+    left, right = IBUG_68.pupils(truth)
+    pupil = np.linalg.norm(left - right, axis=-1)
+    expected = 100 * np.mean(np.linalg.norm(truth - 50.0, axis=-1).mean(1) / pupil)
+    assert row["faces"] == 3 and row["missed"] == 0
+    assert row["nme68"] == pytest.approx(expected, rel=0.02)
+    with pytest.raises(ValueError, match="NME5 column"):
+        eval_pretrained.evaluate(faces, ["mediapipe_mesh_cuhk5"], ["stored"])
