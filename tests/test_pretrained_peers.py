@@ -256,5 +256,12 @@ def test_eval_pretrained_scores_a_fake_mesh(monkeypatch):
     expected = 100 * np.mean(np.linalg.norm(truth - 50.0, axis=-1).mean(1) / pupil)
     assert row["faces"] == 3 and row["missed"] == 0
     assert row["nme68"] == pytest.approx(expected, rel=0.02)
+    five_faces = [f._replace(landmarks=reduce_to_cuhk5(f.landmarks)) for f in faces]
+    (row5,) = eval_pretrained.evaluate(five_faces, ["mediapipe_mesh"], ["stored"])
+    five_truth = reduce_to_cuhk5(truth)
+    per_point = np.linalg.norm(five_truth - 50.0, axis=-1) / 60.0        # box width 60
+    assert row5["nme5"] == pytest.approx(100 * per_point.mean(), rel=0.02)
+    np.testing.assert_allclose(row5["points"], 100 * per_point.mean(0), rtol=0.03)
+    assert np.isnan(row5["nme68"])
     with pytest.raises(ValueError, match="NME5 column"):
         eval_pretrained.evaluate(faces, ["mediapipe_mesh_cuhk5"], ["stored"])
