@@ -110,3 +110,72 @@ def scheme_for(num_points: int) -> LandmarkScheme:
         if scheme.num_points == num_points:
             return scheme
     raise ValueError(f"no landmark scheme has {num_points} points (known: 68, 5)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reduction:
+    """A fixed linear map from one scheme's points to another's: each target point is
+    the mean of a group of source points.
+
+    Attributes:
+        source: the scheme of the input landmarks.
+        target: the scheme of the output landmarks.
+        groups: ``groups[j]`` are the source indices whose mean is target point ``j``.
+    """
+
+    source: LandmarkScheme
+    target: LandmarkScheme
+    groups: tuple[tuple[int, ...], ...]
+
+    def __post_init__(self):
+        if len(self.groups) != self.target.num_points:
+            raise ValueError(f"{self.source.name}->{self.target.name}: {len(self.groups)} "
+                             f"groups for {self.target.num_points} target points")
+        for group in self.groups:
+            if not group or not all(0 <= i < self.source.num_points for i in group):
+                raise ValueError(f"{self.source.name}->{self.target.name}: group {group} "
+                                 f"is empty or out of 0..{self.source.num_points - 1}")
+        # A reduction must commute with the horizontal flip, or flipped faces would
+        # reduce to points that are not the flipped reduced points.
+        src_flip, dst_flip = self.source.flip_permutation, self.target.flip_permutation
+        for j, group in enumerate(self.groups):
+            if sorted(src_flip[i] for i in group) != sorted(self.groups[dst_flip[j]]):
+                raise ValueError(f"{self.source.name}->{self.target.name}: group {j} "
+                                 "does not flip onto its mirror group")
+
+    def __call__(self, landmarks: np.ndarray) -> np.ndarray:
+        """Reduces ``landmarks [..., source points, 2]`` to ``[..., target points, 2]``.
+
+        NaN in a group's points gives NaN for that target point. The dtype is kept for
+        floating inputs (float64 otherwise).
+
+        Raises:
+            ValueError: the point axis does not hold ``source.num_points`` points.
+        """
+        landmarks = np.asarray(landmarks)
+        if landmarks.ndim < 2 or landmarks.shape[-2:] != (self.source.num_points, 2):
+            raise ValueError(f"{self.source.name}->{self.target.name}: expected landmarks "
+                             f"[..., {self.source.num_points}, 2], got {landmarks.shape}")
+        dtype = landmarks.dtype if np.issubdtype(landmarks.dtype, np.floating) else np.float64
+        points = landmarks.astype(np.float64)
+        reduced = np.stack([points[..., list(g), :].mean(axis=-2) for g in self.groups], -2)
+        return reduced.astype(dtype)
+
+
+IBUG68_TO_CUHK5 = Reduction(
+    source=IBUG_68,
+    target=CUHK_5,
+    groups=(IBUG_68.left_pupil, IBUG_68.right_pupil, (30,), (48,), (54,)),
+)
+"""68 iBUG points -> the 5 CUHK points (Sun et al. 2013), the project's one definition.
+
+Image-left eye centre = mean of the six image-left eye-contour points 36-41,
+image-right eye centre = mean of 42-47 (the pupils of ``IBUG_68``, the same points the
+inter-pupil NME uses), nose tip = 30, image-left / image-right mouth corner = 48 / 54.
+"Left" is the image left in both schemes (iBUG names 36-41 the subject's right eye),
+so the reduction commutes with the flip (checked at construction)."""
+
+
+def reduce_to_cuhk5(landmarks: np.ndarray) -> np.ndarray:
+    """68 iBUG points ``[..., 68, 2]`` -> 5 CUHK points ``[..., 5, 2]`` (``IBUG68_TO_CUHK5``)."""
+    return IBUG68_TO_CUHK5(landmarks)
