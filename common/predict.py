@@ -72,7 +72,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from common import atomic, geometry
+from common import atomic, geometry, model_path
 from common.images import load_image
 from common.records import DataError
 from common.schemes import SCHEMES, LandmarkScheme, scheme_for
@@ -102,8 +102,6 @@ _VIDEO_CODECS = (("mp4v", ".mp4"), ("MJPG", ".avi"))
 _BOX_COLOUR = (0, 200, 0)  # RGB
 _POINT_COLOUR = (255, 40, 40)
 _LINE_COLOUR = (255, 210, 0)
-_SAVED_MODEL_FILE = "saved_model.pb"
-_RUN_CONFIG = "config.json"
 
 
 # --------------------------------------------------------------------------------------
@@ -144,7 +142,8 @@ def support_region(crop_box: np.ndarray, height: int, width: int) -> tuple[int, 
 
 
 def check_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Validates face boxes with the rules of the serving signature.
+    """Validates face boxes: ``common.geometry.check_face_boxes``, the rules of the
+    serving signature (finite, at least ``MIN_BOX_SIDE`` px, mostly inside the image).
 
     Args:
         boxes: ``[K, 4]`` (l, t, r, b) pixels.
@@ -155,34 +154,37 @@ def check_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
         float32 ``[K, 4]``.
 
     Raises:
-        ValueError: a box is not finite, empty, or lies outside the image.
+        ValueError: naming the bad box and the rule it breaks.
     """
-    boxes = np.asarray(boxes, np.float32)
-    if boxes.size == 0:
-        return boxes.reshape(0, 4)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must be [K, 4] (l, t, r, b), got shape {boxes.shape}")
-    for box in boxes:
-        left, top, right, bottom = (float(v) for v in box)
-        if not np.all(np.isfinite(box)):
-            raise ValueError(f"box {box.tolist()} is not finite")
-        if right <= left or bottom <= top:
-            raise ValueError(f"box {box.tolist()} must have right > left and bottom > top")
-        if left >= width - 0.5 or right <= -0.5 or top >= height - 0.5 or bottom <= -0.5:
-            raise ValueError(f"box {box.tolist()} lies outside the {width}x{height} image")
-    return boxes
+    return geometry.check_face_boxes(boxes, height, width)
 
 
-def _read_run_config(path: str) -> dict[str, Any]:
-    """The model config values of a training run (``config.json``), or ``{}``."""
-    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    config_path = os.path.join(directory, _RUN_CONFIG)
-    if not os.path.isfile(config_path):
-        return {}
-    with open(config_path) as f:
-        record = json.load(f)
-    config = record.get("config", record)
-    return dict(config.get("values", config)) if isinstance(config, Mapping) else {}
+def _export_margin(export_dir: str | None) -> float | None:
+    """The crop margin an export folder records (its report or SavedModel info), or None."""
+    if not export_dir:
+        return None
+    try:
+        info = _read_json_file(os.path.join(export_dir, model_path.EXPORT_REPORT))
+        for key in ("margin",):
+            for record in (info, info.get("config", {}), info.get("signature", {})):
+                if isinstance(record, Mapping) and record.get(key) is not None:
+                    return float(record[key])
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        saved = model_path.resolve_model_path(export_dir)
+        if saved.kind == model_path.KIND_SAVED_MODEL:
+            from common.export import read_export_info
+
+            return float(read_export_info(saved.path)["margin"])
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+def _read_json_file(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
 
 
 def _sizes_from_config(values: Mapping[str, Any]) -> list[int] | None:
@@ -244,11 +246,12 @@ class LandmarkPredictor:
         """Loads a predictor.
 
         Args:
-            path: a SavedModel directory of ``common.export.export_saved_model``
+            path: anything ``common.model_path.resolve_model_path`` accepts: a run
+                directory, its export (new or old layout), a SavedModel folder
                 (sizes, margin and ``L`` from its ``export_info.json``), a ``.keras``
-                file or a training run directory (``common.evaluation.load_model``;
-                sizes and margin from the run's ``config.json``, the one beside a
-                ``.keras`` file, or these arguments).
+                file or a run with checkpoints (``common.evaluation.load_model``;
+                sizes and margin from the run's config, or these arguments), or a
+                ``.tflite`` file (margin from its export or run, or ``margin``).
             sizes: input sides, overriding the config (Keras models only).
             margin: crop margin, overriding the config (Keras models only).
             name: model name in the outputs (default: the model class).
@@ -257,23 +260,41 @@ class LandmarkPredictor:
             The predictor.
 
         Raises:
-            FileNotFoundError: nothing loadable at ``path``.
-            ValueError: the margin of a Keras model is unknown.
+            ModelPathError: nothing loadable at ``path`` (a ``FileNotFoundError``
+                listing what was looked for).
+            ValueError: the margin of a Keras or TFLite model is unknown.
         """
-        path = os.fspath(path)
-        if os.path.isfile(os.path.join(path, _SAVED_MODEL_FILE)):
-            return cls._from_saved_model(path, name)
+        resolved = model_path.resolve_model_path(path)
+        if resolved.kind == model_path.KIND_SAVED_MODEL:
+            return cls._from_saved_model(resolved.path, name)
+        values = model_path.run_config(resolved.run_dir)
+        if margin is None:
+            margin = values.get("margin", _export_margin(resolved.export_dir))
+        if margin is None:
+            raise ValueError(f"the crop margin of {resolved.path} is unknown (no run "
+                             "config.json/run.json with 'margin' beside it); pass margin= "
+                             "(--margin)")
+        if resolved.kind == model_path.KIND_TFLITE:
+            return cls._from_tflite(resolved.path, float(margin), name)
         from common.evaluation import load_model  # imports the model packages
 
-        model = load_model(path)
-        values = _read_run_config(path)
+        model = load_model(resolved.path)
         sizes = list(sizes) if sizes else _sizes_from_config(values)
-        margin = values.get("margin") if margin is None else margin
-        if margin is None:
-            raise ValueError(f"the crop margin of {path} is unknown (no config.json with "
-                             "'margin'); pass margin=")
         return cls.from_keras(model, sizes=sizes, margin=float(margin), name=name,
-                              source=os.path.abspath(path))
+                              source=resolved.path)
+
+    @classmethod
+    def _from_tflite(cls, path: str, margin: float, name: str | None) -> LandmarkPredictor:
+        from common.export import run_tflite, tflite_input_sizes
+
+        sizes = tflite_input_sizes(path)
+
+        def run_crops(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            return np.asarray(run_tflite(path, inputs)["landmarks"], np.float32)
+
+        probe = run_crops({_input_key(s): np.zeros((1, s, s, 3), np.float32) for s in sizes})
+        return cls(run_crops, sizes=sizes, margin=margin, num_landmarks=probe.shape[1],
+                   name=name or os.path.splitext(os.path.basename(path))[0], source=path)
 
     @classmethod
     def _from_saved_model(cls, path: str, name: str | None) -> LandmarkPredictor:

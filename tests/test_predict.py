@@ -120,10 +120,32 @@ def test_keras_predictor_matches_export(model, predictor, tmp_path):
 def test_check_boxes_rejects_bad_boxes():
     with pytest.raises(ValueError, match="right > left"):
         predict.check_boxes([[10, 10, 5, 20]], 50, 50)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="right of its image"):
         predict.check_boxes([[60, 10, 70, 20]], 50, 50)
     with pytest.raises(ValueError, match="finite"):
         predict.check_boxes([[np.nan, 10, 70, 20]], 50, 50)
+    # Issue 18: absurd boxes used to pass ("ok" landmarks of 1e29, or on one pixel).
+    with pytest.raises(ValueError, match="box 1 .*mostly outside"):
+        predict.check_boxes([[5, 5, 30, 30], [-1e30, -1e30, 1e30, 1e30]], 50, 50)
+    with pytest.raises(ValueError, match="narrower than MIN_BOX_SIDE"):
+        predict.check_boxes([[10, 10, 10.001, 30]], 50, 50)
+    with pytest.raises(ValueError, match="mostly outside"):
+        predict.check_boxes([[40, 10, 100, 30]], 50, 50)  # 9.5 of 60 px inside
+    # A face cut by the border (a third inside on each axis) is fine.
+    predict.check_boxes([[-40, -40, 20, 20]], 50, 50)
+
+
+def test_serving_signature_rejects_absurd_boxes(export_dir):
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    image = tf.zeros((1, 50, 60, 3), tf.uint8)
+    for box, message in (([-1e30, -1e30, 1e30, 1e30], "mostly outside"),
+                         ([10, 10, 10.001, 30], "narrower than MIN_BOX_SIDE"),
+                         ([10, 10, 30, 10.5], "shorter than MIN_BOX_SIDE"),
+                         ([50, 10, 300, 30], "mostly outside")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            serve(images=image, boxes=tf.constant([box], tf.float32))
+    good = serve(images=image, boxes=tf.constant([[10, 10, 40, 40]], tf.float32))
+    assert np.isfinite(good["landmarks"].numpy()).all()
 
 
 def test_detect_faces_maps_boxes_back_to_full_resolution():
