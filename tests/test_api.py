@@ -183,6 +183,8 @@ def test_predictor_inputs_and_boxes(runs, photo):
     np.testing.assert_allclose(detected.landmarks, from_path.landmarks, atol=1e-5)
     assert detected.scores.tolist() == pytest.approx([0.9])
     points, boxes, scores = detected  # a NamedTuple
+    assert points is detected.landmarks and boxes is detected.boxes
+    assert scores is detected.scores
     assert np.isnan(from_path.scores).all()
     # Batched across images: the same as one at a time.
     flipped = np.ascontiguousarray(image[:, ::-1])
