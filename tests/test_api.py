@@ -143,6 +143,26 @@ def test_resolver_error_lists_what_it_looked_for(tmp_path):
         resolve_model_path(tmp_path)
 
 
+def test_run_config_reads_every_run_format(tmp_path):
+    from common.model_path import run_config
+
+    (tmp_path / "stage2").mkdir()
+    (tmp_path / "stage1").mkdir()
+    (tmp_path / "stage2" / "config.json").write_text(json.dumps(  # a CCNN stage's runner
+        {"config": {"class": None, "values": {"batch_size": 8,
+                                              "ccnn": {"margin": 0.1, "input_size": 32}}}}))
+    (tmp_path / "stage1" / "config.json").write_text(json.dumps({"margin": 0.5}))
+    values = run_config(tmp_path)  # the last stage
+    assert values["margin"] == 0.1 and values["input_size"] == 32 and values["batch_size"] == 8
+    assert run_config(tmp_path / "stage2")["margin"] == 0.1
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"margin": 0.3}}))
+    assert run_config(tmp_path)["margin"] == 0.3
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+        run_config(tmp_path)
+    assert run_config(None) == {}
+
+
 def test_readme_predict_commands_work_for_every_run_layout(runs, photo, tmp_path, capsys):
     """Issue 18 item 3: --model=RUN_DIR/export and --model=RUN_DIR for both models
     (CCNN's run dir has run.json, not config.json: its margin came out unknown)."""
