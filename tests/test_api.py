@@ -434,3 +434,20 @@ def test_boxes_json_absurd_box_is_an_error_not_ok(saved_model, tmp_path):
                                     boxes={"a.png": [[-1e30, -1e30, 1e30, 1e30]]})
     (result,) = summary.results
     assert result.status.startswith("error: ") and "mostly outside" in result.status
+
+
+def test_default_detector_matches_predict_on_a_real_photo(shared_data, runs, tmp_path):
+    """dlib by default: the API's faces and landmarks are predict's on a real photo."""
+    folder = shared_data / "sun5" / "lfw_5590"
+    path = folder / "AJ_Cook_0001.jpg"
+    if not path.is_file():
+        path = min(folder.glob("*.jpg"))
+    predictor = api.Predictor.from_export(runs["ccnn", "new"])
+    result = predictor(str(path))
+    assert len(result.boxes) >= 1 and np.isfinite(result.scores).all()
+    summary = predict.predict_paths(predictor.landmark_predictor, [str(path)],
+                                    str(tmp_path / "out"), progress=False, overlay=False)
+    record = json.loads(pathlib.Path(summary.results[0].landmarks).read_text())
+    np.testing.assert_allclose([f["box"] for f in record["faces"]], result.boxes, atol=1e-3)
+    np.testing.assert_allclose([f["landmarks"] for f in record["faces"]], result.landmarks,
+                               atol=1e-4)
