@@ -1,0 +1,31 @@
+"""CCNN (5 points) face alignment: the public Python API.
+
+    import ccnn_tf
+    predictor = ccnn_tf.Predictor.from_export("runs/NAME/export")   # or .from_run(run_dir)
+    result = predictor("photo.jpg")          # every face dlib finds
+    result.landmarks                         # float32 [F, L, 2] (x, y) image pixels
+    result.boxes                             # float32 [F, 4] (l, t, r, b) pixels
+    predictor(rgb_array, boxes=[[l, t, r, b]])
+    model = ccnn_tf.load_model("runs/NAME")     # the Keras model
+
+The API is the same for both models (``common.api``); the names below are loaded on
+first use, so ``import ccnn_tf`` does not import TensorFlow.
+"""
+
+from common.quiet import configure_for_entry_point as _configure_for_entry_point
+
+__all__ = ["Prediction", "Predictor", "load_model", "resolve_model_path"]
+
+_configure_for_entry_point()
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from common import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

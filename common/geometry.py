@@ -535,12 +535,127 @@ def preprocess_faces(images, boxes, sizes: Sequence[int], margin: float,
     return multiscale_crops(images, crop_boxes, sizes), crop_boxes
 
 
+MIN_BOX_SIDE = 4.0
+"""Smallest face box width and height (pixels) predict, the serving signature and the
+Python API accept: below it a face has too few pixels for any landmark (a 0.001 px
+box would put every point on one pixel)."""
+
+MIN_BOX_INSIDE = 0.25
+"""Smallest fraction of a face box's width (and of its height) that must lie within
+the image's extent ``[-0.5, W - 0.5]`` (``[-0.5, H - 0.5]``). Faces cut by the border
+pass (a quarter of the box inside on each axis); a box far larger than the image
+(``+-1e30``) or hanging mostly outside it is rejected instead of returning
+landmarks in the void."""
+
+_NARROW = f"a box is narrower than MIN_BOX_SIDE = {MIN_BOX_SIDE:g} px"
+_SHORT = f"a box is shorter than MIN_BOX_SIDE = {MIN_BOX_SIDE:g} px"
+_OUTSIDE = (f"a box lies mostly outside its image (under {MIN_BOX_INSIDE:.0%} of its "
+            "{} inside)")
+
+
+def _box_rules_np(boxes: np.ndarray, height: int, width: int) -> list[tuple[np.ndarray, str]]:
+    """``(ok [K], message)`` per rule, in float32 exactly as :func:`face_box_checks`."""
+    boxes = boxes.astype(np.float32)
+    h, w, half = np.float32(height), np.float32(width), np.float32(0.5)
+    left, top, right, bottom = (boxes[:, i] for i in range(4))
+    with np.errstate(invalid="ignore", over="ignore"):
+        box_w, box_h = right - left, bottom - top
+        inside_w = np.minimum(right, w - half) - np.maximum(left, -half)
+        inside_h = np.minimum(bottom, h - half) - np.maximum(top, -half)
+        fraction = np.float32(MIN_BOX_INSIDE)
+        return [
+            (np.isfinite(boxes).all(axis=1), "boxes must be finite"),
+            (box_w > 0, "boxes must have right > left (l, t, r, b)"),
+            (box_h > 0, "boxes must have bottom > top (l, t, r, b)"),
+            (left < w - half, "a box lies right of its image"),
+            (right > -half, "a box lies left of its image"),
+            (top < h - half, "a box lies below its image"),
+            (bottom > -half, "a box lies above its image"),
+            (box_w >= np.float32(MIN_BOX_SIDE), _NARROW),
+            (box_h >= np.float32(MIN_BOX_SIDE), _SHORT),
+            (inside_w >= fraction * box_w, _OUTSIDE.format("width")),
+            (inside_h >= fraction * box_h, _OUTSIDE.format("height")),
+        ]
+
+
+def check_face_boxes(boxes, height: int, width: int) -> np.ndarray:
+    """Validates face boxes for one ``height x width`` image (NumPy).
+
+    The one box validation of predict, the Python API and (as
+    :func:`face_box_checks`, the same rules in the same float32 arithmetic) the
+    serving signature: finite; ``right > left`` and ``bottom > top``; overlapping
+    the image; at least :data:`MIN_BOX_SIDE` pixels wide and high; at least
+    :data:`MIN_BOX_INSIDE` of its width and of its height within the image.
+
+    Args:
+        boxes: ``[K, 4]`` (l, t, r, b) pixels (pixel centres at integers).
+        height: image rows.
+        width: image columns.
+
+    Returns:
+        float32 ``[K, 4]`` (``[0, 4]`` for no box).
+
+    Raises:
+        ValueError: naming the first bad box, its index and the rule it breaks.
+    """
+    boxes = np.asarray(boxes, np.float32)
+    if boxes.size == 0:
+        return boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be [K, 4] (l, t, r, b), got shape {boxes.shape}")
+    for ok, message in _box_rules_np(boxes, height, width):
+        if not ok.all():
+            index = int(np.argmin(ok))
+            raise ValueError(f"box {index} {boxes[index].tolist()} for the {width}x{height} "
+                             f"image: {message}")
+    return boxes
+
+
+def face_box_checks(boxes: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> list[tf.Operation]:
+    """:func:`check_face_boxes` as TensorFlow assertions (run time, graph-safe).
+
+    Args:
+        boxes: float32 ``[N, 4]`` (l, t, r, b) pixels.
+        height: float32 scalar, image rows.
+        width: float32 scalar, image columns.
+
+    Returns:
+        The assertion ops; they fail with ``tf.errors.InvalidArgumentError`` carrying
+        the rule's message.
+    """
+    half = tf.constant(0.5, tf.float32)
+    left, top, right, bottom = (boxes[:, i] for i in range(4))
+    box_w, box_h = right - left, bottom - top
+    inside_w = tf.minimum(right, width - half) - tf.maximum(left, -half)
+    inside_h = tf.minimum(bottom, height - half) - tf.maximum(top, -half)
+    fraction = tf.constant(MIN_BOX_INSIDE, tf.float32)
+    min_side = tf.constant(MIN_BOX_SIDE, tf.float32)
+    rules = [
+        (box_w > 0, "boxes must have right > left (l, t, r, b)"),
+        (box_h > 0, "boxes must have bottom > top (l, t, r, b)"),
+        (left < width - half, "a box lies right of its image"),
+        (right > -half, "a box lies left of its image"),
+        (top < height - half, "a box lies below its image"),
+        (bottom > -half, "a box lies above its image"),
+        (box_w >= min_side, _NARROW),
+        (box_h >= min_side, _SHORT),
+        (inside_w >= fraction * box_w, _OUTSIDE.format("width")),
+        (inside_h >= fraction * box_h, _OUTSIDE.format("height")),
+    ]
+    checks = [tf.debugging.assert_all_finite(boxes, message="boxes must be finite")]
+    with tf.control_dependencies(checks):  # finiteness first: NaN fails every comparison
+        checks += [tf.debugging.Assert(tf.reduce_all(ok), [message, boxes], summarize=16)
+                   for ok, message in rules]
+    return checks
+
+
 def validate_serving_inputs(images, boxes) -> tuple[tf.Tensor, tf.Tensor]:
     """Checks the inputs of the serving signature, with clear error messages.
 
     Static properties (rank, dtype, channels) fail at trace time with
     ``ValueError``/``TypeError``; values fail at run time with
-    ``tf.errors.InvalidArgumentError``.
+    ``tf.errors.InvalidArgumentError``. The boxes follow :func:`face_box_checks`
+    (the rules of :func:`check_face_boxes`).
 
     Args:
         images: uint8 ``[N, H, W, 3]`` RGB images.
@@ -575,19 +690,7 @@ def validate_serving_inputs(images, boxes) -> tuple[tf.Tensor, tf.Tensor]:
     with tf.control_dependencies(shape_checks):
         height = tf.cast(shape[1], tf.float32)
         width = tf.cast(shape[2], tf.float32)
-        left, top, right, bottom = (boxes[:, i] for i in range(4))
-        checks = shape_checks + [
-            tf.debugging.assert_all_finite(boxes, message="boxes must be finite"),
-            tf.debugging.assert_positive(right - left,
-                                         message="boxes must have right > left (l, t, r, b)"),
-            tf.debugging.assert_positive(bottom - top,
-                                         message="boxes must have bottom > top (l, t, r, b)"),
-            tf.debugging.assert_less(left, width - 0.5,
-                                     message="a box lies right of its image"),
-            tf.debugging.assert_greater(right, -0.5, message="a box lies left of its image"),
-            tf.debugging.assert_less(top, height - 0.5, message="a box lies below its image"),
-            tf.debugging.assert_greater(bottom, -0.5, message="a box lies above its image"),
-        ]
+        checks = shape_checks + face_box_checks(boxes, height, width)
     with tf.control_dependencies(checks):
         return tf.identity(images), tf.identity(boxes)
 

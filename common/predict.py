@@ -48,8 +48,14 @@ Output layout (``output_dir``)::
     summary.json, summary.csv one row per file: file, status, faces, frames, seconds
 
 ``<name>`` is the file's path relative to the input folder (or its file name for a
-file given directly), keeping its extension, so ``a.jpg`` and ``a.png`` do not collide.
-Every file is written atomically.
+file given directly) without its extension (``photos/a.jpg`` -> ``landmarks/a.json``);
+files of one folder whose names differ only by extension (``a.jpg``, ``a.png``) keep
+it as ``a_jpg``, ``a_png`` (:func:`output_stems`), and two inputs still mapping to one
+name get ``-2``, ``-3``... in input order. Folders are walked in sorted order, their
+sub-folders only with ``recursive``; files with neither an image
+(:data:`IMAGE_EXTENSIONS`) nor a video extension are skipped. Every file is written
+atomically, and a rerun into the same folder removes the outputs it did not write
+(:func:`remove_stale_outputs`).
 """
 
 from __future__ import annotations
@@ -72,18 +78,30 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from common import atomic, geometry
+from common import atomic, geometry, model_path
 from common.images import load_image
 from common.records import DataError
 from common.schemes import SCHEMES, LandmarkScheme, scheme_for
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg",
                               ".mpeg", ".wmv", ".flv", ".3gp"})
-"""File extensions read as videos (``cv2.VideoCapture``); everything else is an image."""
+"""File extensions read as videos (``cv2.VideoCapture``)."""
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib",
+                              ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+                              ".pnm", ".pfm", ".jp2", ".j2k", ".sr", ".ras", ".exr", ".hdr",
+                              ".pic", ".avif"})
+"""File extensions read as images (decoded by content, ``common.images.load_image``).
+Files in a folder with neither an image nor a video extension are skipped (status
+``"skipped"``); a file named directly on the command line is always tried."""
+
+OUTPUT_SUFFIXES = (".json", ".jsonl", ".jpg", ".mp4", ".avi")
+"""What predict writes under ``landmarks/`` and ``overlays/`` (and so may remove there)."""
 
 STATUS_OK = "ok"
 STATUS_NO_FACE = "no_face"
 STATUS_ERROR = "error"
+STATUS_SKIPPED = "skipped"
 
 DEFAULT_DETECT_MAX_SIDE = 1600
 """Longest side of the copy the detector sees. dlib's HOG detector with ``upsample=1``
@@ -102,8 +120,6 @@ _VIDEO_CODECS = (("mp4v", ".mp4"), ("MJPG", ".avi"))
 _BOX_COLOUR = (0, 200, 0)  # RGB
 _POINT_COLOUR = (255, 40, 40)
 _LINE_COLOUR = (255, 210, 0)
-_SAVED_MODEL_FILE = "saved_model.pb"
-_RUN_CONFIG = "config.json"
 
 
 # --------------------------------------------------------------------------------------
@@ -144,7 +160,8 @@ def support_region(crop_box: np.ndarray, height: int, width: int) -> tuple[int, 
 
 
 def check_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Validates face boxes with the rules of the serving signature.
+    """Validates face boxes: ``common.geometry.check_face_boxes``, the rules of the
+    serving signature (finite, at least ``MIN_BOX_SIDE`` px, mostly inside the image).
 
     Args:
         boxes: ``[K, 4]`` (l, t, r, b) pixels.
@@ -155,34 +172,37 @@ def check_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
         float32 ``[K, 4]``.
 
     Raises:
-        ValueError: a box is not finite, empty, or lies outside the image.
+        ValueError: naming the bad box and the rule it breaks.
     """
-    boxes = np.asarray(boxes, np.float32)
-    if boxes.size == 0:
-        return boxes.reshape(0, 4)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must be [K, 4] (l, t, r, b), got shape {boxes.shape}")
-    for box in boxes:
-        left, top, right, bottom = (float(v) for v in box)
-        if not np.all(np.isfinite(box)):
-            raise ValueError(f"box {box.tolist()} is not finite")
-        if right <= left or bottom <= top:
-            raise ValueError(f"box {box.tolist()} must have right > left and bottom > top")
-        if left >= width - 0.5 or right <= -0.5 or top >= height - 0.5 or bottom <= -0.5:
-            raise ValueError(f"box {box.tolist()} lies outside the {width}x{height} image")
-    return boxes
+    return geometry.check_face_boxes(boxes, height, width)
 
 
-def _read_run_config(path: str) -> dict[str, Any]:
-    """The model config values of a training run (``config.json``), or ``{}``."""
-    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    config_path = os.path.join(directory, _RUN_CONFIG)
-    if not os.path.isfile(config_path):
-        return {}
-    with open(config_path) as f:
-        record = json.load(f)
-    config = record.get("config", record)
-    return dict(config.get("values", config)) if isinstance(config, Mapping) else {}
+def _export_margin(export_dir: str | None) -> float | None:
+    """The crop margin an export folder records (its report or SavedModel info), or None."""
+    if not export_dir:
+        return None
+    try:
+        info = _read_json_file(os.path.join(export_dir, model_path.EXPORT_REPORT))
+        for key in ("margin",):
+            for record in (info, info.get("config", {}), info.get("signature", {})):
+                if isinstance(record, Mapping) and record.get(key) is not None:
+                    return float(record[key])
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        saved = model_path.resolve_model_path(export_dir)
+        if saved.kind == model_path.KIND_SAVED_MODEL:
+            from common.export import read_export_info
+
+            return float(read_export_info(saved.path)["margin"])
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+def _read_json_file(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
 
 
 def _sizes_from_config(values: Mapping[str, Any]) -> list[int] | None:
@@ -244,11 +264,12 @@ class LandmarkPredictor:
         """Loads a predictor.
 
         Args:
-            path: a SavedModel directory of ``common.export.export_saved_model``
+            path: anything ``common.model_path.resolve_model_path`` accepts: a run
+                directory, its export (new or old layout), a SavedModel folder
                 (sizes, margin and ``L`` from its ``export_info.json``), a ``.keras``
-                file or a training run directory (``common.evaluation.load_model``;
-                sizes and margin from the run's ``config.json``, the one beside a
-                ``.keras`` file, or these arguments).
+                file or a run with checkpoints (``common.evaluation.load_model``;
+                sizes and margin from the run's config, or these arguments), or a
+                ``.tflite`` file (margin from its export or run, or ``margin``).
             sizes: input sides, overriding the config (Keras models only).
             margin: crop margin, overriding the config (Keras models only).
             name: model name in the outputs (default: the model class).
@@ -257,23 +278,41 @@ class LandmarkPredictor:
             The predictor.
 
         Raises:
-            FileNotFoundError: nothing loadable at ``path``.
-            ValueError: the margin of a Keras model is unknown.
+            ModelPathError: nothing loadable at ``path`` (a ``FileNotFoundError``
+                listing what was looked for).
+            ValueError: the margin of a Keras or TFLite model is unknown.
         """
-        path = os.fspath(path)
-        if os.path.isfile(os.path.join(path, _SAVED_MODEL_FILE)):
-            return cls._from_saved_model(path, name)
+        resolved = model_path.resolve_model_path(path)
+        if resolved.kind == model_path.KIND_SAVED_MODEL:
+            return cls._from_saved_model(resolved.path, name)
+        values = model_path.run_config(resolved.run_dir)
+        if margin is None:
+            margin = values.get("margin", _export_margin(resolved.export_dir))
+        if margin is None:
+            raise ValueError(f"the crop margin of {resolved.path} is unknown (no run "
+                             "config.json/run.json with 'margin' beside it); pass margin= "
+                             "(--margin)")
+        if resolved.kind == model_path.KIND_TFLITE:
+            return cls._from_tflite(resolved.path, float(margin), name)
         from common.evaluation import load_model  # imports the model packages
 
-        model = load_model(path)
-        values = _read_run_config(path)
+        model = load_model(resolved.path)
         sizes = list(sizes) if sizes else _sizes_from_config(values)
-        margin = values.get("margin") if margin is None else margin
-        if margin is None:
-            raise ValueError(f"the crop margin of {path} is unknown (no config.json with "
-                             "'margin'); pass margin=")
         return cls.from_keras(model, sizes=sizes, margin=float(margin), name=name,
-                              source=os.path.abspath(path))
+                              source=resolved.path)
+
+    @classmethod
+    def _from_tflite(cls, path: str, margin: float, name: str | None) -> LandmarkPredictor:
+        from common.export import run_tflite, tflite_input_sizes
+
+        sizes = tflite_input_sizes(path)
+
+        def run_crops(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            return np.asarray(run_tflite(path, inputs)["landmarks"], np.float32)
+
+        probe = run_crops({_input_key(s): np.zeros((1, s, s, 3), np.float32) for s in sizes})
+        return cls(run_crops, sizes=sizes, margin=margin, num_landmarks=probe.shape[1],
+                   name=name or os.path.splitext(os.path.basename(path))[0], source=path)
 
     @classmethod
     def _from_saved_model(cls, path: str, name: str | None) -> LandmarkPredictor:
@@ -561,7 +600,7 @@ class FileResult:
 
     @property
     def category(self) -> str:
-        """``"ok"``, ``"no_face"`` or ``"error"``."""
+        """``"ok"``, ``"no_face"``, ``"error"`` or ``"skipped"``."""
         return STATUS_ERROR if self.status.startswith(STATUS_ERROR) else self.status
 
 
@@ -583,11 +622,16 @@ class Summary:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Files per status category (``ok``, ``no_face``, ``error``)."""
-        counts = {STATUS_OK: 0, STATUS_NO_FACE: 0, STATUS_ERROR: 0}
+        """Files per status category (``ok``, ``no_face``, ``error``, ``skipped``)."""
+        counts = {STATUS_OK: 0, STATUS_NO_FACE: 0, STATUS_ERROR: 0, STATUS_SKIPPED: 0}
         for result in self.results:
             counts[result.category] += 1
         return counts
+
+    @property
+    def num_processed(self) -> int:
+        """Files read (every status but ``skipped``)."""
+        return sum(r.category != STATUS_SKIPPED for r in self.results)
 
     @property
     def num_faces(self) -> int:
@@ -612,7 +656,9 @@ class Summary:
         elapsed = max(self.seconds, 1e-9)
         lines = [(f"{len(self.results)} files in {self.seconds:.1f} s "
                   f"({len(self.results) / elapsed:.2f} files/s): {counts[STATUS_OK]} ok, "
-                  f"{counts[STATUS_NO_FACE]} no face, {counts[STATUS_ERROR]} errors"),
+                  f"{counts[STATUS_NO_FACE]} no face, {counts[STATUS_ERROR]} errors"
+                  + (f", {counts[STATUS_SKIPPED]} skipped (not images or videos)"
+                     if counts[STATUS_SKIPPED] else "")),
                  f"{self.num_faces} faces ({self.num_faces / elapsed:.2f} faces/s)"
                  + (f", {self.num_frames} video frames" if self.num_frames else "")]
         errors = [r for r in self.results if r.category == STATUS_ERROR]
@@ -624,7 +670,28 @@ class Summary:
             lines.append(f"results in {self.output_dir} (summary.json, summary.csv)")
         return "\n".join(lines)
 
+    def failure(self, allow_empty: bool = False) -> str:
+        """Why the run as a whole failed (one line), or ``""``.
 
+        Args:
+            allow_empty: accept a run that read no file.
+
+        Returns:
+            ``"no image or video to process ..."`` when nothing was read (unless
+            ``allow_empty``), ``"every file failed ..."`` when no file succeeded.
+        """
+        processed = self.num_processed
+        if not processed:
+            if allow_empty:
+                return ""
+            skipped = self.counts[STATUS_SKIPPED]
+            return ("no image or video to process" + (f" ({skipped} other files skipped)"
+                                                      if skipped else ""))
+        if self.counts[STATUS_ERROR] == processed:
+            first = next(r for r in self.results if r.category == STATUS_ERROR)
+            return (f"every file failed ({processed}; first: {first.file}: {first.status}); "
+                    "see summary.csv")
+        return ""
 
 
 def _write_summary(summary: Summary, output_dir: str) -> None:
@@ -714,7 +781,8 @@ class _Unit:
         return [{"box": [round(float(v), 3) for v in box],
                  "score": None if score is None else round(float(score), 4),
                  "box_source": source,
-                 "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in points]}
+                 # 4 decimals: the JSON equals the Python API to 5e-5 px.
+                 "landmarks": [[round(float(x), 4), round(float(y), 4)] for x, y in points]}
                 for box, score, source, points in zip(self.boxes, self.scores, self.sources,
                                                       self.landmarks)]
 
@@ -868,31 +936,87 @@ class _VideoOutput:
                 os.remove(tmp)
 
 
-def iter_input_files(inputs: Iterable[str], exclude: str | None = None
-                     ) -> Iterator[tuple[str, str]]:
+def output_stems(names: Sequence[str]) -> dict[str, str]:
+    """Output names (no extension) of the files of one folder.
+
+    ``a.jpg`` -> ``a`` (``landmarks/a.json``, ``overlays/a.jpg``); files whose stems
+    collide within the folder (``a.jpg`` and ``a.png``, or ``a.JPG`` and ``a.jpg``)
+    all keep their extension as ``a_jpg``, ``a_png``, whatever else is in the folder.
+
+    Args:
+        names: file names of one folder.
+
+    Returns:
+        ``{name: stem}``.
+    """
+    by_stem = collections.Counter(os.path.splitext(n)[0].lower() for n in names)
+    stems = {}
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        stems[name] = f"{stem}_{ext[1:]}" if by_stem[stem.lower()] > 1 and ext else stem
+    return stems
+
+
+def iter_input_files(inputs: Iterable[str], exclude: str | None = None,
+                     recursive: bool = False) -> Iterator[tuple[str, str, str]]:
     """Walks files and folders lazily, in sorted order.
 
     Args:
-        inputs: files, folders (recursed; hidden entries skipped) and videos.
+        inputs: files, folders (hidden entries skipped) and videos.
         exclude: a folder whose contents are skipped (the output folder).
+        recursive: also walk the sub-folders of folders.
 
     Yields:
-        ``(path, name)`` with ``name`` the path relative to its input folder, or the
-        file name of a file given directly.
+        ``(path, name, stem)``: ``name`` is the path relative to its input folder (or
+        the file name of a file given directly), ``stem`` the output name without
+        extension (:func:`output_stems`), e.g. ``("in/sub/a.jpg", "sub/a.jpg",
+        "sub/a")``.
     """
     exclude = os.path.realpath(exclude) if exclude else None
     for item in inputs:
         item = os.fspath(item)
         if not os.path.isdir(item):
-            yield item, os.path.basename(item.rstrip("/\\")) or item
+            name = os.path.basename(item.rstrip("/\\")) or item
+            yield item, name, os.path.splitext(name)[0] or name
             continue
         for root, dirs, files in os.walk(item):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                             and os.path.realpath(os.path.join(root, d)) != exclude)
-            for name in sorted(files):
-                if not name.startswith("."):
-                    path = os.path.join(root, name)
-                    yield path, os.path.relpath(path, item)
+                             and os.path.realpath(os.path.join(root, d)) != exclude
+                             ) if recursive else []
+            names = sorted(n for n in files if not n.startswith("."))
+            stems = output_stems(names)
+            for name in names:
+                path = os.path.join(root, name)
+                relative = os.path.relpath(path, item)
+                yield path, relative, os.path.join(os.path.dirname(relative), stems[name])
+
+
+def remove_stale_outputs(output_dir: str, keep: Iterable[str]) -> list[str]:
+    """Removes what an earlier run left under ``landmarks/`` and ``overlays/``.
+
+    Only files predict writes (:data:`OUTPUT_SUFFIXES`) are removed, and folders
+    left empty; ``summary.*`` and anything else in ``output_dir`` stay.
+
+    Args:
+        output_dir: the output folder.
+        keep: the files this run wrote.
+
+    Returns:
+        The removed files.
+    """
+    keep = {os.path.abspath(p) for p in keep if p}
+    removed = []
+    for sub in ("landmarks", "overlays"):
+        top = os.path.join(output_dir, sub)
+        for root, _, files in os.walk(top, topdown=False):
+            for name in files:
+                path = os.path.abspath(os.path.join(root, name))
+                if name.endswith(OUTPUT_SUFFIXES) and path not in keep:
+                    os.remove(path)
+                    removed.append(path)
+            if root != top and not os.listdir(root):
+                os.rmdir(root)
+    return removed
 
 
 class _Run:
@@ -903,8 +1027,9 @@ class _Run:
                  boxes: Mapping[str, Any] | None, scheme: LandmarkScheme | None,
                  detect_max_side: int | None, overlay_max_side: int | None,
                  max_frames: int | None, max_pending_units: int, max_pending_bytes: int,
-                 progress: _Progress):
+                 progress: _Progress, recursive: bool = False):
         self.predictor = predictor
+        self.recursive = recursive
         self.output_dir = output_dir
         self.overlay = overlay
         self.boxes = dict(boxes or {})
@@ -930,13 +1055,13 @@ class _Run:
 
     # ---- helpers ---------------------------------------------------------------------
 
-    def _unique(self, name: str) -> str:
-        name = name.replace("\\", "/").lstrip("/")
-        candidate, n = name, 1
+    def _unique(self, stem: str) -> str:
+        """``stem``, or ``stem-2``, ``stem-3``... when two inputs map to one name."""
+        stem = stem.replace("\\", "/").lstrip("/")
+        candidate, n = stem, 1
         while candidate.lower() in self.used_names:
             n += 1
-            stem, ext = os.path.splitext(name)
-            candidate = f"{stem}-{n}{ext}"
+            candidate = f"{stem}-{n}"
         self.used_names.add(candidate.lower())
         return candidate
 
@@ -976,7 +1101,7 @@ class _Run:
 
     # ---- images ----------------------------------------------------------------------
 
-    def image(self, path: str, name: str) -> None:
+    def image(self, path: str, name: str, stem: str) -> None:
         start = time.monotonic()
         try:
             image = load_image(path)
@@ -989,9 +1114,9 @@ class _Run:
             self._record(FileResult(path, f"{STATUS_ERROR}: {type(error).__name__}: {error}",
                                     seconds=time.monotonic() - start))
             return
-        name = self._unique(name)
+        stem = self._unique(stem)
         unit = self._unit(image, boxes, scores, sources,
-                          lambda u: self._finish_image(u, path, name), canvas=len(boxes) > 0)
+                          lambda u: self._finish_image(u, path, stem), canvas=len(boxes) > 0)
         unit.seconds = time.monotonic() - start
         self.queue.submit(unit, image)
 
@@ -1025,7 +1150,7 @@ class _Run:
 
     # ---- videos ----------------------------------------------------------------------
 
-    def video(self, path: str, name: str) -> None:
+    def video(self, path: str, name: str, stem: str) -> None:
         start = time.monotonic()
         capture = cv2.VideoCapture(path)
         if not capture.isOpened():
@@ -1035,9 +1160,9 @@ class _Run:
                                     seconds=time.monotonic() - start))
             return
         given = self._given_boxes(path, name)
-        name = self._unique(name)
-        output = _VideoOutput(os.path.join(self.output_dir, "landmarks", name + ".jsonl"),
-                              os.path.join(self.output_dir, "overlays", name)
+        stem = self._unique(stem)
+        output = _VideoOutput(os.path.join(self.output_dir, "landmarks", stem + ".jsonl"),
+                              os.path.join(self.output_dir, "overlays", stem)
                               if self.overlay else None,
                               capture.get(cv2.CAP_PROP_FPS))
         self.open_videos.append(output)
@@ -1112,12 +1237,17 @@ class _Run:
     # ---- driver ----------------------------------------------------------------------
 
     def run(self, inputs: Sequence[str]) -> None:
+        direct = {os.fspath(i) for i in inputs if not os.path.isdir(i)}
         try:
-            for path, name in iter_input_files(inputs, exclude=self.output_dir):
-                if os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS:
-                    self.video(path, name)
+            for path, name, stem in iter_input_files(inputs, exclude=self.output_dir,
+                                                     recursive=self.recursive):
+                extension = os.path.splitext(path)[1].lower()
+                if extension in VIDEO_EXTENSIONS:
+                    self.video(path, name, stem)
+                elif extension in IMAGE_EXTENSIONS or path in direct:
+                    self.image(path, name, stem)
                 else:
-                    self.image(path, name)
+                    self._record(FileResult(path, STATUS_SKIPPED))
             self.queue.flush()
         finally:
             for output in list(self.open_videos):
@@ -1134,18 +1264,26 @@ def predict_paths(predictor: LandmarkPredictor, inputs: Sequence[str] | str, out
                   max_pending_units: int | None = None,
                   max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
                   finder: Finder | None = None,
-                  progress: TextIO | None | bool = True) -> Summary:
+                  progress: TextIO | None | bool = True,
+                  recursive: bool = False,
+                  remove_stale: bool = True) -> Summary:
     """Predicts landmarks for every face in files, folders and videos.
 
     Never raises for a bad input file: each file gets one status (``"ok"``,
-    ``"no_face"``, ``"error: <reason>"``) in the returned summary, which is also
-    written to ``output_dir/summary.json`` and ``summary.csv``. See the module
-    docstring for batching, memory bounds and the output layout.
+    ``"no_face"``, ``"error: <reason>"``, or ``"skipped"`` for a file of a folder
+    that has neither an image nor a video extension) in the returned summary, which
+    is also written to ``output_dir/summary.json`` and ``summary.csv``. See the
+    module docstring for batching, memory bounds and the output layout.
+
+    Predict owns ``landmarks/`` and ``overlays/`` of ``output_dir``: once the run is
+    complete, every output file there that this run did not write (an input deleted
+    since, an input that now fails, an old name) is removed (``remove_stale``), so
+    the folder holds exactly the results listed in the summary.
 
     Args:
         predictor: the model.
         inputs: image files, video files (by extension, ``VIDEO_EXTENSIONS``) and
-            folders (walked recursively, hidden entries skipped), or one of them.
+            folders (hidden entries skipped), or one of them.
         output_dir: where the results go (created).
         batch_size: faces per model call.
         upsample: dlib's upsampling (1 finds faces down to ~40 px of the detection
@@ -1167,6 +1305,8 @@ def predict_paths(predictor: LandmarkPredictor, inputs: Sequence[str] | str, out
             ``common.boxes.DlibBoxFinder(upsample)``.
         progress: stream for the progress line (``True``: stderr; ``False``/``None``:
             silent).
+        recursive: also walk the sub-folders of input folders.
+        remove_stale: remove outputs of earlier runs this run did not write.
 
     Returns:
         The summary, one row per file in input order (files are finished in the
@@ -1203,12 +1343,15 @@ def predict_paths(predictor: LandmarkPredictor, inputs: Sequence[str] | str, out
                overlay=overlay, boxes=boxes, scheme=scheme, detect_max_side=detect_max_side,
                overlay_max_side=overlay_max_side, max_frames=max_frames,
                max_pending_units=max_pending_units or 2 * batch_size,
-               max_pending_bytes=max_pending_bytes, progress=meter)
+               max_pending_bytes=max_pending_bytes, progress=meter, recursive=recursive)
     try:
         run.run(list(inputs))
     finally:
         meter.close()
     summary = Summary(run.results, time.monotonic() - start, predictor.name, output_dir)
+    if remove_stale:
+        remove_stale_outputs(output_dir, [p for r in summary.results
+                                          for p in (r.landmarks, r.overlay)])
     _write_summary(summary, output_dir)
     return summary
 
@@ -1233,8 +1376,8 @@ def define_flags(scheme: str, flag_values=None) -> dict[str, Any]:
     fv = flag_values if flag_values is not None else flags.FLAGS
     holders = {
         "model": flags.DEFINE_string(
-            "model", None, "Exported SavedModel directory (or a .keras file / training run "
-            "directory).", required=True, flag_values=fv),
+            "model", None, "A training run directory, its export/ (either layout), a "
+            "SavedModel folder, a .keras or a .tflite file.", required=True, flag_values=fv),
         "input": flags.DEFINE_multi_string(
             "input", None, "Image, video or folder (recursed) to process.",
             required=True, flag_values=fv),
@@ -1269,34 +1412,59 @@ def define_flags(scheme: str, flag_values=None) -> dict[str, Any]:
         "sizes": flags.DEFINE_list(
             "sizes", None, "Input sides, for a Keras model whose run has no config.json.",
             flag_values=fv),
+        "recursive": flags.DEFINE_boolean(
+            "recursive", False, "Also process the sub-folders of --input folders.",
+            flag_values=fv),
+        "allow_empty": flags.DEFINE_boolean(
+            "allow_empty", False, "Exit 0 even when no image or video was found to "
+            "process (by default that is an error).", flag_values=fv),
     }
     return holders
 
 
 def main(argv: Sequence[str], holders: Mapping[str, Any]) -> int:
     """Runs :func:`predict_paths` with the flags of :func:`define_flags` and prints the
-    summary.
+    summary. The model is loaded through the Python API (``common.api.Predictor``).
 
     Args:
         argv: remaining command-line arguments (must be empty).
         holders: what :func:`define_flags` returned.
 
     Returns:
-        0 (per-file problems are reported in the summary, not as an exit status).
+        0; 1 with a one-line reason on stderr when nothing was processed (unless
+        ``--allow_empty``) or every file failed; 2 when an input or the model does
+        not exist. Per-file problems are otherwise reported in the summary.
     """
     from absl import app
+
+    from common.api import Predictor
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     values = {name: holder.value for name, holder in holders.items()}
-    predictor = LandmarkPredictor.from_path(
-        values["model"], margin=values["margin"],
-        sizes=[int(s) for s in values["sizes"]] if values["sizes"] else None)
+    missing = [p for p in values["input"] if not os.path.exists(p)]
+    if missing:
+        print(f"predict: error: input not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        api = Predictor.from_export(
+            values["model"], margin=values["margin"],
+            sizes=[int(s) for s in values["sizes"]] if values["sizes"] else None,
+            upsample=values["upsample"], batch_size=values["batch_size"],
+            detect_max_side=values["detect_max_side"] or None)
+    except model_path.ModelPathError as error:
+        print(f"predict: error: {error}", file=sys.stderr)
+        return 2
     summary = predict_paths(
-        predictor, values["input"], values["output"], batch_size=values["batch_size"],
-        upsample=values["upsample"], overlay=values["overlay"], boxes=values["boxes_json"],
-        scheme=values["scheme"], detect_max_side=values["detect_max_side"] or None,
+        api.landmark_predictor, values["input"], values["output"],
+        batch_size=api.batch_size, upsample=api.upsample, overlay=values["overlay"],
+        boxes=values["boxes_json"], scheme=values["scheme"],
+        detect_max_side=api.detect_max_side,
         overlay_max_side=values["overlay_max_side"] or None,
-        max_frames=values["max_frames"] or None)
+        max_frames=values["max_frames"] or None, recursive=values["recursive"])
     print(summary.format())
+    failure = summary.failure(allow_empty=values["allow_empty"])
+    if failure:
+        print(f"predict: error: {failure}", file=sys.stderr)
+        return 1
     return 0

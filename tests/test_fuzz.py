@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from common import boxes as boxes_lib
@@ -705,10 +705,18 @@ BOX_VALUE = st.one_of(
 
 
 def _box_is_valid(box: np.ndarray, height: int, width: int) -> bool:
+    """The rules of ``geometry.check_face_boxes``, written out in float32."""
     left, top, right, bottom = box.astype(np.float32)
     h, w, half = np.float32(height), np.float32(width), np.float32(0.5)
-    return bool(np.isfinite(box).all() and right - left > 0 and bottom - top > 0
-                and left < w - half and right > -half and top < h - half and bottom > -half)
+    if not (np.isfinite(box).all() and right - left > 0 and bottom - top > 0
+            and left < w - half and right > -half and top < h - half and bottom > -half):
+        return False
+    side, fraction = np.float32(geometry.MIN_BOX_SIDE), np.float32(geometry.MIN_BOX_INSIDE)
+    inside_w = min(right, w - half) - max(left, -half)
+    inside_h = min(bottom, h - half) - max(top, -half)
+    return bool(right - left >= side and bottom - top >= side
+                and inside_w >= fraction * (right - left)
+                and inside_h >= fraction * (bottom - top))
 
 
 @FUZZ
@@ -723,20 +731,31 @@ def test_validate_serving_inputs_rejects_exactly_the_bad_boxes(height, width, bo
     if valid:
         _, checked = geometry.validate_serving_inputs(frames, boxes)
         np.testing.assert_array_equal(checked.numpy(), boxes)
+        np.testing.assert_array_equal(geometry.check_face_boxes(boxes, height, width), boxes)
     else:
         with pytest.raises(tf.errors.InvalidArgumentError):
             geometry.validate_serving_inputs(frames, boxes)
+        with pytest.raises(ValueError):
+            geometry.check_face_boxes(boxes, height, width)
 
 
 @st.composite
 def boxes_inside(draw, height: int, width: int):
-    """1-3 valid boxes overlapping a ``height x width`` image."""
+    """1-3 valid boxes (``_box_is_valid``) overlapping a ``height x width`` image:
+    sides from ``MIN_BOX_SIDE`` up, at least ``MIN_BOX_INSIDE`` (plus 5 %) inside."""
     rows = []
     for _ in range(draw(st.integers(1, 3))):
-        left = draw(st.floats(-20, width - 1, width=32))
-        top = draw(st.floats(-20, height - 1, width=32))
-        rows.append([left, top, max(left, 0.0) + draw(st.floats(1, 60)),
-                     max(top, 0.0) + draw(st.floats(1, 60))])
+        row = []
+        for extent in (width, height):
+            side = draw(st.floats(geometry.MIN_BOX_SIDE, max(geometry.MIN_BOX_SIDE, min(
+                60.0, extent / (geometry.MIN_BOX_INSIDE + 0.05)))))
+            low = -0.5 - (1 - geometry.MIN_BOX_INSIDE - 0.05) * side
+            high = extent - 0.5 - (geometry.MIN_BOX_INSIDE + 0.05) * side
+            row.append((draw(st.floats(low, max(low, high))), side))
+        (left, box_w), (top, box_h) = row
+        box = np.array([left, top, left + box_w, top + box_h], np.float32)
+        assume(_box_is_valid(box, height, width))
+        rows.append(box)
     return np.array(rows, np.float32)
 
 

@@ -120,10 +120,32 @@ def test_keras_predictor_matches_export(model, predictor, tmp_path):
 def test_check_boxes_rejects_bad_boxes():
     with pytest.raises(ValueError, match="right > left"):
         predict.check_boxes([[10, 10, 5, 20]], 50, 50)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="right of its image"):
         predict.check_boxes([[60, 10, 70, 20]], 50, 50)
     with pytest.raises(ValueError, match="finite"):
         predict.check_boxes([[np.nan, 10, 70, 20]], 50, 50)
+    # Issue 18: absurd boxes used to pass ("ok" landmarks of 1e29, or on one pixel).
+    with pytest.raises(ValueError, match="box 1 .*mostly outside"):
+        predict.check_boxes([[5, 5, 30, 30], [-1e30, -1e30, 1e30, 1e30]], 50, 50)
+    with pytest.raises(ValueError, match="narrower than MIN_BOX_SIDE"):
+        predict.check_boxes([[10, 10, 10.001, 30]], 50, 50)
+    with pytest.raises(ValueError, match="mostly outside"):
+        predict.check_boxes([[40, 10, 100, 30]], 50, 50)  # 9.5 of 60 px inside
+    # A face cut by the border (a third inside on each axis) is fine.
+    predict.check_boxes([[-40, -40, 20, 20]], 50, 50)
+
+
+def test_serving_signature_rejects_absurd_boxes(export_dir):
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    image = tf.zeros((1, 50, 60, 3), tf.uint8)
+    for box, message in (([-1e30, -1e30, 1e30, 1e30], "mostly outside"),
+                         ([10, 10, 10.001, 30], "narrower than MIN_BOX_SIDE"),
+                         ([10, 10, 30, 10.5], "shorter than MIN_BOX_SIDE"),
+                         ([50, 10, 300, 30], "mostly outside")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            serve(images=image, boxes=tf.constant([box], tf.float32))
+    good = serve(images=image, boxes=tf.constant([[10, 10, 40, 40]], tf.float32))
+    assert np.isfinite(good["landmarks"].numpy()).all()
 
 
 def test_detect_faces_maps_boxes_back_to_full_resolution():
@@ -223,10 +245,10 @@ def test_predict_paths_one_status_per_file(mixed_run):
     assert status["noise.png"] == "no_face"
     assert status["tiny.png"] == "no_face"
     assert status["corrupt.jpg"].startswith("error: truncated image")
-    assert status["notes.txt"].startswith("error: not a decodable image")
+    assert status["notes.txt"] == "skipped"  # not an image by name (issue 16)
     assert status["empty.jpg"] == "error: empty file"
     counts = summary.counts
-    assert counts == {"ok": 6, "no_face": 2, "error": 3}
+    assert counts == {"ok": 6, "no_face": 2, "error": 2, "skipped": 1}
     assert sum(counts.values()) == len(files)
     assert summary.num_faces == sum(r.faces for r in summary.results)
     assert by_name["clip.mp4"].frames == 5 and by_name["clip.mp4"].faces == 5
@@ -247,7 +269,8 @@ def test_predict_paths_writes_json_overlays_and_summary(mixed_run, predictor):
         elif result.status.startswith("error"):
             assert result.landmarks == "" and result.overlay == ""
     written = {os.path.basename(p) for p in os.listdir(output / "landmarks")}
-    assert "face.jpg.json" in written and "corrupt.jpg.json" not in written
+    assert "face.json" in written and "corrupt.json" not in written
+    assert not [p for p in written if p.endswith(".jpg.json")]  # no double extensions
     with open(output / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["file"] for r in rows] == [r.file for r in summary.results]
@@ -256,7 +279,7 @@ def test_predict_paths_writes_json_overlays_and_summary(mixed_run, predictor):
     assert data["counts"] == summary.counts and data["files"] == len(rows)
     assert not [p for p in os.listdir(output / "landmarks") if p.startswith(".")]
     text = summary.format()
-    assert "6 ok, 2 no face, 3 errors" in text and "corrupt.jpg" in text
+    assert "6 ok, 2 no face, 2 errors, 1 skipped" in text and "corrupt.jpg" in text
 
 
 def test_predict_paths_large_image_boxes_map_back(mixed_run, face):
@@ -316,7 +339,7 @@ def test_cli_flags(export_dir, tmp_path, capsys):
     assert predict.main(argv, holders) == 0
     assert "1 ok, 0 no face, 0 errors" in capsys.readouterr().out
     assert not (tmp_path / "out" / "overlays").exists()
-    record = json.loads((tmp_path / "out" / "landmarks" / "x.png.json").read_text())
+    record = json.loads((tmp_path / "out" / "landmarks" / "x.json").read_text())
     assert record["scheme"] == "cuhk5" and record["faces"][0]["box_source"] == "given"
 
 
