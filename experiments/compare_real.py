@@ -95,8 +95,8 @@ __all__ = [
     "NORMALISERS", "PEER_CACHE_VERSION", "PEER_NAMES", "TRAINED_PEERS", "OurModel",
     "cached_peer_info", "compare", "expand_peers", "fit_trained_peers", "five_point_peer",
     "load_trained_peer", "main", "method_label", "peer_cache_key", "per_point_table",
-    "resolved_lbf_options", "summary_columns", "summary_row", "time_ours_per_face",
-    "train_or_load_ours",
+    "resolved_lbf_options", "skip_unavailable_peers", "summary_columns", "summary_row",
+    "time_ours_per_face", "train_or_load_ours",
 ]
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,27 @@ def five_point_peer(method: str) -> bool:
     factory = PEERS.get(method)
     scheme = getattr(getattr(factory, "func", factory), "scheme", None)
     return scheme is not None and scheme.num_points == 5
+
+
+def skip_unavailable_peers(methods: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The methods whose peer can be built here, and a note for each one that cannot.
+
+    A registered peer with a missing optional package, model file or venv (its class's
+    ``unavailable()``, ``experiments.peers.peer_unavailable``: e.g. ``dlib_pretrained68``
+    without ``face-recognition-models``, ``mediapipe_mesh`` without its venv) is
+    skipped with a note in the report, as MTCNN without its package and LBF without
+    its tool.
+    """
+    from experiments.peers import peer_unavailable
+
+    kept, notes = [], []
+    for method in methods:
+        why = peer_unavailable(method)
+        if why:
+            notes.append(f"{method_label(method)} (`{method}`) skipped: {why}")
+        else:
+            kept.append(method)
+    return kept, notes
 
 
 def _mtcnn_available() -> bool:
@@ -237,6 +258,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         except peer_lib.LBFUnavailable as e:
             methods.remove("lbf")
             notes.append(f"LBF skipped: {e}.")
+    methods, skipped = skip_unavailable_peers(methods)
+    notes += skipped
     os.makedirs(output, exist_ok=True)
     run_dir = run_dir or os.path.join(output, "run")
     cache_dir = os.path.join(output, "peers")
@@ -455,6 +478,8 @@ def _define_flags() -> None:
     """Defines the flags (only when run as a program, never on import)."""
     from absl import flags
 
+    from experiments.peers import PEERS
+
     flags.DEFINE_enum("family", None, list(FAMILIES),
                       "msrrn: 68 points, ours = MSRRN; ccnn: 5 points, ours = CCNN.",
                       required=True)
@@ -484,7 +509,9 @@ def _define_flags() -> None:
                       "Peers: dlib_ert, mean_shape, mtcnn (both modes: detect and ONet on "
                       "our box), mtcnn_box (box mode only), lbf (OpenCV's Facemark LBF; "
                       "needs --lbf_tool or $FACE_ALIGN_LBF_TOOL, default peer when that "
-                      "is set).")
+                      "is set), or a pretrained peer registered in experiments.peers: "
+                      + ", ".join(name for name in PEERS if name not in PEER_NAMES)
+                      + " (skipped with a note when its package or venv is missing).")
     flags.DEFINE_string("dlib_options", None,
                         "JSON object of dlib shape-predictor option overrides, e.g. "
                         "'{\"oversampling_amount\": 5}'. Default: dlib's defaults "
