@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.boxes import box_iou
 from common.schemes import IBUG_68
 from experiments.peers.base import CUHK5Peer, Peer, PeerUnavailable, check_boxes, rgb_image
 from experiments.peers.dlib_ert import box_to_dlib_rect
@@ -34,6 +33,8 @@ DLIB68_INSTALL = "pip install face-recognition-models  (or: pip install -e \".[p
 def match_detection(box: np.ndarray, detections: Sequence[np.ndarray],
                     min_iou: float) -> int | None:
     """Index of the detection with the highest IoU with ``box`` if >= ``min_iou``."""
+    from common.boxes import box_iou  # imports TensorFlow (common.records)
+
     ious = np.array([box_iou(box, d) for d in detections])
     if ious.size and ious.max() >= min_iou:
         return int(np.argmax(ious))
