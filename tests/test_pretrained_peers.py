@@ -319,3 +319,16 @@ def test_compare_real_skips_pretrained_peers_whose_package_is_missing(monkeypatc
     assert "(`dlib_pretrained68_detect`) skipped:" in notes[0]
     assert "pip install face-recognition-models" in notes[0]
     assert "(`mediapipe_mesh_cuhk5`) skipped:" in notes[1] and "python3 -m venv" in notes[1]
+
+
+def test_compare_real_skips_a_pretrained_peer_with_another_point_count():
+    from experiments import compare_real
+
+    note = compare_real.point_count_note("dlib_pretrained68", 5)
+    assert "(`dlib_pretrained68`) skipped: it predicts 68 points, our model 5" in note
+    assert "`dlib_pretrained68_cuhk5`" in note
+    assert compare_real.point_count_note("mediapipe_mesh", 68) == ""
+    assert compare_real.point_count_note("mediapipe_mesh_cuhk5", 68) == ""   # 5-point reduction
+    assert compare_real.point_count_note("mediapipe_mesh_cuhk5", 5) == ""
+    assert compare_real.point_count_note("dlib_ert", 5) == ""                # learns ours
+    assert compare_real.point_count_note("mtcnn", 68) == ""
