@@ -36,7 +36,7 @@ def measure(data: str, split: str, limit: int | None, sources: Sequence[str],
         ``{"faces": N, "available": {source: count}, "pairs": {"A vs B": {stat:
         {"p5": .., ..., "mean": ..}}}}`` where A's box is measured in B's units.
     """
-    from common.peers import iterate_faces
+    from experiments.peers import iterate_faces
 
     faces = box_robustness.limit_faces(iterate_faces(data, split), limit)
     boxes = box_robustness.source_boxes(faces, sources, seed=seed)

@@ -95,8 +95,8 @@ __all__ = [
     "NORMALISERS", "PEER_CACHE_VERSION", "PEER_NAMES", "TRAINED_PEERS", "OurModel",
     "cached_peer_info", "compare", "expand_peers", "fit_trained_peers", "five_point_peer",
     "load_trained_peer", "main", "method_label", "peer_cache_key", "per_point_table",
-    "resolved_lbf_options", "summary_columns", "summary_row", "time_ours_per_face",
-    "train_or_load_ours",
+    "point_count_note", "resolved_lbf_options", "skip_unavailable_peers", "summary_columns",
+    "summary_row", "time_ours_per_face", "train_or_load_ours",
 ]
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,48 @@ def five_point_peer(method: str) -> bool:
     factory = PEERS.get(method)
     scheme = getattr(getattr(factory, "func", factory), "scheme", None)
     return scheme is not None and scheme.num_points == 5
+
+
+def skip_unavailable_peers(methods: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The methods whose peer can be built here, and a note for each one that cannot.
+
+    A registered peer with a missing optional package, model file or venv (its class's
+    ``unavailable()``, ``experiments.peers.peer_unavailable``: e.g. ``dlib_pretrained68``
+    without ``face-recognition-models``, ``mediapipe_mesh`` without its venv) is
+    skipped with a note in the report, as MTCNN without its package and LBF without
+    its tool.
+    """
+    from experiments.peers import peer_unavailable
+
+    kept, notes = [], []
+    for method in methods:
+        why = peer_unavailable(method)
+        if why:
+            notes.append(f"{method_label(method)} (`{method}`) skipped: {why}")
+        else:
+            kept.append(method)
+    return kept, notes
+
+
+def point_count_note(method: str, num_landmarks: int) -> str:
+    """Why the peer ``method`` cannot be compared with a ``num_landmarks``-point model
+    (``""``: it can).
+
+    A peer with a fixed scheme (its class's ``scheme``) is compared when it has our point
+    count, or 5 points beside a 68-point model (on the 5-point reduction); a trainable
+    peer (no fixed scheme) learns ours. Otherwise (e.g. ``dlib_pretrained68`` beside
+    CCNN's 5 points) the note names the peer's 5-point form where one is registered.
+    """
+    from experiments.peers import PEERS, peer_class
+
+    scheme = getattr(peer_class(method), "scheme", None) if method in PEERS else None
+    if scheme is None or scheme.num_points == num_landmarks or (
+            scheme.num_points == 5 and num_landmarks == 68):
+        return ""
+    hint = (f"; its 5-point form is `{method}_cuhk5`"
+            if num_landmarks == 5 and f"{method}_cuhk5" in PEERS else "")
+    return (f"{method_label(method)} (`{method}`) skipped: it predicts "
+            f"{scheme.num_points} points, our model {num_landmarks}{hint}.")
 
 
 def _mtcnn_available() -> bool:
@@ -237,6 +279,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         except peer_lib.LBFUnavailable as e:
             methods.remove("lbf")
             notes.append(f"LBF skipped: {e}.")
+    methods, skipped = skip_unavailable_peers(methods)
+    notes += skipped
     os.makedirs(output, exist_ok=True)
     run_dir = run_dir or os.path.join(output, "run")
     cache_dir = os.path.join(output, "peers")
@@ -301,7 +345,12 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
     _check_same_faces(pred, faces)
     log(f"our model evaluated on {pred.num_faces} {eval_split!r} faces")
 
-    # 4. Peers on the same faces and boxes.
+    # 4. Peers on the same faces and boxes (those with our point count, or 5 points).
+    for method in list(methods):
+        note = point_count_note(method, ours.num_landmarks)
+        if note:
+            methods.remove(method)
+            notes.append(note)
     outputs = {family: pred.outputs_px["landmarks"]}
     for key in ["mean_shape", *_stage_keys(pred.outputs_px)]:
         if key in pred.outputs_px:
@@ -455,6 +504,8 @@ def _define_flags() -> None:
     """Defines the flags (only when run as a program, never on import)."""
     from absl import flags
 
+    from experiments.peers import PEERS
+
     flags.DEFINE_enum("family", None, list(FAMILIES),
                       "msrrn: 68 points, ours = MSRRN; ccnn: 5 points, ours = CCNN.",
                       required=True)
@@ -484,7 +535,9 @@ def _define_flags() -> None:
                       "Peers: dlib_ert, mean_shape, mtcnn (both modes: detect and ONet on "
                       "our box), mtcnn_box (box mode only), lbf (OpenCV's Facemark LBF; "
                       "needs --lbf_tool or $FACE_ALIGN_LBF_TOOL, default peer when that "
-                      "is set).")
+                      "is set), or a pretrained peer registered in experiments.peers: "
+                      + ", ".join(name for name in PEERS if name not in PEER_NAMES)
+                      + " (skipped with a note when its package or venv is missing).")
     flags.DEFINE_string("dlib_options", None,
                         "JSON object of dlib shape-predictor option overrides, e.g. "
                         "'{\"oversampling_amount\": 5}'. Default: dlib's defaults "

@@ -25,7 +25,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("data", ["/work/data/w300:train:heldout", "/work/data/ytf68:val"],
                   "Comma-separated PATH:SPLIT[:heldout] of converted folders.")
 flags.DEFINE_list("peers", ["dlib_pretrained68", "mediapipe_mesh"],
-                  "Pretrained peers (experiments.pretrained_peers.PRETRAINED_PEERS).")
+                  "Pretrained 68-point peers registered in experiments.peers "
+                  "(dlib_pretrained68, dlib_pretrained68_detect, mediapipe_mesh); "
+                  "their 5-point forms are scored in the NME5 column.")
 flags.DEFINE_list("sources", ["stored", "dlib", "landmark_square"],
                   "Box sources (common.box_robustness.ALL_SOURCES).")
 flags.DEFINE_string("five_point_kind", "box_width", "NME normaliser on 5-point data "
@@ -43,10 +45,9 @@ def evaluate(faces, peer_names, sources, five_point_kind: str = "box_width") -> 
     holds the per-point errors (%)."""
     from common import metrics
     from common.box_robustness import source_boxes
-    from common.peers import Face, evaluate_peer
     from common.schemes import CUHK_5, reduce_to_cuhk5
     from experiments.mediapipe_correspondence import group_errors
-    from experiments.pretrained_peers import CUHK5Peer, available, make_pretrained_peer
+    from experiments.peers import CUHK5Peer, Face, evaluate_peer, make_peer, peer_unavailable
 
     five_point = [name for name in peer_names if name.endswith("_cuhk5")]
     if five_point:
@@ -56,11 +57,11 @@ def evaluate(faces, peer_names, sources, five_point_kind: str = "box_width") -> 
     keep = np.all([np.all(np.isfinite(b), axis=1) for b in boxes.values()], axis=0)
     rows = []
     for name in peer_names:
-        ok, why = available(name)
-        if not ok:
+        why = peer_unavailable(name)
+        if why:
             print(f"skipping {name}: {why}")
             continue
-        peer = make_pretrained_peer(name)
+        peer = make_peer(name)
         for source in sources:
             chosen = [Face(f.image, f.landmarks, box, f.source_path)
                       for f, box, k in zip(faces, boxes[source], keep) if k]
@@ -85,7 +86,7 @@ def evaluate(faces, peer_names, sources, five_point_kind: str = "box_width") -> 
 
 def _five_point_row(peer, faces, kind: str, name: str, source: str) -> dict:
     from common import metrics
-    from common.peers import evaluate_peer
+    from experiments.peers import evaluate_peer
 
     result = evaluate_peer(peer, faces, kind)
     per_point = metrics.per_point_nme(result.predictions, result.landmarks, kind,
@@ -100,8 +101,8 @@ def _five_point_row(peer, faces, kind: str, name: str, source: str) -> dict:
 
 def main(argv):
     del argv
-    from common.peers import iterate_faces
     from experiments.mediapipe_correspondence import is_held_out
+    from experiments.peers import iterate_faces
 
     for spec in FLAGS.data:
         parts = spec.split(":")

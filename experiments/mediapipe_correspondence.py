@@ -3,7 +3,7 @@
 MediaPipe's 468-vertex face mesh has no iBUG numbering, and no vertex sits exactly on
 every iBUG point: iBUG's jaw points follow the visible face outline (a contour that
 slides over the skin as the head turns), while mesh vertices are fixed on the skin.
-So the table ``experiments.pretrained_peers.MESH_TO_IBUG68`` is *chosen*, on faces it
+So the table ``experiments.peers.mediapipe_mesh.MESH_TO_IBUG68`` is *chosen*, on faces it
 is never scored on:
 
 1. the w300 faces converted by ``common.prepare --format=300w`` are split by photo
@@ -169,8 +169,8 @@ def load_meshes(data: str, split: str, cache: str | None, python: str | None = N
     if cache and os.path.isfile(cache):
         with np.load(cache, allow_pickle=False) as stored:
             return {key: stored[key] for key in stored.files}
-    from common.peers import iterate_faces
-    from experiments.pretrained_peers import MediaPipeFaceMesh
+    from experiments.peers import iterate_faces
+    from experiments.peers.mediapipe_mesh import MediaPipeFaceMesh
 
     faces = list(iterate_faces(data, split))
     peer = MediaPipeFaceMesh(python=python)
@@ -212,7 +212,7 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    from experiments.pretrained_peers import MESH_TO_IBUG68, mesh_to_ibug68
+    from experiments.peers.mediapipe_mesh import MESH_TO_IBUG68, mesh_to_ibug68
 
     data = load_meshes(FLAGS.data, FLAGS.split, FLAGS.cache or None, FLAGS.python)
     held = np.array([is_held_out(s, FLAGS.holdout_percent) for s in data["sources"]])
@@ -225,7 +225,7 @@ def main(argv):
                             FLAGS.candidates, FLAGS.max_group, FLAGS.min_gain)
     print(format_table(table))
     if MESH_TO_IBUG68 and tuple(map(tuple, MESH_TO_IBUG68)) != table:
-        print("NOTE: differs from experiments.pretrained_peers.MESH_TO_IBUG68")
+        print("NOTE: differs from experiments.peers.mediapipe_mesh.MESH_TO_IBUG68")
     for label, mask in (("choosing faces", choose), ("held-out faces", held & found)):
         points = mesh_to_ibug68(data["mesh"][mask], table)
         errors = group_errors(points, data["landmarks"][mask])

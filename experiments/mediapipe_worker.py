@@ -3,7 +3,7 @@
 ``mediapipe==0.10.21`` (the last wheel that bundles the face-mesh models and runs
 offline through ``mp.solutions.face_mesh``) pins numpy < 2, protobuf < 5 and
 opencv-contrib-python, which clash with this package's TensorFlow, so it cannot share
-our interpreter. ``experiments.pretrained_peers.MediaPipeFaceMesh`` starts this file
+our interpreter. ``experiments.peers.mediapipe_mesh.MediaPipeFaceMesh`` starts this file
 with the venv's Python (``MEDIAPIPE_VENV_COMMAND`` creates it) and talks to it over
 stdin / stdout, one line per batch:
 

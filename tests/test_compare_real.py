@@ -79,18 +79,29 @@ def test_compare_msrrn_family(tmp_path, data_cache, monkeypatch):
         assert (output / "compare_msrrn_five_point_ced.png").stat().st_size > 0
 
     # A second run with --model reuses the fitted peers and trains nothing; LBF,
-    # asked for without a configured lbf_tool, is skipped with a note.
+    # asked for without a configured lbf_tool, and MediaPipe's mesh without its venv
+    # are skipped with a note; dlib's pretrained model (where installed) runs in its
+    # 5-point form on the 5-point reduction.
     monkeypatch.delenv(peer_lib.LBF_TOOL_ENV, raising=False)
+    monkeypatch.setenv("FACE_ALIGN_MEDIAPIPE_PYTHON", str(tmp_path / "no" / "python"))
+    pretrained = [] if peer_lib.peer_unavailable("dlib_pretrained68") else [
+        "dlib_pretrained68_cuhk5"]
     again = compare_real.compare(
         "msrrn", _data(data_cache, 68), output=str(output),
-        model_path=str(output / "run"), peers=["dlib_ert", "lbf"], dlib_options=TINY_DLIB,
-        timing_faces=2, verbose=False)
+        model_path=str(output / "run"), peers=["dlib_ert", "lbf", "mediapipe_mesh", *pretrained],
+        dlib_options=TINY_DLIB, timing_faces=2, verbose=False)
     assert again["results"]["ours"]["source"].endswith("run")
     assert again["results"]["peers"]["dlib_ert"]["reused"]
     assert set(again["results"]["methods"]) == {"msrrn", "dlib_ert"}
     assert "lbf" not in again["results"]["peers"]
+    assert "mediapipe_mesh" not in again["results"]["peers"]
     assert "LBF skipped: no OpenCV LBF tool configured" in again["markdown"]
     assert "FACE_ALIGN_LBF_TOOL" in again["markdown"]
+    assert "(`mediapipe_mesh`) skipped: mediapipe_mesh needs a Python" in again["markdown"]
+    if pretrained:
+        assert again["results"]["peers"]["dlib_pretrained68_cuhk5"]["pretrained"]
+        assert {"msrrn", "dlib_ert", "dlib_pretrained68_cuhk5"} <= set(
+            again["results"]["five_point"])
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""Pretrained peers (experiments.pretrained_peers): dlib's 68-point model, MediaPipe's
-face mesh through its worker, the mesh-to-iBUG table and the 5-point forms."""
+"""Pretrained peers (experiments.peers.dlib_pretrained / .mediapipe_mesh): dlib's 68-point
+model, MediaPipe's face mesh through its worker, the mesh-to-iBUG table and the 5-point
+forms."""
 
 import io
 import os
@@ -9,14 +10,14 @@ import numpy as np
 import pytest
 
 from common.schemes import IBUG_68, reduce_to_cuhk5
-from experiments import mediapipe_worker, pretrained_peers
+from experiments import mediapipe_worker, peers
 from experiments.mediapipe_correspondence import choose_table, is_held_out, photo_id
-from experiments.pretrained_peers import (
+from experiments.peers import CUHK5Peer, PeerUnavailable
+from experiments.peers.dlib_pretrained import DlibPretrained68
+from experiments.peers.mediapipe_mesh import (
+    MEDIAPIPE_PYTHON_ENV,
     MESH_TO_IBUG68,
-    CUHK5Peer,
-    DlibPretrained68,
     MediaPipeFaceMesh,
-    PretrainedPeerUnavailable,
     check_correspondence,
     mesh_to_ibug68,
     square_crop,
@@ -38,11 +39,13 @@ def _dot_image(height, width, x, y, radius=2):
 
 def test_dlib_pretrained_unavailable_without_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "face_recognition_models", None)  # import fails
-    with pytest.raises(PretrainedPeerUnavailable, match="pip install face-recognition-models"):
+    with pytest.raises(PeerUnavailable, match="pip install face-recognition-models"):
         DlibPretrained68()
-    ok, why = pretrained_peers.available("dlib_pretrained68_detect")
-    assert not ok and "face-recognition-models" in why
-    assert isinstance(PretrainedPeerUnavailable("x"), ImportError)  # callers may skip on it
+    for name in ("dlib_pretrained68_detect", "dlib_pretrained68_cuhk5"):
+        with pytest.raises(PeerUnavailable, match="face-recognition-models"):
+            peers.make_peer(name)
+        assert "face-recognition-models" in peers.peer_unavailable(name)
+    assert isinstance(PeerUnavailable("x"), ImportError)  # callers may skip on it
 
 
 def test_dlib_pretrained_rejects_bad_mode():
@@ -72,7 +75,7 @@ def _pupil_nme(predicted, truth, points=slice(None)):
 
 @pytest.mark.realdata
 def test_dlib_pretrained_on_a_real_face(shared_data):
-    if not pretrained_peers.available("dlib_pretrained68")[0]:
+    if peers.peer_unavailable("dlib_pretrained68"):
         pytest.skip("face-recognition-models not installed")
     from common.box_robustness import landmark_square_box
 
@@ -209,20 +212,20 @@ def test_mediapipe_peer_through_a_fake_worker():
 
 
 def test_mediapipe_peer_unavailable_without_venv(monkeypatch, tmp_path):
-    monkeypatch.setenv(pretrained_peers.MEDIAPIPE_PYTHON_ENV, str(tmp_path / "no" / "python"))
-    with pytest.raises(PretrainedPeerUnavailable, match="python3 -m venv"):
+    monkeypatch.setenv(MEDIAPIPE_PYTHON_ENV, str(tmp_path / "no" / "python"))
+    with pytest.raises(PeerUnavailable, match="python3 -m venv"):
         MediaPipeFaceMesh()
-    monkeypatch.delenv(pretrained_peers.MEDIAPIPE_PYTHON_ENV)
+    monkeypatch.delenv(MEDIAPIPE_PYTHON_ENV)
     monkeypatch.setenv("HOME", str(tmp_path))
-    ok, why = pretrained_peers.available("mediapipe_mesh_cuhk5")
-    assert not ok and "mediapipe==0.10.21" in why and str(tmp_path) in why
+    why = peers.peer_unavailable("mediapipe_mesh_cuhk5")
+    assert "mediapipe==0.10.21" in why and str(tmp_path) in why
 
 
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_mediapipe_real_worker_on_a_real_face(shared_data):
-    if not pretrained_peers.available("mediapipe_mesh")[0]:
-        pytest.skip("no MediaPipe venv (experiments.pretrained_peers.MEDIAPIPE_VENV_COMMAND)")
+    if peers.peer_unavailable("mediapipe_mesh"):
+        pytest.skip("no MediaPipe venv (experiments.peers.mediapipe_mesh.MEDIAPIPE_VENV_COMMAND)")
     from common.box_robustness import landmark_square_box
 
     image, truth = _read_300w_face(shared_data)
@@ -237,12 +240,11 @@ def test_mediapipe_real_worker_on_a_real_face(shared_data):
 
 
 def test_eval_pretrained_scores_a_fake_mesh(monkeypatch):
-    from common.peers import Face
     from experiments import eval_pretrained
+    from experiments.peers import Face
 
-    monkeypatch.setitem(pretrained_peers.PRETRAINED_PEERS, "mediapipe_mesh",
+    monkeypatch.setitem(peers.PEERS, "mediapipe_mesh",
                         lambda: MediaPipeFaceMesh(worker_command=FAKE_WORKER, crop_size=96))
-    monkeypatch.setattr(pretrained_peers, "available", lambda name: (True, ""))
     rng = np.random.default_rng(3)
     faces = []
     for _ in range(3):
@@ -265,3 +267,68 @@ def test_eval_pretrained_scores_a_fake_mesh(monkeypatch):
     assert np.isnan(row5["nme68"])
     with pytest.raises(ValueError, match="NME5 column"):
         eval_pretrained.evaluate(faces, ["mediapipe_mesh_cuhk5"], ["stored"])
+
+
+# ---- registry and compare_real -------------------------------------------------------
+
+
+def test_pretrained_peers_are_registered_classes_with_their_scheme():
+    from common.schemes import CUHK_5
+    from experiments import compare_real
+
+    names = ["dlib_pretrained68", "dlib_pretrained68_detect", "mediapipe_mesh"]
+    for name in names:
+        cls = peers.peer_class(name)
+        assert issubclass(cls, peers.Peer) and cls.name == name and cls.scheme is IBUG_68
+        assert not cls.trainable and not compare_real.five_point_peer(name)
+        five = peers.peer_class(f"{name}_cuhk5")
+        assert issubclass(five, CUHK5Peer) and five.source is cls
+        assert five.name == f"{name}_cuhk5" and five.scheme is CUHK_5
+        assert compare_real.five_point_peer(f"{name}_cuhk5")
+    labels = [compare_real.method_label(n) for n in names + [f"{n}_cuhk5" for n in names]]
+    assert len(set(labels)) == 6
+    assert compare_real.expand_peers(["dlib_ert", "mediapipe_mesh_cuhk5"]) == [
+        "dlib_ert", "mediapipe_mesh_cuhk5"]
+    with pytest.raises(TypeError, match="needs a peer"):
+        CUHK5Peer()
+
+
+def test_registered_five_point_form_builds_its_source_with_options():
+    peer = peers.make_peer("mediapipe_mesh_cuhk5", worker_command=FAKE_WORKER, crop_size=96)
+    try:
+        assert isinstance(peer.peer, MediaPipeFaceMesh) and peer.peer.crop_size == 96
+        assert peer.name == "mediapipe_mesh_cuhk5" and peer.describe()["scheme"] == "cuhk5"
+        result = peers.evaluate_peer(
+            peer, [(_dot_image(90, 120, 50.0, 40.0), np.tile([50.0, 40.0], (5, 1)),
+                    np.array([20, 10, 80, 70], np.float32), "x.jpg")], "box_width")
+        assert result.predictions.shape == (1, 5, 2)   # through predict_batch_timed
+        np.testing.assert_allclose(result.predictions[0], np.tile([50, 40], (5, 1)), atol=1.0)
+    finally:
+        peer.close()
+
+
+def test_compare_real_skips_pretrained_peers_whose_package_is_missing(monkeypatch, tmp_path):
+    from experiments import compare_real
+
+    monkeypatch.setitem(sys.modules, "face_recognition_models", None)  # import fails
+    monkeypatch.setenv(MEDIAPIPE_PYTHON_ENV, str(tmp_path / "no" / "python"))
+    kept, notes = compare_real.skip_unavailable_peers(
+        ["dlib_ert", "dlib_pretrained68_detect", "mean_shape", "mediapipe_mesh_cuhk5"])
+    assert kept == ["dlib_ert", "mean_shape"]
+    assert len(notes) == 2
+    assert "(`dlib_pretrained68_detect`) skipped:" in notes[0]
+    assert "pip install face-recognition-models" in notes[0]
+    assert "(`mediapipe_mesh_cuhk5`) skipped:" in notes[1] and "python3 -m venv" in notes[1]
+
+
+def test_compare_real_skips_a_pretrained_peer_with_another_point_count():
+    from experiments import compare_real
+
+    note = compare_real.point_count_note("dlib_pretrained68", 5)
+    assert "(`dlib_pretrained68`) skipped: it predicts 68 points, our model 5" in note
+    assert "`dlib_pretrained68_cuhk5`" in note
+    assert compare_real.point_count_note("mediapipe_mesh", 68) == ""
+    assert compare_real.point_count_note("mediapipe_mesh_cuhk5", 68) == ""   # 5-point reduction
+    assert compare_real.point_count_note("mediapipe_mesh_cuhk5", 5) == ""
+    assert compare_real.point_count_note("dlib_ert", 5) == ""                # learns ours
+    assert compare_real.point_count_note("mtcnn", 68) == ""

@@ -20,6 +20,18 @@ One module per peer, each behind the one interface of ``base.Peer`` (``name``,
 * ``"lbf"`` (``lbf.LBFPeer``): OpenCV's Facemark LBF (Ren et al., CVPR 2014),
   trained on our faces and boxes by the C++ program ``tools/lbf_tool.cpp`` in a
   child process (``$FACE_ALIGN_LBF_TOOL``, README "Optional peers").
+* ``"dlib_pretrained68"`` / ``"dlib_pretrained68_detect"``
+  (``dlib_pretrained.DlibPretrained68``): dlib's pretrained 68-point model of the
+  ``face-recognition-models`` package, on the given box or on dlib's matching
+  detection.
+* ``"mediapipe_mesh"`` (``mediapipe_mesh.MediaPipeFaceMesh``): MediaPipe's face mesh,
+  run in its own venv by ``experiments/mediapipe_worker.py``, mapped to the 68 points.
+* ``"<pretrained 68-point peer>_cuhk5"`` (``base.CUHK5Peer`` subclasses): those three
+  reduced to the 5 CUHK points (``common.schemes.reduce_to_cuhk5``).
+
+A peer whose optional package, tool or venv is missing says why in its class's
+``unavailable()`` (``registry.peer_unavailable(name)``) and raises ``PeerUnavailable``
+from its constructor.
 
 Images are uint8 RGB ``[H, W, 3]``, boxes float ``[4]`` (left, top, right, bottom) and
 landmarks float32 ``[L, 2]`` (x, y) image pixels in the package convention (pixel
@@ -38,7 +50,7 @@ import pkgutil
 # These imports register the peers, in this order (the order of PEERS and of the
 # names in make_peer's error message); the loop below imports any other peer module.
 # isort: off
-from experiments.peers.base import Face, Peer
+from experiments.peers.base import CUHK5Peer, Face, Peer, PeerUnavailable
 from experiments.peers.dlib_ert import (
     DLIB_DEFAULT_OPTIONS,
     DlibERT,
@@ -67,7 +79,13 @@ from experiments.peers.lbf import (
     lbf_rect,
     lbf_tool_path,
 )
-from experiments.peers.registry import PEERS, make_peer, register_peer
+from experiments.peers.registry import (
+    PEERS,
+    make_peer,
+    peer_class,
+    peer_unavailable,
+    register_peer,
+)
 # isort: on
 
 _INFRASTRUCTURE = {"base", "registry", "evaluate"}
@@ -79,9 +97,10 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "DLIB_DEFAULT_OPTIONS", "LBF_DEFAULT_OPTIONS", "LBF_FLIP_PAIRS", "LBF_QUICK_OPTIONS",
-    "LBF_TOOL_ENV", "MTCNN_KEYPOINTS", "MTCNN_MODES", "MTCNN_ONET_SIZE", "PEERS", "DlibERT",
-    "Face", "LBFLayout", "LBFPeer", "LBFUnavailable", "MTCNNPeer", "MeanShape", "Peer",
-    "PeerEvaluation", "box_to_dlib_rect", "check_lbf_tool", "dlib_default_options",
-    "evaluate_peer", "iterate_faces", "lbf_options", "lbf_rect", "lbf_tool_path",
-    "make_peer", "register_peer", "square_box",
+    "LBF_TOOL_ENV", "MTCNN_KEYPOINTS", "MTCNN_MODES", "MTCNN_ONET_SIZE", "PEERS", "CUHK5Peer",
+    "DlibERT", "Face", "LBFLayout", "LBFPeer", "LBFUnavailable", "MTCNNPeer", "MeanShape",
+    "Peer", "PeerEvaluation", "PeerUnavailable", "box_to_dlib_rect", "check_lbf_tool",
+    "dlib_default_options", "evaluate_peer", "iterate_faces", "lbf_options", "lbf_rect",
+    "lbf_tool_path", "make_peer", "peer_class", "peer_unavailable", "register_peer",
+    "square_box",
 ]

@@ -15,7 +15,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from common.schemes import LandmarkScheme
+from common.schemes import CUHK_5, LandmarkScheme, reduce_to_cuhk5
+
+
+class PeerUnavailable(ImportError):
+    """A peer's optional package, model file or virtual environment is missing (the
+    message says how to install it). An ``ImportError``, so callers may skip on it."""
 
 
 class Face(NamedTuple):
@@ -131,3 +136,76 @@ class Peer:
         return {"name": self.name, "class": type(self).__name__,
                 "scheme": None if self.scheme is None else self.scheme.name,
                 "trainable": self.trainable}
+
+    @classmethod
+    def unavailable(cls) -> str:
+        """Why this peer cannot be built here (``""``: it can), without building it.
+
+        The base implementation returns ``""``; a peer with an optional package, model
+        file or venv overrides it (its constructor then raises ``PeerUnavailable``).
+        ``experiments.peers.registry.peer_unavailable`` reads it by registry name.
+        """
+        return ""
+
+
+class CUHK5Peer(Peer):
+    """A 68-point peer reduced to the 5 CUHK points (``common.schemes.reduce_to_cuhk5``).
+
+    Either wraps a given peer (``CUHK5Peer(peer)``) or, in a subclass that sets
+    ``source`` (a 68-point ``Peer`` class), builds ``source(**kwargs)``: such a
+    subclass is what the registry holds for the ``<peer>_cuhk5`` names, so that its
+    ``scheme`` (``CUHK_5``) is readable without building it. Attributes the wrapper
+    lacks (``misses``, ``close``, ...) are the wrapped peer's.
+
+    Args:
+        peer: a 68-point peer; ``name`` becomes ``peer.name + "_cuhk5"``.
+        **kwargs: options of ``source`` (only without ``peer``).
+
+    Raises:
+        TypeError: neither ``peer`` nor a ``source``, or both ``peer`` and options.
+    """
+
+    scheme = CUHK_5
+    source: type[Peer] | None = None
+
+    def __init__(self, peer: Peer | None = None, **kwargs):
+        if peer is None:
+            if self.source is None:
+                raise TypeError(f"{type(self).__name__} needs a peer to reduce")
+            peer = self.source(**kwargs)
+        elif kwargs:
+            raise TypeError(f"options {sorted(kwargs)} given with a built peer")
+        self.peer = peer
+        self.name = f"{peer.name}_cuhk5"
+        self.trainable = peer.trainable
+        if hasattr(peer, "predict_batch_timed"):
+            self.predict_batch_timed = self._predict_batch_timed
+
+    @classmethod
+    def unavailable(cls) -> str:
+        """Why ``source`` cannot be built here (``""``: it can)."""
+        return "" if cls.source is None else cls.source.unavailable()
+
+    def fit(self, train_faces: Iterable[Any] | None = None) -> CUHK5Peer:
+        """Fits the wrapped peer (a no-op for a pretrained one); returns ``self``."""
+        self.peer.fit(train_faces)
+        return self
+
+    def predict(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """Five landmarks float32 ``[5, 2]`` (CUHK_5 order)."""
+        return reduce_to_cuhk5(np.asarray(self.peer.predict(image, box), np.float32))
+
+    def predict_batch(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+        """Five landmarks per face, float32 ``[N, 5, 2]``."""
+        return reduce_to_cuhk5(np.asarray(self.peer.predict_batch(images, boxes), np.float32))
+
+    def _predict_batch_timed(self, images: Sequence[np.ndarray], boxes: np.ndarray
+                             ) -> tuple[np.ndarray, np.ndarray]:
+        points, seconds = self.peer.predict_batch_timed(images, boxes)
+        return reduce_to_cuhk5(np.asarray(points, np.float32)), seconds
+
+    def __getattr__(self, attr: str):
+        # Only for attributes not found otherwise: misses, missed_indices, close, ...
+        if attr == "peer":
+            raise AttributeError(attr)
+        return getattr(self.peer, attr)

@@ -54,3 +54,24 @@ def make_peer(name: str, **kwargs) -> Peer:
     if name not in PEERS:
         raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
     return PEERS[name](**kwargs)
+
+
+def peer_class(name: str) -> type[Peer] | None:
+    """The class behind the factory registered as ``name`` (that of a
+    ``functools.partial``), or ``None`` for another callable."""
+    if name not in PEERS:
+        raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
+    factory = PEERS[name]
+    target = getattr(factory, "func", factory)
+    return target if isinstance(target, type) else None
+
+
+def peer_unavailable(name: str) -> str:
+    """Why the peer registered as ``name`` cannot be built here (``""``: it can).
+
+    Reads its class's ``Peer.unavailable`` (a missing optional package, model file or
+    venv); builds nothing.
+    """
+    cls = peer_class(name)
+    check = getattr(cls, "unavailable", None)
+    return check() if check is not None else ""

@@ -1,177 +1,31 @@
-"""Pretrained 68-point peers: dlib's shape_predictor_68 and MediaPipe's face mesh.
+"""``"mediapipe_mesh"``: MediaPipe's pretrained face mesh mapped to the 68 iBUG points.
 
-Both are what users run today without training anything; both follow the peer
-contract of ``common.peers`` (``name``, ``fit``, ``predict(image, box) -> [68, 2]``,
-``predict_batch(images, boxes)``; uint8 RGB images, float (left, top, right, bottom)
-boxes, pixel centres at integers). ``fit`` does nothing. ``CUHK5Peer`` wraps either
-into a 5-point peer through the project's one reduction
+MediaPipe's 468-vertex face mesh (``mediapipe==0.10.21``, run in its own virtual
+environment by ``experiments/mediapipe_worker.py``; ``MEDIAPIPE_VENV_COMMAND`` creates
+it), run on a square crop around the given box and mapped to the 68 iBUG points by
+``MESH_TO_IBUG68`` (chosen on 300-W training faces by
+``experiments.mediapipe_correspondence``). ``fit`` does nothing.
+``"mediapipe_mesh_cuhk5"`` reduces the 68 points to the 5 CUHK points
 (``common.schemes.reduce_to_cuhk5``).
 
-* ``DlibPretrained68`` (``"dlib_pretrained68"`` / ``"dlib_pretrained68_detect"``):
-  ``shape_predictor_68_face_landmarks.dat`` of the ``face-recognition-models`` package
-  (the ``peers`` extra; dlib's model, trained on the 300-W training images -- AFW,
-  HELEN train, LFPW train, iBUG -- with boxes of dlib's HOG detector). Mode ``"box"``
-  runs it on the given box; mode ``"detect"`` runs dlib's HOG detector and uses the
-  detection that best overlaps the given box (the boxes it was trained for).
-* ``MediaPipeFaceMesh`` (``"mediapipe_mesh"``): MediaPipe's 468-vertex face mesh
-  (``mediapipe==0.10.21``, run in its own virtual environment by
-  ``experiments/mediapipe_worker.py``; ``MEDIAPIPE_VENV_COMMAND`` creates it), run on
-  a square crop around the given box and mapped to the 68 iBUG points by
-  ``MESH_TO_IBUG68`` (chosen on 300-W training faces by
-  ``experiments.mediapipe_correspondence``).
-
-A peer whose package or venv is absent raises ``PretrainedPeerUnavailable`` (an
-``ImportError``) from its constructor, with the command that installs it;
-``available(name)`` says so without raising.
+Without the venv the constructor raises ``PeerUnavailable`` with the command that
+creates it, and ``MediaPipeFaceMesh.unavailable()`` says so without raising.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
-from common.boxes import box_iou
-from common.peers import _BatchMixin, _check_boxes, _dlib_image, box_to_dlib_rect
-from common.schemes import reduce_to_cuhk5
+from common.schemes import IBUG_68
 from experiments import mediapipe_worker
-
-
-class PretrainedPeerUnavailable(ImportError):
-    """A pretrained peer's package, model file or virtual environment is missing."""
-
-
-PRETRAINED_MODES = ("box", "detect")
-
-
-def _match_detection(box: np.ndarray, detections: Sequence[np.ndarray],
-                     min_iou: float) -> int | None:
-    """Index of the detection with the highest IoU with ``box`` if >= ``min_iou``."""
-    ious = np.array([box_iou(box, d) for d in detections])
-    if ious.size and ious.max() >= min_iou:
-        return int(np.argmax(ious))
-    return None
-
-
-# --------------------------------------------------------------------------------------
-# dlib's pretrained 68-point model
-# --------------------------------------------------------------------------------------
-
-DLIB68_INSTALL = "pip install face-recognition-models  (or: pip install -e \".[peers]\")"
-
-
-def dlib68_model_path() -> str:
-    """Path of ``shape_predictor_68_face_landmarks.dat`` in ``face-recognition-models``.
-
-    Raises:
-        PretrainedPeerUnavailable: the package is not installed or lacks the file.
-    """
-    try:
-        import face_recognition_models
-    except ImportError as e:
-        raise PretrainedPeerUnavailable(
-            "dlib_pretrained68 needs the 'face-recognition-models' package (dlib's "
-            f"pretrained shape_predictor_68_face_landmarks.dat): {DLIB68_INSTALL}") from e
-    path = face_recognition_models.pose_predictor_model_location()
-    if not os.path.isfile(path):
-        raise PretrainedPeerUnavailable(f"face-recognition-models has no 68-point model at "
-                                        f"{path!r}; reinstall it: {DLIB68_INSTALL}")
-    return path
-
-
-class DlibPretrained68(_BatchMixin):
-    """dlib's pretrained 68-point ``shape_predictor`` (Kazemi and Sullivan, CVPR 2014).
-
-    dlib trained ``shape_predictor_68_face_landmarks.dat`` on the 300-W training
-    images with its HOG detector's boxes, so it is scored both on those boxes
-    (``mode="detect"``) and on ours (``mode="box"``). Predictions are whole pixels
-    (dlib's ``dlib.point``).
-
-    Args:
-        mode: ``"box"``: the predictor on the given box (``box_to_dlib_rect``);
-            ``"detect"``: dlib's HOG detector (``common.boxes.DlibBoxFinder``) on the
-            image, and the detection with the highest IoU with the given box if it is at
-            least ``min_iou``; otherwise the face counts as missed (``misses``) and
-            ``on_miss`` decides: ``"box"`` uses the given box, ``"nan"`` returns NaN.
-        model_path: a dlib 68-point shape predictor file (default: the one of
-            ``face-recognition-models``).
-        min_iou: least IoU of a matching detection (detect mode).
-        on_miss: ``"box"`` or ``"nan"`` (detect mode).
-        upsample: dlib detector upsampling (detect mode; 1 as in ``common.prepare``).
-
-    Raises:
-        PretrainedPeerUnavailable: no ``model_path`` and ``face-recognition-models``
-            is not installed.
-    """
-
-    def __init__(self, mode: str = "box", model_path: str | None = None,
-                 min_iou: float = 0.4, on_miss: str = "box", upsample: int = 1):
-        if mode not in PRETRAINED_MODES:
-            raise ValueError(f"mode must be one of {PRETRAINED_MODES}, got {mode!r}")
-        if on_miss not in ("box", "nan"):
-            raise ValueError(f"on_miss must be 'box' or 'nan', got {on_miss!r}")
-        import dlib
-
-        path = model_path or dlib68_model_path()
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no dlib shape predictor at {path!r}")
-        self.model_path = path
-        self.predictor = dlib.shape_predictor(path)
-        self.mode = mode
-        self.name = "dlib_pretrained68" if mode == "box" else "dlib_pretrained68_detect"
-        self.min_iou = float(min_iou)
-        self.on_miss = on_miss
-        self.upsample = int(upsample)
-        self.calls = 0
-        self.misses = 0
-        self.missed_indices: list[int] = []
-        self._finder = None
-
-    def fit(self, train_faces: Iterable[Any] | None = None) -> DlibPretrained68:
-        """Does nothing (the model is pretrained); returns ``self``."""
-        return self
-
-    def detections(self, image: np.ndarray) -> list[np.ndarray]:
-        """dlib's HOG detections of ``image`` as package boxes, best score first."""
-        if self._finder is None:
-            from common.boxes import DlibBoxFinder
-
-            self._finder = DlibBoxFinder(upsample=self.upsample)
-        return [box for box, _ in self._finder.detect(image)]
-
-    def predict(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
-        """68 landmarks (iBUG order) of the face in ``box``.
-
-        Returns:
-            float32 ``[68, 2]`` pixels (NaN for a miss with ``on_miss="nan"``).
-        """
-        box = _check_boxes(box)[0]
-        image = _dlib_image(image)
-        self.calls += 1
-        if self.mode == "detect":
-            detections = self.detections(image)
-            index = _match_detection(box, detections, self.min_iou)
-            if index is not None:
-                box = detections[index]
-            else:
-                self.misses += 1
-                self.missed_indices.append(self.calls - 1)
-                if self.on_miss == "nan":
-                    return np.full((68, 2), np.nan, np.float32)
-        shape = self.predictor(image, box_to_dlib_rect(box))
-        return np.array([(p.x, p.y) for p in shape.parts()], np.float32).reshape(-1, 2)
-
-
-# --------------------------------------------------------------------------------------
-# MediaPipe face mesh (out of process)
-# --------------------------------------------------------------------------------------
+from experiments.peers.base import CUHK5Peer, Peer, PeerUnavailable, check_boxes
+from experiments.peers.registry import register_peer
 
 MEDIAPIPE_PYTHON_ENV = "FACE_ALIGN_MEDIAPIPE_PYTHON"
 """Environment variable naming the Python of a venv with ``mediapipe==0.10.21``."""
@@ -220,14 +74,14 @@ def mediapipe_python(python: str | None = None) -> str:
     default venv's ``bin/python``.
 
     Raises:
-        PretrainedPeerUnavailable: that interpreter does not exist.
+        PeerUnavailable: that interpreter does not exist.
     """
     explicit = python or os.environ.get(MEDIAPIPE_PYTHON_ENV)
     path = explicit or os.path.join(os.path.expanduser(MEDIAPIPE_VENV), "bin", "python")
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         where = (f"{MEDIAPIPE_PYTHON_ENV}={explicit!r}" if explicit
                  else f"the default venv {os.path.expanduser(MEDIAPIPE_VENV)!r}")
-        raise PretrainedPeerUnavailable(
+        raise PeerUnavailable(
             f"mediapipe_mesh needs a Python with mediapipe=={MEDIAPIPE_VERSION} in its own "
             f"venv (its numpy<2 / protobuf<5 pins clash with ours); none at {where}. "
             f"Create it with: {MEDIAPIPE_VENV_COMMAND}  (or set {MEDIAPIPE_PYTHON_ENV})")
@@ -258,7 +112,7 @@ def square_crop(image: np.ndarray, box: np.ndarray, margin: float = MESH_CROP_MA
     """
     import cv2
 
-    left, top, right, bottom = _check_boxes(box)[0]
+    left, top, right, bottom = check_boxes(box)[0]
     side = max(right - left, bottom - top) * (1.0 + 2.0 * margin)
     ex, ey = 0.5 * (left + right) - 0.5 * side, 0.5 * (top + bottom) - 0.5 * side
     source = np.ascontiguousarray(image)
@@ -328,7 +182,7 @@ class MediaPipeWorker:
         timeout: seconds to wait for the worker to load.
 
     Raises:
-        PretrainedPeerUnavailable: no venv Python.
+        PeerUnavailable: no venv Python.
         RuntimeError: the worker did not start (its stderr is in the message).
     """
 
@@ -402,7 +256,8 @@ class MediaPipeWorker:
         self._stderr.close()
 
 
-class MediaPipeFaceMesh(_BatchMixin):
+@register_peer("mediapipe_mesh")
+class MediaPipeFaceMesh(Peer):
     """MediaPipe's pretrained face mesh (``mediapipe==0.10.21``) as a 68-point peer.
 
     Each face is cut out as a square around the given box (``square_crop``: margin
@@ -426,10 +281,12 @@ class MediaPipeFaceMesh(_BatchMixin):
         worker_command: start this command instead of the venv worker (tests).
 
     Raises:
-        PretrainedPeerUnavailable: no MediaPipe venv.
+        PeerUnavailable: no MediaPipe venv.
     """
 
     name = "mediapipe_mesh"
+    label = "MediaPipe mesh (pretrained)"
+    scheme = IBUG_68
 
     def __init__(self, python: str | None = None, margin: float = MESH_CROP_MARGIN,
                  retry_margin: float | None = 0.6, crop_size: int = MESH_CROP_SIZE,
@@ -451,9 +308,14 @@ class MediaPipeFaceMesh(_BatchMixin):
         self.calls = 0
         self._worker: MediaPipeWorker | None = None
 
-    def fit(self, train_faces: Iterable[Any] | None = None) -> MediaPipeFaceMesh:
-        """Does nothing (the model is pretrained); returns ``self``."""
-        return self
+    @classmethod
+    def unavailable(cls) -> str:
+        """Why the MediaPipe venv cannot be found (``""``: it can)."""
+        try:
+            mediapipe_python()
+        except PeerUnavailable as e:
+            return str(e)
+        return ""
 
     @property
     def worker(self) -> MediaPipeWorker:
@@ -490,7 +352,7 @@ class MediaPipeFaceMesh(_BatchMixin):
                            ) -> tuple[np.ndarray, np.ndarray]:
         """The 468 mesh vertices in image pixels ``[N, 468, 2]`` (NaN for a miss) and
         the seconds per face (crop + worker request + MediaPipe, per face)."""
-        boxes = _check_boxes(boxes)
+        boxes = check_boxes(boxes)
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
         self.worker  # noqa: B018 -- start the worker outside the timed part
@@ -526,94 +388,10 @@ class MediaPipeFaceMesh(_BatchMixin):
         return self.predict_batch([image], np.asarray(box, np.float32).reshape(1, 4))[0]
 
 
-# --------------------------------------------------------------------------------------
-# 5-point form, registry
-# --------------------------------------------------------------------------------------
+@register_peer("mediapipe_mesh_cuhk5")
+class MediaPipeFaceMeshCUHK5(CUHK5Peer):
+    """``"mediapipe_mesh"`` reduced to the 5 CUHK points."""
 
-
-class CUHK5Peer:
-    """A 68-point peer reduced to the 5 CUHK points (``common.schemes.reduce_to_cuhk5``).
-
-    Args:
-        peer: a 68-point peer; ``name`` becomes ``peer.name + "_cuhk5"``.
-    """
-
-    def __init__(self, peer: Any):
-        self.peer = peer
-        self.name = f"{peer.name}_cuhk5"
-        if hasattr(peer, "predict_batch_timed"):
-            self.predict_batch_timed = self._predict_batch_timed
-
-    def fit(self, train_faces: Iterable[Any] | None = None) -> CUHK5Peer:
-        """Fits the wrapped peer (a no-op for the pretrained ones)."""
-        self.peer.fit(train_faces)
-        return self
-
-    def predict(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
-        """Five landmarks ``[5, 2]`` (CUHK_5 order)."""
-        return reduce_to_cuhk5(np.asarray(self.peer.predict(image, box), np.float32))
-
-    def predict_batch(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
-        """Five landmarks per face ``[N, 5, 2]``."""
-        return reduce_to_cuhk5(np.asarray(self.peer.predict_batch(images, boxes), np.float32))
-
-    def _predict_batch_timed(self, images, boxes):
-        points, seconds = self.peer.predict_batch_timed(images, boxes)
-        return reduce_to_cuhk5(np.asarray(points, np.float32)), seconds
-
-    def __getattr__(self, attr: str):
-        # misses, missed_indices, close, ... of the wrapped peer
-        if attr == "peer":
-            raise AttributeError(attr)
-        return getattr(self.peer, attr)
-
-
-def _five(factory: Callable[..., Any], **fixed) -> Callable[..., CUHK5Peer]:
-    def make(**kwargs) -> CUHK5Peer:
-        return CUHK5Peer(factory(**fixed, **kwargs))
-    return make
-
-
-PRETRAINED_PEERS: dict[str, Callable[..., Any]] = {
-    "dlib_pretrained68": functools.partial(DlibPretrained68, mode="box"),
-    "dlib_pretrained68_detect": functools.partial(DlibPretrained68, mode="detect"),
-    "mediapipe_mesh": MediaPipeFaceMesh,
-    "dlib_pretrained68_cuhk5": _five(DlibPretrained68, mode="box"),
-    "dlib_pretrained68_detect_cuhk5": _five(DlibPretrained68, mode="detect"),
-    "mediapipe_mesh_cuhk5": _five(MediaPipeFaceMesh),
-}
-"""Peer name -> factory taking keyword options, as ``common.peers.PEERS``."""
-
-
-def available(name: str) -> tuple[bool, str]:
-    """Whether the pretrained peer ``name`` can be built here: ``(ok, why not)``.
-
-    Checks the package / venv only (builds nothing, starts no worker).
-    """
-    if name not in PRETRAINED_PEERS:
-        raise ValueError(f"unknown pretrained peer {name!r}; known: {', '.join(PRETRAINED_PEERS)}")
-    try:
-        if name.startswith("dlib"):
-            dlib68_model_path()
-        else:
-            mediapipe_python()
-    except PretrainedPeerUnavailable as e:
-        return False, str(e)
-    return True, ""
-
-
-def make_pretrained_peer(name: str, **kwargs) -> Any:
-    """Builds the pretrained peer ``name`` (a key of ``PRETRAINED_PEERS``).
-
-    Raises:
-        PretrainedPeerUnavailable: its package / venv is absent.
-    """
-    if name not in PRETRAINED_PEERS:
-        raise ValueError(f"unknown pretrained peer {name!r}; known: {', '.join(PRETRAINED_PEERS)}")
-    return PRETRAINED_PEERS[name](**kwargs)
-
-
-if __name__ == "__main__":  # pragma: no cover -- a quick availability report
-    for peer_name in PRETRAINED_PEERS:
-        ok, why = available(peer_name)
-        print(f"{peer_name}: {'available' if ok else 'unavailable: ' + why}", file=sys.stdout)
+    name = "mediapipe_mesh_cuhk5"
+    label = "MediaPipe mesh -> 5 (pretrained)"
+    source = MediaPipeFaceMesh
