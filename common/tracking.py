@@ -234,6 +234,11 @@ class FaceTracker:
             track.confidence = None if confidence is None else float(confidence[k])
         self.tracks, self._pending = self._pending, None
 
+    def reset(self) -> None:
+        """Drops every track (e.g. after a frame the model failed on): the next
+        frame is detected."""
+        self.tracks, self._pending = [], None
+
     @property
     def detector_calls_saved(self) -> int:
         """Frames on which the detector did not run."""
