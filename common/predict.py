@@ -980,9 +980,10 @@ class _Run:
                  detect_max_side: int | None, overlay_max_side: int | None,
                  max_frames: int | None, max_pending_units: int, max_pending_bytes: int,
                  progress: _Progress, tracking: Any = None, smoothing: Any = None,
-                 frames_fps: float = DEFAULT_FRAMES_FPS):
+                 smoothing_centre: Any = None, frames_fps: float = DEFAULT_FRAMES_FPS):
         self.tracking = tracking
         self.smoothing = smoothing
+        self.smoothing_centre = smoothing_centre
         self.frames_fps = frames_fps
         self.predictor = predictor
         self.output_dir = output_dir
@@ -1149,11 +1150,13 @@ class _Run:
 
             state["tracker"] = tracking.FaceTracker(self.tracking)
             if self.smoothing is not None:
-                state["smoother"] = smoothing.TrackSmoother(self.smoothing, self.scheme)
+                state["smoother"] = smoothing.TrackSmoother(self.smoothing, self.scheme,
+                                                            self.smoothing_centre)
             print(f"{path}: tracking faces (detector on the first frame, every "
                   f"{self.tracking.detect_every} frames and below confidence "
                   f"{self.tracking.min_confidence:g}; --notrack to detect every frame), "
-                  + (f"One-Euro smoothing {self.smoothing}" if self.smoothing else
+                  + (f"One-Euro smoothing {self.smoothing} (centroid: "
+                     f"{self.smoothing_centre})" if self.smoothing else
                      "no smoothing"), file=sys.stderr, flush=True)
         tracker = state["tracker"]
 
@@ -1287,6 +1290,7 @@ def predict_paths(predictor: LandmarkPredictor, inputs: Sequence[str] | str, out
                   finder: Finder | None = None,
                   progress: TextIO | None | bool = True,
                   tracking: Any = "default", smoothing: Any = "default",
+                  smoothing_centre: Any = "default",
                   frames_fps: float = DEFAULT_FRAMES_FPS) -> Summary:
     """Predicts landmarks for every face in files, folders and videos.
 
@@ -1329,6 +1333,9 @@ def predict_paths(predictor: LandmarkPredictor, inputs: Sequence[str] | str, out
         smoothing: ``common.smoothing.OneEuroParams`` of the causal smoothing of
             tracked faces (``landmarks_smoothed`` beside the raw ``landmarks`` in the
             JSON lines); ``"default"``: ``OneEuroParams()``; ``None``: off.
+        smoothing_centre: the filter of each face's centroid
+            (``TrackSmoother(centre_params=)``); ``"default"``:
+            ``common.smoothing.DEFAULT_CENTRE``; ``None``: no centroid split.
         frames_fps: frame rate of folders of numbered frames.
 
     Returns:
@@ -1347,6 +1354,10 @@ def predict_paths(predictor: LandmarkPredictor, inputs: Sequence[str] | str, out
 
         tracking = tracking_lib.TrackerParams() if tracking == "default" else tracking
         smoothing = smoothing_lib.OneEuroParams() if smoothing == "default" else smoothing
+    if smoothing_centre == "default":
+        from common.smoothing import DEFAULT_CENTRE
+
+        smoothing_centre = DEFAULT_CENTRE
     if not frames_fps > 0:
         raise ValueError(f"frames_fps must be > 0, got {frames_fps}")
     if isinstance(inputs, (str, os.PathLike)):
@@ -1375,7 +1386,8 @@ def predict_paths(predictor: LandmarkPredictor, inputs: Sequence[str] | str, out
                overlay_max_side=overlay_max_side, max_frames=max_frames,
                max_pending_units=max_pending_units or 2 * batch_size,
                max_pending_bytes=max_pending_bytes, progress=meter, tracking=tracking,
-               smoothing=smoothing, frames_fps=frames_fps)
+               smoothing=smoothing, smoothing_centre=smoothing_centre,
+               frames_fps=frames_fps)
     try:
         run.run(list(inputs))
     finally:
@@ -1450,7 +1462,7 @@ def define_video_flags(fv) -> dict[str, Any]:
     """The tracking and smoothing flags (part of :func:`define_flags`)."""
     from absl import flags
 
-    from common.smoothing import OneEuroParams
+    from common.smoothing import DEFAULT_CENTRE, OneEuroParams
     from common.tracking import TrackerParams
 
     tracker, euro = TrackerParams(), OneEuroParams()
@@ -1477,6 +1489,10 @@ def define_video_flags(fv) -> dict[str, Any]:
         "smooth_beta": flags.DEFINE_float(
             "smooth_beta", euro.beta, "One-Euro speed coefficient per face size per second "
             "(higher: less lag on motion).", flag_values=fv),
+        "smooth_centre_beta": flags.DEFINE_float(
+            "smooth_centre_beta", DEFAULT_CENTRE.beta, "One-Euro speed coefficient of each "
+            "face's centroid, filtered apart from the points around it (0: filter the "
+            "points as they are).", lower_bound=0.0, flag_values=fv),
         "smooth_d_cutoff": flags.DEFINE_float(
             "smooth_d_cutoff", euro.d_cutoff, "One-Euro cut-off of the speed estimate, Hz.",
             flag_values=fv),
@@ -1489,7 +1505,7 @@ def define_video_flags(fv) -> dict[str, Any]:
 def video_options(values: Mapping[str, Any]) -> dict[str, Any]:
     """``predict_paths`` keyword arguments from the values of
     :func:`define_video_flags`."""
-    from common.smoothing import OneEuroParams
+    from common.smoothing import DEFAULT_CENTRE, OneEuroParams
     from common.tracking import TrackerParams
 
     tracking = (TrackerParams(detect_every=values["detect_every"],
@@ -1498,7 +1514,10 @@ def video_options(values: Mapping[str, Any]) -> dict[str, Any]:
     smoothing = (OneEuroParams(values["smooth_min_cutoff"], values["smooth_beta"],
                                values["smooth_d_cutoff"])
                  if values["track"] and values["smooth"] else None)
-    return {"tracking": tracking, "smoothing": smoothing,
+    centre = (OneEuroParams(DEFAULT_CENTRE.min_cutoff, values["smooth_centre_beta"],
+                            DEFAULT_CENTRE.d_cutoff)
+              if values["smooth_centre_beta"] > 0 else None)
+    return {"tracking": tracking, "smoothing": smoothing, "smoothing_centre": centre,
             "frames_fps": values["frames_fps"]}
 
 

@@ -38,18 +38,18 @@ class OneEuroParams:
     """The One-Euro filter's settings (face-size normalised, module docstring).
 
     Attributes:
-        min_cutoff: cut-off frequency of a still face, Hz (paper's ``f_cmin``). 1 Hz
-            (the paper's usual starting point) at 30 fps halves the jitter of a still
-            face several times over (``experiments/bench_video.py``).
+        min_cutoff: cut-off frequency of a still face, Hz (paper's ``f_cmin``; 1 Hz,
+            the paper's usual starting point).
         beta: speed coefficient, 1 / (face sizes per second): the cut-off rises by
-            ``beta`` Hz per face size per second of motion. Chosen on the moving
-            synthetic face of ``experiments.bench_video`` for a lag of at most 2 frames
-            at 30 fps.
+            ``beta`` Hz per face size per second of motion. The defaults (here and
+            ``DEFAULT_CENTRE``) were chosen on a grid of ``experiments.bench_video``
+            (seed 0: jitter, NME and lag on moving synthetic faces and shaken real
+            stills) and checked on its seed-1 clips (notes: video.md).
         d_cutoff: cut-off of the speed estimate, Hz (the paper uses 1 Hz).
     """
 
     min_cutoff: float = 1.0
-    beta: float = 10.0
+    beta: float = 4.0
     d_cutoff: float = 1.0
 
     def __post_init__(self):
@@ -59,6 +59,11 @@ class OneEuroParams:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if not self.d_cutoff > 0:
             raise ValueError(f"d_cutoff must be > 0 Hz, got {self.d_cutoff}")
+
+
+DEFAULT_CENTRE = OneEuroParams(min_cutoff=1.0, beta=30.0)
+"""The filter of a face's centroid in :class:`TrackSmoother` (fast: it carries the
+translation and averages the noise of every point)."""
 
 
 def smoothing_factor(cutoff: np.ndarray | float, dt: float) -> np.ndarray:
@@ -153,16 +158,29 @@ class OneEuroFilter:
 class TrackSmoother:
     """One :class:`OneEuroFilter` per track id (several faces at once).
 
+    With ``centre_params``, each face is split into its centroid (the mean of its
+    points) and its points relative to the centroid, each with its own filter: the
+    centroid, which carries the face's translation and averages the noise of all
+    points, can follow fast motion (a high ``beta``) with little jitter, while the
+    relative shape, which moves only as the face turns or zooms, is low-passed
+    harder (``params``) without the translation raising its cut-off.
+
     Args:
-        params: the filter settings, shared by every track.
+        params: the filter settings of the points (relative to the centroid when
+            ``centre_params`` is given), shared by every track.
         scheme: the landmark scheme, for the face size (:func:`face_size`).
+        centre_params: the centroid's filter (default ``DEFAULT_CENTRE``), or
+            ``None`` to filter the points as they are.
     """
 
     def __init__(self, params: OneEuroParams = OneEuroParams(),
-                 scheme: LandmarkScheme | None = None):
+                 scheme: LandmarkScheme | None = None,
+                 centre_params: OneEuroParams | None = DEFAULT_CENTRE):
         self.params = params
         self.scheme = scheme
+        self.centre_params = centre_params
         self._filters: dict[int, OneEuroFilter] = {}
+        self._centres: dict[int, OneEuroFilter] = {}
 
     def __call__(self, track_id: int, points: np.ndarray, t: float) -> np.ndarray:
         """Smooths one face of one frame; a new id starts a new filter.
@@ -178,7 +196,15 @@ class TrackSmoother:
         track = self._filters.get(track_id)
         if track is None:
             track = self._filters[track_id] = OneEuroFilter(self.params)
-        return track(points, t, face_size(points, self.scheme))
+        size = face_size(points, self.scheme)
+        if self.centre_params is None:
+            return track(points, t, size)
+        points = np.asarray(points, np.float64)
+        centre = points.mean(axis=0, keepdims=True)
+        centre_filter = self._centres.get(track_id)
+        if centre_filter is None:
+            centre_filter = self._centres[track_id] = OneEuroFilter(self.centre_params)
+        return centre_filter(centre, t, size) + track(points - centre, t, size)
 
     def drop_except(self, track_ids) -> None:
         """Forgets the filters of tracks not in ``track_ids`` (ended tracks)."""
@@ -186,3 +212,4 @@ class TrackSmoother:
         for track_id in list(self._filters):
             if track_id not in keep:
                 del self._filters[track_id]
+                self._centres.pop(track_id, None)

@@ -55,11 +55,17 @@ class TrackerParams:
             below this (ignored for models without a confidence).
         match_iou: least IoU between a detection and a tracked box to continue the
             track.
+        box_hysteresis: keep a track's box while the box from its latest landmarks
+            differs from it by less than this fraction of its side (centre shift
+            and side change): the landmarks' own frame-to-frame noise then does not
+            move the crop, which would feed that noise back into the next frame
+            (measured by ``experiments.bench_video``); 0: a new box every frame.
     """
 
     detect_every: int = 30
     min_confidence: float = 0.3
     match_iou: float = 0.3
+    box_hysteresis: float = 0.04
 
     def __post_init__(self):
         if self.detect_every < 0:
@@ -68,6 +74,8 @@ class TrackerParams:
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
         if not 0.0 < self.match_iou <= 1.0:
             raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
+        if not 0.0 <= self.box_hysteresis < 1.0:
+            raise ValueError(f"box_hysteresis must be in [0, 1), got {self.box_hysteresis}")
 
 
 @dataclasses.dataclass
@@ -134,6 +142,12 @@ class FaceTracker:
         if track.landmarks is None:
             return track.box
         box = np.asarray(landmark_box(track.landmarks[None]), np.float32)[0]
+        old_side = float(track.box[2] - track.box[0])
+        if old_side > 0 and self.params.box_hysteresis > 0:
+            limit = self.params.box_hysteresis * old_side
+            shift = np.abs((box[:2] + box[2:]) / 2 - (track.box[:2] + track.box[2:]) / 2)
+            if shift.max() < limit and abs(float(box[2] - box[0]) - old_side) < limit:
+                box = track.box
         left, top, right, bottom = (float(v) for v in box)
         inside = (np.all(np.isfinite(box)) and right > left and bottom > top
                   and left < width - 0.5 and right > -0.5
