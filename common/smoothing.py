@@ -43,13 +43,13 @@ class OneEuroParams:
         beta: speed coefficient, 1 / (face sizes per second): the cut-off rises by
             ``beta`` Hz per face size per second of motion. The defaults (here and
             ``DEFAULT_CENTRE``) were chosen on a grid of ``experiments.bench_video``
-            (seed 0: jitter, NME and lag on moving synthetic faces and shaken real
-            stills) and checked on its seed-1 clips (notes: video.md).
+            (jitter, NME and lag on moving synthetic faces and shaken real stills,
+            seeds 0 and 1) and checked on fresh seed-2 clips (notes: video.md).
         d_cutoff: cut-off of the speed estimate, Hz (the paper uses 1 Hz).
     """
 
     min_cutoff: float = 1.0
-    beta: float = 4.0
+    beta: float = 10.0
     d_cutoff: float = 1.0
 
     def __post_init__(self):

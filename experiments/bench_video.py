@@ -332,7 +332,7 @@ def smoothing_grid(default: tuple[OneEuroParams, OneEuroParams | None]
     few neighbours (free: the smoothing is applied after tracking, causally)."""
     grid = {"default": default}
     for min_cutoff in (0.3, 1.0):
-        for beta in (2.0, 4.0, 10.0):
+        for beta in (4.0, 10.0):
             grid[f"fc{min_cutoff:g}_b{beta:g}"] = (OneEuroParams(min_cutoff, beta), None)
             for centre_beta in (10.0, 30.0):
                 grid[f"fc{min_cutoff:g}_b{beta:g}_centre_b{centre_beta:g}"] = (
