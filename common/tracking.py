@@ -3,7 +3,11 @@
 The box of a face in frame ``t + 1`` is ``common.geometry.landmark_box`` of its
 landmarks in frame ``t``: the one definition of "box from landmarks" that
 ``common.boxes`` uses for faces the detector misses, made to resemble a dlib
-detection, so the model sees the kind of box it was trained on. The detector runs
+detection, so the model sees the kind of box it was trained on. Per track, it is
+calibrated to the detector: on the frame a detector box starts (or re-anchors) the
+track, the shift and scale between that box and the landmark box of the resulting
+landmarks is kept and applied to every later landmark box of the track, so a still
+face keeps seeing the box frame-by-frame detection would give it. The detector runs
 only
 
 * on the first frame (and whenever no face is tracked),
@@ -88,12 +92,18 @@ class Track:
         landmarks: ``[L, 2]`` its landmarks in the last frame (pixels), or ``None``
             before the first update.
         confidence: the model's confidence in the last frame, or ``None``.
+        calibration: ``(dx, dy, scale)`` mapping the landmark box of this face to
+            the detector's box (centre shift in landmark-box sides, side ratio),
+            measured on the frame its detector box was used; ``None`` until then.
+        detected: whether ``box`` is the detector's (calibrate on the update).
     """
 
     track_id: int
     box: np.ndarray
     landmarks: np.ndarray | None = None
     confidence: float | None = None
+    calibration: tuple[float, float, float] | None = None
+    detected: bool = False
 
 
 @dataclasses.dataclass
@@ -119,6 +129,32 @@ class FramePlan:
     reason: str = ""
 
 
+def _calibration(detector_box: np.ndarray, landmarks: np.ndarray
+                 ) -> tuple[float, float, float] | None:
+    """How the detector's box of a face differs from its landmark box."""
+    box = np.asarray(landmark_box(np.asarray(landmarks, np.float32)[None]))[0]
+    side = float(box[2] - box[0])
+    if not (np.all(np.isfinite(box)) and side > 0):
+        return None
+    centre = (box[:2] + box[2:]) / 2
+    det_centre = (detector_box[:2] + detector_box[2:]) / 2
+    det_side = float(detector_box[2] - detector_box[0])
+    dx, dy = ((det_centre - centre) / side).tolist()
+    return dx, dy, det_side / side
+
+
+def _calibrated(box: np.ndarray, calibration: tuple[float, float, float] | None
+                ) -> np.ndarray:
+    """The landmark box moved and scaled like the face's detector box."""
+    if calibration is None:
+        return box
+    dx, dy, scale = calibration
+    side = float(box[2] - box[0])
+    centre = (box[:2] + box[2:]) / 2 + np.array([dx, dy], np.float32) * side
+    half = 0.5 * scale * np.array([box[2] - box[0], box[3] - box[1]], np.float32)
+    return np.concatenate([centre - half, centre + half]).astype(np.float32)
+
+
 class FaceTracker:
     """Follows several faces through the frames of one video (module docstring).
 
@@ -141,7 +177,8 @@ class FaceTracker:
     def _tracked_box(self, track: Track, height: int, width: int) -> np.ndarray | None:
         if track.landmarks is None:
             return track.box
-        box = np.asarray(landmark_box(track.landmarks[None]), np.float32)[0]
+        box = _calibrated(np.asarray(landmark_box(track.landmarks[None]), np.float32)[0],
+                          track.calibration)
         old_side = float(track.box[2] - track.box[0])
         if old_side > 0 and self.params.box_hysteresis > 0:
             limit = self.params.box_hysteresis * old_side
@@ -186,7 +223,8 @@ class FaceTracker:
         tracked = [self._tracked_box(t, height, width) for t in self.tracks]
         reason = self._reason(frame_index, tracked)
         if not reason:
-            self._pending = [Track(t.track_id, box) for t, box in zip(self.tracks, tracked)]
+            self._pending = [Track(t.track_id, box, calibration=t.calibration)
+                             for t, box in zip(self.tracks, tracked)]
             return FramePlan(np.stack(tracked).astype(np.float32),
                              [t.track_id for t in self.tracks], [None] * len(tracked),
                              [SOURCE_TRACKED] * len(tracked), detected=False)
@@ -212,10 +250,11 @@ class FaceTracker:
                 failed = (old.confidence is not None
                           and old.confidence < self.params.min_confidence)
                 box = det if failed else tracked[match[j]]
-                pending.append(Track(old.track_id, box))
+                pending.append(Track(old.track_id, box, calibration=old.calibration,
+                                     detected=failed))
                 sources.append(self.detector_source if failed else SOURCE_TRACKED)
             else:
-                pending.append(Track(next(self._ids), det))
+                pending.append(Track(next(self._ids), det, detected=True))
                 sources.append(self.detector_source)
             scores.append(None if score is None else float(score))
         self._pending = pending
@@ -245,6 +284,8 @@ class FaceTracker:
             raise ValueError(f"{len(confidence)} confidences for {len(self._pending)} faces")
         for k, track in enumerate(self._pending):
             track.landmarks = landmarks[k]
+            if track.detected:
+                track.calibration = _calibration(track.box, landmarks[k])
             track.confidence = None if confidence is None else float(confidence[k])
         self.tracks, self._pending = self._pending, None
 
