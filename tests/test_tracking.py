@@ -101,3 +101,16 @@ def test_update_checks_the_plan():
         tracker.update(np.zeros((0, 68, 2)))
     with pytest.raises(ValueError):
         tracking.TrackerParams(min_confidence=2.0)
+
+
+def test_tracked_box_is_calibrated_to_the_detector_box():
+    points = _face(120, 110)
+    detector_box = np.asarray(landmark_box(points[None]))[0] + np.array([3, -4, 9, 2],
+                                                                         np.float32)
+    calibration = tracking._calibration(detector_box, points)
+    np.testing.assert_allclose(tracking._calibrated(
+        np.asarray(landmark_box(points[None]))[0], calibration), detector_box, atol=1e-3)
+    # The face moves by (5, 2): its tracked box moves with it, same offset and size.
+    moved = np.asarray(landmark_box((points + [5, 2])[None]))[0]
+    np.testing.assert_allclose(tracking._calibrated(moved, calibration),
+                               detector_box + [5, 2, 5, 2], atol=1e-3)
