@@ -5,9 +5,10 @@ landmarks in frame ``t``: the one definition of "box from landmarks" that
 ``common.boxes`` uses for faces the detector misses, made to resemble a dlib
 detection, so the model sees the kind of box it was trained on. Per track, it is
 calibrated to the detector: on the frame a detector box starts (or re-anchors) the
-track, the shift and scale between that box and the landmark box of the resulting
-landmarks is kept and applied to every later landmark box of the track, so a still
-face keeps seeing the box frame-by-frame detection would give it. The detector runs
+track, and on every later detection frame that matches it, the shift and scale
+between the detector's box and the landmark box of that frame's landmarks is
+measured; their running mean is applied to every landmark box of the track, so a
+face keeps seeing (on average) the box frame-by-frame detection would give it. The detector runs
 only
 
 * on the first frame (and whenever no face is tracked),
@@ -64,12 +65,15 @@ class TrackerParams:
             and side change): the landmarks' own frame-to-frame noise then does not
             move the crop, which would feed that noise back into the next frame
             (measured by ``experiments.bench_video``); 0: a new box every frame.
+        calibrate: map each track's landmark boxes to its detector boxes (module
+            docstring); ``False``: the plain landmark box.
     """
 
     detect_every: int = 30
     min_confidence: float = 0.3
     match_iou: float = 0.3
     box_hysteresis: float = 0.04
+    calibrate: bool = True
 
     def __post_init__(self):
         if self.detect_every < 0:
@@ -93,9 +97,11 @@ class Track:
             before the first update.
         confidence: the model's confidence in the last frame, or ``None``.
         calibration: ``(dx, dy, scale)`` mapping the landmark box of this face to
-            the detector's box (centre shift in landmark-box sides, side ratio),
-            measured on the frame its detector box was used; ``None`` until then.
-        detected: whether ``box`` is the detector's (calibrate on the update).
+            the detector's box (centre shift in landmark-box sides, side ratio): the
+            mean over the detection frames of the track so far; ``None`` before.
+        calibrations: how many detection frames that mean holds.
+        detection: the detector's box matched to this face in this frame, if any
+            (measured against this frame's landmarks on the update).
     """
 
     track_id: int
@@ -103,7 +109,8 @@ class Track:
     landmarks: np.ndarray | None = None
     confidence: float | None = None
     calibration: tuple[float, float, float] | None = None
-    detected: bool = False
+    calibrations: int = 0
+    detection: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -223,7 +230,8 @@ class FaceTracker:
         tracked = [self._tracked_box(t, height, width) for t in self.tracks]
         reason = self._reason(frame_index, tracked)
         if not reason:
-            self._pending = [Track(t.track_id, box, calibration=t.calibration)
+            self._pending = [Track(t.track_id, box, calibration=t.calibration,
+                                   calibrations=t.calibrations)
                              for t, box in zip(self.tracks, tracked)]
             return FramePlan(np.stack(tracked).astype(np.float32),
                              [t.track_id for t in self.tracks], [None] * len(tracked),
@@ -251,10 +259,11 @@ class FaceTracker:
                           and old.confidence < self.params.min_confidence)
                 box = det if failed else tracked[match[j]]
                 pending.append(Track(old.track_id, box, calibration=old.calibration,
-                                     detected=failed))
+                                     calibrations=0 if failed else old.calibrations,
+                                     detection=det))
                 sources.append(self.detector_source if failed else SOURCE_TRACKED)
             else:
-                pending.append(Track(next(self._ids), det, detected=True))
+                pending.append(Track(next(self._ids), det, detection=det))
                 sources.append(self.detector_source)
             scores.append(None if score is None else float(score))
         self._pending = pending
@@ -284,8 +293,15 @@ class FaceTracker:
             raise ValueError(f"{len(confidence)} confidences for {len(self._pending)} faces")
         for k, track in enumerate(self._pending):
             track.landmarks = landmarks[k]
-            if track.detected:
-                track.calibration = _calibration(track.box, landmarks[k])
+            measured = (None if track.detection is None or not self.params.calibrate
+                        else _calibration(track.detection, landmarks[k]))
+            if measured is not None:  # running mean over the track's detections
+                n = track.calibrations
+                old = track.calibration if n and track.calibration else measured
+                track.calibration = tuple((n * a + b) / (n + 1)
+                                          for a, b in zip(old, measured))
+                track.calibrations = n + 1
+            track.detection = None
             track.confidence = None if confidence is None else float(confidence[k])
         self.tracks, self._pending = self._pending, None
 

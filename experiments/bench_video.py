@@ -526,6 +526,8 @@ def _define_flags() -> None:
                        "detector box edges, in box sides.")
     flags.DEFINE_integer("detect_every", TrackerParams().detect_every,
                          "Tracking: detector at least every this many frames.")
+    flags.DEFINE_boolean("calibrate", TrackerParams().calibrate, "Tracking: calibrate the "
+                         "landmark boxes to the detector's (TrackerParams.calibrate).")
     flags.DEFINE_float("min_cutoff", OneEuroParams().min_cutoff, "One-Euro min cut-off (Hz).")
     flags.DEFINE_float("beta", OneEuroParams().beta, "One-Euro speed coefficient.")
     flags.DEFINE_float("centre_beta", DEFAULT_CENTRE.beta, "One-Euro speed coefficient "
@@ -543,7 +545,7 @@ def main(argv: Sequence[str]) -> None:
         shake_kind=FLAGS.shake_kind,
         noise_sigma=FLAGS.noise_sigma, jpeg_quality=FLAGS.jpeg_quality,
         oracle_box_noise=FLAGS.oracle_box_noise,
-        tracker=TrackerParams(detect_every=FLAGS.detect_every),
+        tracker=TrackerParams(detect_every=FLAGS.detect_every, calibrate=FLAGS.calibrate),
         smoothing=OneEuroParams(FLAGS.min_cutoff, FLAGS.beta),
         centre_smoothing=OneEuroParams(DEFAULT_CENTRE.min_cutoff, FLAGS.centre_beta),
         seed=FLAGS.seed,
