@@ -14,7 +14,9 @@ failure has a lower score than a random success (``common.confidence.failure_auc
 * ``confidence``: the model's own output (``common.confidence``: flip-test agreement
   for MSRRN, paired-network agreement for CCNN);
 * ``last_update``: minus the size of the last stage's update (mean point move from
-  stage T-1 to stage T, over the crop side), a signal every cascade has.
+  stage T-1 to stage T, over the crop side), a signal every cascade has;
+* ``flip_agreement``: minus the mean distance between the landmarks and those of a
+  second pass on the mirrored crops, mapped back (over the crop side), for any model.
 
 Writes ``confidence_auc.json`` (AUCs, failure counts, the command) and
 ``error_vs_confidence.png`` into ``--output``, each atomically.
@@ -53,6 +55,27 @@ def load_family_model(family: str, path: str) -> tuple[Any, list[int], float, in
     raise ValueError(f"unknown family {family!r}; expected msrrn or ccnn")
 
 
+_MIRRORED = "mirrored_landmarks"
+
+
+def _with_mirrored_pass(model: Any, flip_permutation: Sequence[int]) -> Any:
+    """``model`` plus ``"mirrored_landmarks"``: its landmarks on the mirrored crops,
+    mapped back (for the ``flip_agreement`` signal of any model)."""
+    import tensorflow as tf
+
+    permutation = list(flip_permutation)
+
+    def forward(inputs):
+        outputs = dict(model(inputs, training=False))
+        mirrored = model({k: tf.reverse(v, axis=[2]) for k, v in inputs.items()},
+                         training=False)["landmarks"]
+        mirrored = tf.gather(mirrored, permutation, axis=1)
+        outputs[_MIRRORED] = tf.stack([1.0 - mirrored[..., 0], mirrored[..., 1]], axis=-1)
+        return outputs
+
+    return tf.function(forward, autograph=False, reduce_retracing=True)
+
+
 def last_stage_update(pred: evaluation.Predictions) -> np.ndarray:
     """Mean point move of the last stage over the crop side, ``[N]``."""
     stages = sorted(k for k in pred.outputs_px if k.startswith("stage_")
@@ -73,15 +96,19 @@ def measure(family: str, model_path: str, data: str, split: str = "val",
         [N]}, "errors": [N]}``.
     """
     model, sizes, margin, num_landmarks = load_family_model(family, model_path)
-    pred = evaluation.predict_split(model, data, split, sizes=sizes, margin=margin,
-                                    num_landmarks=num_landmarks, limit=limit)
     scheme = scheme_for(num_landmarks)
+    pred = evaluation.predict_split(_with_mirrored_pass(model, scheme.flip_permutation), data,
+                                    split, sizes=sizes, margin=margin,
+                                    num_landmarks=num_landmarks, limit=limit)
     kind = "inter_pupil" if scheme.outer_eye_corners is not None else "inter_ocular"
     errors = evaluation.face_errors(pred, "landmarks", kind, scheme)
     if "confidence" not in pred.per_face:
         raise ValueError(f"the model at {model_path} has no 'confidence' output")
+    side = pred.crop_boxes[:, 2] - pred.crop_boxes[:, 0]
+    flip = np.linalg.norm(pred.outputs_px["landmarks"] - pred.outputs_px[_MIRRORED],
+                          axis=-1).mean(axis=1) / side
     signals = {"confidence": pred.per_face["confidence"].astype(np.float64),
-               "last_update": -last_stage_update(pred)}
+               "last_update": -last_stage_update(pred), "flip_agreement": -flip}
     return {"faces": len(errors), "failures": int((errors > threshold).sum()),
             "kind": kind, "threshold": threshold,
             "mean_error": float(errors.mean()),
