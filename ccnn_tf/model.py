@@ -62,6 +62,7 @@ from ccnn_tf.networks import (  # noqa: F401 (re-exported: ccnn_tf.model's publi
     run_networks,
     standardize,
 )
+from common.confidence import ShapeAgreementConfidence
 from common.schemes import CUHK_5, scheme_for
 
 _PACKAGE = "ccnn_tf"
@@ -368,7 +369,8 @@ class CCNNCascade(keras.Model):
     ``[N, num_points, 2]`` normalised crop coordinates; with ``network_outputs`` also
     ``"stage_{k}_networks"``, every network's own estimate ``[N, J, 2]`` (crop
     coordinates; ``stage_layer(k).estimate_point_indices`` names their landmarks), for a
-    per-network loss.
+    per-network loss. With two or more stages also ``"confidence"`` ``[N]`` in [0, 1]:
+    how well the last stage's two networks per point agree (``common.confidence``).
 
     Build it from a config with ``build_ccnn``. All arguments are explicit so the model
     serialises through ``get_config``.
@@ -461,6 +463,14 @@ class CCNNCascade(keras.Model):
             if network_outputs:
                 outputs[f"stage_{k}_networks"] = estimates
         outputs["landmarks"] = layers.Identity(name="landmarks", dtype="float32")(points)
+        if args["num_stages"] >= 2:
+            # The agreement of the last stage's two networks per point (their windows
+            # differ), point-major [N, P * W, 2] -> [N, W, P, 2] (common.confidence).
+            windows_per_point = len(args["refine_half_sizes"][args["num_stages"] - 2])
+            pairs = layers.Reshape((args["num_points"], windows_per_point, 2),
+                                   name="network_estimates")(estimates)
+            pairs = layers.Permute((2, 1, 3), name="estimates_per_window")(pairs)
+            outputs["confidence"] = ShapeAgreementConfidence(name="confidence")(pairs)
         super().__init__(inputs={image_key: images}, outputs=outputs, **kwargs)
         self._args = args
         self.set_frozen_stages(frozen_stages)

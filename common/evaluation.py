@@ -134,6 +134,8 @@ class Predictions:
         seconds_per_face: wall time of the model's forward pass per face (after one
             warm-up batch, crops and I/O excluded).
         crop_boxes: float32 ``[N, 4]`` crop boxes of the model inputs.
+        per_face: ``{output name: float32 [N]}`` the model's per-face outputs
+            (e.g. ``"confidence"``, ``common.confidence``).
     """
 
     outputs_px: dict[str, np.ndarray]
@@ -142,6 +144,7 @@ class Predictions:
     source_paths: list[str]
     seconds_per_face: float
     crop_boxes: np.ndarray | None = None
+    per_face: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def num_faces(self) -> int:
@@ -197,6 +200,7 @@ def predict_split(model: Callable, data: str, split: str, *, sizes: Sequence[int
         dataset = dataset.unbatch().take(int(limit)).batch(batch_size)
     forward = _forward_fn(model)
     outputs: dict[str, list[np.ndarray]] = {}
+    per_face: dict[str, list[np.ndarray]] = {}
     true, boxes, crop_boxes, paths = [], [], [], []
     seconds, timed_faces, warmed_up = 0.0, 0, False
     for inputs, _, meta in dataset:
@@ -214,6 +218,8 @@ def predict_split(model: Callable, data: str, split: str, *, sizes: Sequence[int
             if _is_landmark_tensor(value, num_landmarks):
                 pixels = geometry.crop_to_image(value.astype(np.float32), meta["crop_box"])
                 outputs.setdefault(key, []).append(pixels.numpy())
+            elif value.shape == (count,):
+                per_face.setdefault(key, []).append(value.astype(np.float32))
         true.append(meta["landmarks_px"].numpy())
         boxes.append(meta["box"].numpy())
         crop_boxes.append(meta["crop_box"].numpy())
@@ -229,7 +235,8 @@ def predict_split(model: Callable, data: str, split: str, *, sizes: Sequence[int
         boxes=np.concatenate(boxes).astype(np.float32),
         source_paths=paths,
         seconds_per_face=seconds / max(timed_faces, 1),
-        crop_boxes=np.concatenate(crop_boxes).astype(np.float32))
+        crop_boxes=np.concatenate(crop_boxes).astype(np.float32),
+        per_face={k: np.concatenate(v) for k, v in per_face.items()})
 
 
 def add_constant_shape(pred: Predictions, name: str, shape_norm: np.ndarray) -> Predictions:

@@ -3,7 +3,8 @@
 The exported SavedModel has two signatures (see ``docs/DESIGN.md``):
 
 * ``serving_default(images: uint8 [N, H, W, 3] RGB, boxes: float32 [N, 4]
-  (l, t, r, b) pixels) -> {"landmarks": float32 [N, L, 2] (x, y) image pixels}``:
+  (l, t, r, b) pixels) -> {"landmarks": float32 [N, L, 2] (x, y) image pixels}``
+  (plus ``"confidence"`` float32 ``[N]`` when the model outputs one):
   ``validate_serving_inputs`` + ``preprocess_faces`` + model + ``crop_to_image``,
   the very functions evaluation uses, so serving cannot drift from evaluation.
 * ``serving_cropped(image_<s>: float32 [N, s, s, 3] 0..255 for every input size)
@@ -56,6 +57,9 @@ EXPORT_INFO = "export_info.json"
 
 DEFAULT_SIGNATURE = "serving_default"
 CROPPED_SIGNATURE = "serving_cropped"
+CONFIDENCE_KEY = "confidence"
+"""Optional model output (float32 ``[N]`` in [0, 1], ``common.confidence``) that
+``serving_default`` passes through beside ``landmarks``."""
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,7 +139,10 @@ class LandmarkServingModule(tf.Module):
         images, boxes = geometry.validate_serving_inputs(images, boxes)
         inputs, crop_boxes = geometry.preprocess_faces(images, boxes, self.sizes, self.margin)
         outputs = self._run_model(inputs)
-        return {"landmarks": geometry.crop_to_image(self._landmarks(outputs), crop_boxes)}
+        served = {"landmarks": geometry.crop_to_image(self._landmarks(outputs), crop_boxes)}
+        if CONFIDENCE_KEY in outputs:  # a model with a per-face confidence passes it on
+            served[CONFIDENCE_KEY] = tf.ensure_shape(outputs[CONFIDENCE_KEY], [None])
+        return served
 
     def _serve_cropped(self, *images: tf.Tensor) -> dict[str, tf.Tensor]:
         inputs = {_input_key(s): tf.ensure_shape(image, [None, s, s, 3])

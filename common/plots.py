@@ -324,3 +324,47 @@ def _finish_value_axes(figure, axes, path: PathLike, title: str, ylabel: str
     axes.legend(fontsize="small")
     figure.tight_layout()
     return _save(figure, path)
+
+
+def plot_error_vs_confidence(series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                             path: PathLike, threshold: float = 0.10, *,
+                             title: str = "Error against confidence",
+                             xlabel: str = "confidence",
+                             ylabel: str = "NME (fraction of the normaliser)",
+                             figsize: tuple[float, float] = (6.4, 4.8),
+                             dpi: float = 100) -> pathlib.Path:
+    """Scatter of per-face error against confidence, one colour per series, with the
+    failure threshold as a horizontal line (``common.confidence``).
+
+    Args:
+        series: ``{label: (confidence [N], errors [N])}``; the label should carry the
+            failure-ranking AUC.
+        path: output PNG path (parent folders are created).
+        threshold: failure threshold drawn as a dashed line.
+        title: axes title.
+        xlabel: x-axis label.
+        ylabel: y-axis label (name the normaliser here).
+        figsize: figure size in inches.
+        dpi: resolution.
+
+    Returns:
+        The written path.
+    """
+    figure = _new_figure(figsize, dpi)
+    axes = figure.add_subplot(1, 1, 1)
+    top = threshold * 3
+    for label, (confidence, errors) in series.items():
+        confidence = np.asarray(confidence, np.float64).reshape(-1)
+        errors = np.asarray(errors, np.float64).reshape(-1)
+        axes.scatter(confidence, np.minimum(errors, top), s=6, alpha=0.5, label=label)
+    axes.axhline(threshold, color="k", linestyle="--", linewidth=0.8,
+                 label=f"failure: error > {threshold:g}")
+    axes.set_xlim(-0.02, 1.02)
+    axes.set_ylim(0, top * 1.02)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel + f" (clipped at {top:g})")
+    axes.set_title(title)
+    axes.grid(True, linestyle=":", linewidth=0.7)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    return _save(figure, path)

@@ -67,6 +67,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -120,6 +121,9 @@ _VIDEO_CODECS = (("mp4v", ".mp4"), ("MJPG", ".avi"))
 _BOX_COLOUR = (0, 200, 0)  # RGB
 _POINT_COLOUR = (255, 40, 40)
 _LINE_COLOUR = (255, 210, 0)
+CONFIDENCE_KEY = "confidence"
+DEFAULT_FRAMES_FPS = 30.0
+"""Frame rate assumed for a folder of numbered frames (times and smoothing)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -323,9 +327,9 @@ class LandmarkPredictor:
         signature = loaded.signatures[CROPPED_SIGNATURE]
         output_key = info.get("output_key", "landmarks")
 
-        def run_crops(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        def run_crops(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             outputs = signature(**{k: tf.constant(v, tf.float32) for k, v in inputs.items()})
-            return outputs[output_key].numpy()
+            return _landmarks_and_confidence(outputs, output_key)
 
         run_crops.loaded = loaded  # keeps the SavedModel's resources alive
         default_name = str(info.get("model_class", "")).rsplit(".", 1)[-1]
@@ -357,14 +361,13 @@ class LandmarkPredictor:
         call = tf.function(lambda inputs: model(inputs, training=False),
                            reduce_retracing=True)
 
-        def run_crops(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        def run_crops(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             outputs = call({k: tf.constant(v, tf.float32) for k, v in inputs.items()})
-            if isinstance(outputs, Mapping):
-                outputs = outputs[output_key]
-            return np.asarray(outputs, np.float32)
+            return _landmarks_and_confidence(outputs, output_key)
 
         probe = run_crops({_input_key(s): np.zeros((1, s, s, 3), np.float32) for s in sizes})
-        return cls(run_crops, sizes=sizes, margin=margin, num_landmarks=probe.shape[1],
+        return cls(run_crops, sizes=sizes, margin=margin,
+                   num_landmarks=probe["landmarks"].shape[1],
                    name=name or type(model).__name__, source=source)
 
     # ---- prediction ------------------------------------------------------------------
@@ -393,7 +396,19 @@ class LandmarkPredictor:
 
     def run_crops(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The bare model on a batch of crops: normalised landmarks ``[N, L, 2]``."""
-        return np.asarray(self._run_crops(dict(inputs)), np.float32)
+        return self.run_crops_with_confidence(inputs)[0]
+
+    def run_crops_with_confidence(self, inputs: Mapping[str, np.ndarray]
+                                  ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The bare model on a batch of crops: normalised landmarks ``[N, L, 2]`` and
+        the per-face confidence ``[N]`` in [0, 1] (``common.confidence``), or ``None``
+        for a model without one (older exports)."""
+        outputs = self._run_crops(dict(inputs))
+        if not isinstance(outputs, Mapping):
+            return np.asarray(outputs, np.float32), None
+        confidence = outputs.get(CONFIDENCE_KEY)
+        return (np.asarray(outputs["landmarks"], np.float32),
+                None if confidence is None else np.asarray(confidence, np.float32))
 
     @staticmethod
     def to_image(normalised: np.ndarray, crop_boxes: np.ndarray) -> np.ndarray:
@@ -432,6 +447,16 @@ class LandmarkPredictor:
             batch = {k: np.concatenate([c[k] for c in crops]) for k in crops[0]}
             results.append(self.run_crops(batch))
         return self.to_image(np.concatenate(results), crop_boxes)
+
+
+def _landmarks_and_confidence(outputs: Any, output_key: str) -> dict[str, np.ndarray]:
+    """``{"landmarks"}`` (and ``"confidence"`` when the model has one) as NumPy."""
+    if not isinstance(outputs, Mapping):
+        return {"landmarks": np.asarray(outputs, np.float32)}
+    result = {"landmarks": np.asarray(outputs[output_key], np.float32)}
+    if CONFIDENCE_KEY in outputs:
+        result[CONFIDENCE_KEY] = np.asarray(outputs[CONFIDENCE_KEY], np.float32)
+    return result
 
 
 # --------------------------------------------------------------------------------------
@@ -772,19 +797,35 @@ class _Unit:
     remaining: int = 0
     seconds: float = 0.0
     error: str = ""
+    confidence: list[float | None] | None = None
+    track_ids: list[int] | None = None
+    smoothed: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
         return 0 if self.canvas is None else int(self.canvas.nbytes)
 
     def faces_json(self) -> list[dict[str, Any]]:
-        return [{"box": [round(float(v), 3) for v in box],
-                 "score": None if score is None else round(float(score), 4),
-                 "box_source": source,
-                 # 4 decimals: the JSON equals the Python API to 5e-5 px.
-                 "landmarks": [[round(float(x), 4), round(float(y), 4)] for x, y in points]}
-                for box, score, source, points in zip(self.boxes, self.scores, self.sources,
-                                                      self.landmarks)]
+        faces = []
+        for k, (box, score, source, points) in enumerate(zip(
+                self.boxes, self.scores, self.sources, self.landmarks)):
+            conf = self.confidence[k] if self.confidence else None
+            face = {"box": [round(float(v), 3) for v in box],
+                    "score": None if score is None else round(float(score), 4),
+                    "box_source": source,
+                    "landmarks": _points_json(points),
+                    "confidence": None if conf is None else round(float(conf), 4)}
+            if self.track_ids is not None:
+                face["track_id"] = int(self.track_ids[k])
+            if self.smoothed is not None:
+                face["landmarks_smoothed"] = _points_json(self.smoothed[k])
+            faces.append(face)
+        return faces
+
+
+def _points_json(points: np.ndarray) -> list[list[float]]:
+    # 4 decimals: the JSON equals the Python API to 5e-5 px.
+    return [[round(float(x), 4), round(float(y), 4)] for x, y in points]
 
 
 class _BatchQueue:
@@ -847,8 +888,8 @@ class _BatchQueue:
             self.faces, self.crops, self.crop_boxes, self.crop_bytes = [], [], [], 0
             try:
                 batch = {k: np.concatenate([c[k] for c in crops]) for k in crops[0]}
-                points = self.predictor.to_image(self.predictor.run_crops(batch),
-                                                 np.stack(crop_boxes))
+                normalised, confidence = self.predictor.run_crops_with_confidence(batch)
+                points = self.predictor.to_image(normalised, np.stack(crop_boxes))
                 error = ""
             except Exception as e:  # noqa: BLE001  (reported on the files of the batch)
                 points, error = None, f"model failed ({type(e).__name__}: {e})"
@@ -859,6 +900,10 @@ class _BatchQueue:
                     unit.error = unit.error or error
                 else:
                     unit.landmarks[k] = points[i]
+                    if confidence is not None:
+                        if unit.confidence is None:
+                            unit.confidence = [None] * len(unit.boxes)
+                        unit.confidence[k] = float(confidence[i])
                 unit.remaining -= 1
         self.finish_ready()
 
@@ -1019,6 +1064,37 @@ def remove_stale_outputs(output_dir: str, keep: Iterable[str]) -> list[str]:
     return removed
 
 
+_FRAME_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+_FRAME_NUMBER = re.compile(r"(\d+)\D*$")
+
+
+def numbered_frames(folder: str) -> list[str] | None:
+    """The frames of a folder of numbered frames, in frame order, else ``None``.
+
+    A folder is a frame sequence when it has no sub-folders and at least two visible
+    files, all images (by extension) whose names end in a number (``000001.jpg``,
+    ``frame_12.png``), each number once; they are ordered by that number.
+
+    Args:
+        folder: a path (anything but a folder gives ``None``).
+    """
+    if not os.path.isdir(folder):
+        return None
+    entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
+    if len(entries) < 2 or any(e.is_dir() for e in entries):
+        return None
+    numbered = []
+    for entry in entries:
+        stem, extension = os.path.splitext(entry.name)
+        match = _FRAME_NUMBER.search(stem)
+        if extension.lower() not in _FRAME_EXTENSIONS or not match:
+            return None
+        numbered.append((int(match.group(1)), entry.path))
+    if len({n for n, _ in numbered}) != len(numbered):
+        return None
+    return [path for _, path in sorted(numbered)]
+
+
 class _Run:
     """State of one :func:`predict_paths` call."""
 
@@ -1027,7 +1103,13 @@ class _Run:
                  boxes: Mapping[str, Any] | None, scheme: LandmarkScheme | None,
                  detect_max_side: int | None, overlay_max_side: int | None,
                  max_frames: int | None, max_pending_units: int, max_pending_bytes: int,
-                 progress: _Progress, recursive: bool = False):
+                 progress: _Progress, tracking: Any = None, smoothing: Any = None,
+                 smoothing_centre: Any = None, frames_fps: float = DEFAULT_FRAMES_FPS,
+                 recursive: bool = False):
+        self.tracking = tracking
+        self.smoothing = smoothing
+        self.smoothing_centre = smoothing_centre
+        self.frames_fps = frames_fps
         self.predictor = predictor
         self.recursive = recursive
         self.output_dir = output_dir
@@ -1159,37 +1241,92 @@ class _Run:
             self._record(FileResult(path, f"{STATUS_ERROR}: {reason}", kind="video",
                                     seconds=time.monotonic() - start))
             return
+
+        def read() -> np.ndarray | None:
+            ok, frame = capture.read()
+            return np.ascontiguousarray(frame[:, :, ::-1]) if ok else None
+
+        try:
+            self._sequence(path, name, stem, read, capture.get(cv2.CAP_PROP_FPS), start)
+        finally:
+            capture.release()
+
+    def frames_folder(self, folder: str, name: str, stem: str, files: Sequence[str]) -> None:
+        """A folder of numbered frames (:func:`numbered_frames`), read as one video."""
+        frames = iter(files)
+
+        def read() -> np.ndarray | None:
+            path = next(frames, None)
+            return None if path is None else load_image(path)
+
+        self._sequence(folder, name, stem, read, self.frames_fps, time.monotonic())
+
+    def _sequence(self, path: str, name: str, stem: str,
+                  read: Callable[[], np.ndarray | None],
+                  fps: float, start: float) -> None:
         given = self._given_boxes(path, name)
         stem = self._unique(stem)
         output = _VideoOutput(os.path.join(self.output_dir, "landmarks", stem + ".jsonl"),
                               os.path.join(self.output_dir, "overlays", stem)
-                              if self.overlay else None,
-                              capture.get(cv2.CAP_PROP_FPS))
+                              if self.overlay else None, fps)
         self.open_videos.append(output)
-        state = {"frames": 0, "faces": 0, "seconds": time.monotonic() - start, "error": ""}
-        try:
-            index = 0
-            while self.max_frames is None or index < self.max_frames:
-                frame_start = time.monotonic()
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                image = np.ascontiguousarray(frame[:, :, ::-1])
-                try:
+        state = {"frames": 0, "faces": 0, "seconds": time.monotonic() - start, "error": "",
+                 "tracker": None, "smoother": None, "fps": output.fps}
+        if self.tracking is not None and given is None:
+            from common import smoothing, tracking
+
+            state["tracker"] = tracking.FaceTracker(self.tracking)
+            if self.smoothing is not None:
+                state["smoother"] = smoothing.TrackSmoother(self.smoothing, self.scheme,
+                                                            self.smoothing_centre)
+            print(f"{path}: tracking faces (detector on the first frame, every "
+                  f"{self.tracking.detect_every} frames and below confidence "
+                  f"{self.tracking.min_confidence:g}; --notrack to detect every frame), "
+                  + (f"One-Euro smoothing {self.smoothing} (centroid: "
+                     f"{self.smoothing_centre})" if self.smoothing else
+                     "no smoothing"), file=sys.stderr, flush=True)
+        tracker = state["tracker"]
+
+        def detect(image: np.ndarray) -> list[Detection]:
+            return detect_faces(self.finder, image, self.detect_max_side)
+
+        index = 0
+        while self.max_frames is None or index < self.max_frames:
+            frame_start = time.monotonic()
+            try:
+                image = read()
+            except Exception as error:  # noqa: BLE001  (an unreadable frame of a folder)
+                state["error"] = state["error"] or f"frame {index}: {error}"
+                break
+            if image is None:
+                break
+            track_ids = None
+            try:
+                if tracker is not None:
+                    plan = tracker.plan(index, image, detect)
+                    boxes = check_boxes(plan.boxes, *image.shape[:2])
+                    scores, sources, track_ids = plan.scores, plan.sources, plan.track_ids
+                else:
                     frame_given = given
                     if isinstance(given, Mapping):
                         frame_given = given.get(str(index), [])
                     boxes, scores, sources = self._faces(image, frame_given)
-                except Exception as error:  # noqa: BLE001
-                    state["error"] = state["error"] or f"frame {index}: {error}"
-                    boxes, scores, sources = np.zeros((0, 4), np.float32), [], []
-                unit = self._unit(image, boxes, scores, sources,
-                                  lambda u: self._finish_frame(u, output, state), index)
-                unit.seconds = time.monotonic() - frame_start
-                self.queue.submit(unit, image)
-                index += 1
-        finally:
-            capture.release()
+            except Exception as error:  # noqa: BLE001
+                state["error"] = state["error"] or f"frame {index}: {error}"
+                boxes, scores, sources = np.zeros((0, 4), np.float32), [], []
+                track_ids = [] if tracker is not None else None
+            unit = self._unit(image, boxes, scores, sources,
+                              lambda u: self._finish_frame(u, output, state), index)
+            unit.track_ids = track_ids
+            unit.seconds = time.monotonic() - frame_start
+            self.queue.submit(unit, image)
+            if tracker is not None:
+                self.queue.run_batch()  # this frame's landmarks place the next one's boxes
+            index += 1
+        if tracker is not None:
+            print(f"{path}: detector ran on {tracker.detector_calls} of {tracker.frames} "
+                  f"frames ({tracker.detector_calls_saved} calls saved)", file=sys.stderr,
+                  flush=True)
         end = _Unit(lambda u: self._finish_video(path, output, state),
                     np.zeros((0, 4), np.float32), [], [], np.zeros((0, 0, 2), np.float32))
         self.queue.submit(end, None)
@@ -1197,10 +1334,24 @@ class _Run:
     def _finish_frame(self, unit: _Unit, output: _VideoOutput, state: dict) -> None:
         start = time.monotonic()
         state["frames"] += 1
+        tracker, smoother = state["tracker"], state["smoother"]
         if unit.error:
             state["error"] = state["error"] or f"frame {unit.frame}: {unit.error}"
             faces = []
+            if tracker is not None:
+                tracker.reset()
         else:
+            if tracker is not None:
+                confidence = unit.confidence
+                if confidence is not None and any(c is None for c in confidence):
+                    confidence = None
+                tracker.update(unit.landmarks, confidence)
+                if smoother is not None:
+                    t = unit.frame / state["fps"]
+                    unit.smoothed = np.array(
+                        [smoother(i, p, t) for i, p in zip(unit.track_ids, unit.landmarks)],
+                        np.float32).reshape(unit.landmarks.shape)
+                    smoother.drop_except(unit.track_ids)
             faces = unit.faces_json()
             state["faces"] += len(faces)
         try:
@@ -1239,15 +1390,21 @@ class _Run:
     def run(self, inputs: Sequence[str]) -> None:
         direct = {os.fspath(i) for i in inputs if not os.path.isdir(i)}
         try:
-            for path, name, stem in iter_input_files(inputs, exclude=self.output_dir,
-                                                     recursive=self.recursive):
-                extension = os.path.splitext(path)[1].lower()
-                if extension in VIDEO_EXTENSIONS:
-                    self.video(path, name, stem)
-                elif extension in IMAGE_EXTENSIONS or path in direct:
-                    self.image(path, name, stem)
-                else:
-                    self._record(FileResult(path, STATUS_SKIPPED))
+            for item in inputs:
+                frames = numbered_frames(item) if self.tracking is not None else None
+                if frames:
+                    name = os.path.basename(os.path.abspath(item))
+                    self.frames_folder(item, name, name, frames)
+                    continue
+                for path, name, stem in iter_input_files([item], exclude=self.output_dir,
+                                                         recursive=self.recursive):
+                    extension = os.path.splitext(path)[1].lower()
+                    if extension in VIDEO_EXTENSIONS:
+                        self.video(path, name, stem)
+                    elif extension in IMAGE_EXTENSIONS or path in direct:
+                        self.image(path, name, stem)
+                    else:
+                        self._record(FileResult(path, STATUS_SKIPPED))
             self.queue.flush()
         finally:
             for output in list(self.open_videos):
@@ -1266,7 +1423,10 @@ def predict_paths(predictor: LandmarkPredictor, inputs: Sequence[str] | str, out
                   finder: Finder | None = None,
                   progress: TextIO | None | bool = True,
                   recursive: bool = False,
-                  remove_stale: bool = True) -> Summary:
+                  remove_stale: bool = True,
+                  tracking: Any = "default", smoothing: Any = "default",
+                  smoothing_centre: Any = "default",
+                  frames_fps: float = DEFAULT_FRAMES_FPS) -> Summary:
     """Predicts landmarks for every face in files, folders and videos.
 
     Never raises for a bad input file: each file gets one status (``"ok"``,
@@ -1307,6 +1467,19 @@ def predict_paths(predictor: LandmarkPredictor, inputs: Sequence[str] | str, out
             silent).
         recursive: also walk the sub-folders of input folders.
         remove_stale: remove outputs of earlier runs this run did not write.
+        tracking: ``common.tracking.TrackerParams`` for videos and folders of
+            numbered frames (:func:`numbered_frames`): boxes from the previous
+            frame's landmarks, the detector only on some frames, a ``track_id`` per
+            face; ``"default"``: ``TrackerParams()``; ``None``: detect every frame
+            (and read frame folders as separate images). Videos with boxes from
+            ``boxes`` are never tracked.
+        smoothing: ``common.smoothing.OneEuroParams`` of the causal smoothing of
+            tracked faces (``landmarks_smoothed`` beside the raw ``landmarks`` in the
+            JSON lines); ``"default"``: ``OneEuroParams()``; ``None``: off.
+        smoothing_centre: the filter of each face's centroid
+            (``TrackSmoother(centre_params=)``); ``"default"``:
+            ``common.smoothing.DEFAULT_CENTRE``; ``None``: no centroid split.
+        frames_fps: frame rate of folders of numbered frames.
 
     Returns:
         The summary, one row per file in input order (files are finished in the
@@ -1318,6 +1491,18 @@ def predict_paths(predictor: LandmarkPredictor, inputs: Sequence[str] | str, out
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if tracking == "default" or smoothing == "default":
+        from common import smoothing as smoothing_lib
+        from common import tracking as tracking_lib
+
+        tracking = tracking_lib.TrackerParams() if tracking == "default" else tracking
+        smoothing = smoothing_lib.OneEuroParams() if smoothing == "default" else smoothing
+    if smoothing_centre == "default":
+        from common.smoothing import DEFAULT_CENTRE
+
+        smoothing_centre = DEFAULT_CENTRE
+    if not frames_fps > 0:
+        raise ValueError(f"frames_fps must be > 0, got {frames_fps}")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [os.fspath(inputs)]
     if isinstance(scheme, str):
@@ -1343,7 +1528,9 @@ def predict_paths(predictor: LandmarkPredictor, inputs: Sequence[str] | str, out
                overlay=overlay, boxes=boxes, scheme=scheme, detect_max_side=detect_max_side,
                overlay_max_side=overlay_max_side, max_frames=max_frames,
                max_pending_units=max_pending_units or 2 * batch_size,
-               max_pending_bytes=max_pending_bytes, progress=meter, recursive=recursive)
+               max_pending_bytes=max_pending_bytes, progress=meter, recursive=recursive,
+               tracking=tracking, smoothing=smoothing, smoothing_centre=smoothing_centre,
+               frames_fps=frames_fps)
     try:
         run.run(list(inputs))
     finally:
@@ -1418,8 +1605,72 @@ def define_flags(scheme: str, flag_values=None) -> dict[str, Any]:
         "allow_empty": flags.DEFINE_boolean(
             "allow_empty", False, "Exit 0 even when no image or video was found to "
             "process (by default that is an error).", flag_values=fv),
+        **define_video_flags(fv),
     }
     return holders
+
+
+def define_video_flags(fv) -> dict[str, Any]:
+    """The tracking and smoothing flags (part of :func:`define_flags`)."""
+    from absl import flags
+
+    from common.smoothing import DEFAULT_CENTRE, OneEuroParams
+    from common.tracking import TrackerParams
+
+    tracker, euro = TrackerParams(), OneEuroParams()
+    return {
+        "track": flags.DEFINE_boolean(
+            "track", True, "Track faces in videos and folders of numbered frames: boxes "
+            "from the previous frame's landmarks, the detector only on some frames "
+            "(--notrack: detect every frame).", flag_values=fv),
+        "detect_every": flags.DEFINE_integer(
+            "detect_every", tracker.detect_every, "When tracking, run the detector at least "
+            "every this many frames (0: only on the first frame and on failures).",
+            lower_bound=0, flag_values=fv),
+        "min_confidence": flags.DEFINE_float(
+            "min_confidence", tracker.min_confidence, "When tracking, re-detect when a "
+            "face's confidence falls below this.", lower_bound=0.0, upper_bound=1.0,
+            flag_values=fv),
+        "smooth": flags.DEFINE_boolean(
+            "smooth", True, "Smooth tracked landmarks over time (causal One-Euro filter; "
+            "'landmarks_smoothed' beside the raw 'landmarks'; --nosmooth: off).",
+            flag_values=fv),
+        "smooth_min_cutoff": flags.DEFINE_float(
+            "smooth_min_cutoff", euro.min_cutoff, "One-Euro cut-off frequency of a still "
+            "face, Hz (lower: steadier, more lag).", flag_values=fv),
+        "smooth_beta": flags.DEFINE_float(
+            "smooth_beta", euro.beta, "One-Euro speed coefficient per face size per second "
+            "(higher: less lag on motion).", flag_values=fv),
+        "smooth_centre_beta": flags.DEFINE_float(
+            "smooth_centre_beta", DEFAULT_CENTRE.beta, "One-Euro speed coefficient of each "
+            "face's centroid, filtered apart from the points around it (0: filter the "
+            "points as they are).", lower_bound=0.0, flag_values=fv),
+        "smooth_d_cutoff": flags.DEFINE_float(
+            "smooth_d_cutoff", euro.d_cutoff, "One-Euro cut-off of the speed estimate, Hz.",
+            flag_values=fv),
+        "frames_fps": flags.DEFINE_float(
+            "frames_fps", DEFAULT_FRAMES_FPS, "Frame rate of a folder of numbered frames.",
+            flag_values=fv),
+    }
+
+
+def video_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``predict_paths`` keyword arguments from the values of
+    :func:`define_video_flags`."""
+    from common.smoothing import DEFAULT_CENTRE, OneEuroParams
+    from common.tracking import TrackerParams
+
+    tracking = (TrackerParams(detect_every=values["detect_every"],
+                              min_confidence=values["min_confidence"])
+                if values["track"] else None)
+    smoothing = (OneEuroParams(values["smooth_min_cutoff"], values["smooth_beta"],
+                               values["smooth_d_cutoff"])
+                 if values["track"] and values["smooth"] else None)
+    centre = (OneEuroParams(DEFAULT_CENTRE.min_cutoff, values["smooth_centre_beta"],
+                            DEFAULT_CENTRE.d_cutoff)
+              if values["smooth_centre_beta"] > 0 else None)
+    return {"tracking": tracking, "smoothing": smoothing, "smoothing_centre": centre,
+            "frames_fps": values["frames_fps"]}
 
 
 def main(argv: Sequence[str], holders: Mapping[str, Any]) -> int:
@@ -1461,7 +1712,8 @@ def main(argv: Sequence[str], holders: Mapping[str, Any]) -> int:
         boxes=values["boxes_json"], scheme=values["scheme"],
         detect_max_side=api.detect_max_side,
         overlay_max_side=values["overlay_max_side"] or None,
-        max_frames=values["max_frames"] or None, recursive=values["recursive"])
+        max_frames=values["max_frames"] or None, recursive=values["recursive"],
+        **video_options(values))
     print(summary.format())
     failure = summary.failure(allow_empty=values["allow_empty"])
     if failure:

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from common.confidence import ShapeAgreementConfidence
 from msrrn_tf.config import INIT_MODES, MSRRNConfig
 from msrrn_tf.layers import ShapeIndexedPatches
 
@@ -204,13 +205,19 @@ class MergeMirrored(keras.layers.Layer):
         super().__init__(**kwargs)
         self.flip_permutation = tuple(int(i) for i in flip_permutation)
 
-    def call(self, shape, training=None):
-        if training:
-            return shape
+    def unmirrored_pair(self, shape):
+        """``[2N, L, 2]`` -> the plain and the mapped-back mirrored shapes, ``[N, L, 2]``
+        each."""
         half = keras.ops.shape(shape)[0] // 2
         plain, mirrored = shape[:half], shape[half:]
         mirrored = keras.ops.take(mirrored, list(self.flip_permutation), axis=1)
         mirrored = keras.ops.stack([1.0 - mirrored[..., 0], mirrored[..., 1]], axis=-1)
+        return plain, mirrored
+
+    def call(self, shape, training=None):
+        if training:
+            return shape
+        plain, mirrored = self.unmirrored_pair(shape)
         return 0.5 * (plain + mirrored)
 
     def compute_output_shape(self, input_shape):
@@ -220,6 +227,27 @@ class MergeMirrored(keras.layers.Layer):
         config = super().get_config()
         config.update(flip_permutation=list(self.flip_permutation))
         return config
+
+
+@keras.saving.register_keras_serializable(package="msrrn_tf")
+class MirroredPair(MergeMirrored):
+    """Flip test, for the confidence: at inference, the plain and the mapped-back
+    mirrored shapes stacked (``[2N, L, 2] -> [N, 2, L, 2]``, the estimates
+    ``common.confidence.ShapeAgreementConfidence`` compares); in training, the shape
+    twice (they agree: no mirrored half exists).
+
+    Args:
+        flip_permutation: the landmark scheme's flip permutation.
+        **kwargs: ``keras.layers.Layer`` arguments.
+    """
+
+    def call(self, shape, training=None):
+        if training:
+            return keras.ops.stack([shape, shape], axis=1)
+        return keras.ops.stack(self.unmirrored_pair(shape), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 2, *input_shape[1:])
 
 
 def _conv_blocks(prefix: str, filters: Sequence[int], kernel_size: int, pool_size: int,
@@ -486,7 +514,9 @@ class MSRRN(keras.Model):
             stays the unperturbed S^0.
         flip_test: at inference, also predict the mirrored face and average the two
             (``MirrorBatch`` / ``MergeMirrored``; training is unchanged). Needs the
-            68-point iBUG layout's flip permutation (``common.schemes``).
+            68-point iBUG layout's flip permutation (``common.schemes``). Adds the
+            output ``"confidence"`` ``[N]``: how well the two shapes of the last
+            stage agree (``common.confidence``).
         bias_correction: give every output a ``ShapeOffset`` (zeros until
             ``set_shape_offsets``). The offsets only change what the model reports:
             each stage still starts from the previous stage's uncorrected shape, as
@@ -580,6 +610,10 @@ class MSRRN(keras.Model):
             outputs[f"stage_{t}"] = report(shape, t)
         outputs["landmarks"] = keras.layers.Activation(
             "linear", dtype="float32", name="landmarks")(outputs[f"stage_{num_stages}"])
+        if merge is not None:
+            # The agreement of the last stage's two shapes (face and mirror image).
+            pair = MirroredPair(permutation, name="mirrored_pair")(shape)
+            outputs["confidence"] = ShapeAgreementConfidence(name="confidence")(pair)
 
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.scales = scales

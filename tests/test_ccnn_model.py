@@ -22,6 +22,7 @@ from ccnn_tf.model import (
     transfer_stage_weights,
 )
 from ccnn_tf.summary import PAPER_TOTAL_PARAMETERS, format_table, parameter_table
+from common.confidence import confidence_from_disagreement, shape_disagreement
 
 # The exact count of our reconstruction of the paper's networks; a change to the
 # layer widths must show up here.
@@ -138,7 +139,7 @@ def test_paper_cascade_outputs():
     assert model.count_params() == EXPECTED_TOTAL_PARAMETERS
     outputs = model(_images(config), training=False)
     assert set(outputs) == {"landmarks", "stage_1", "stage_2", "stage_3", "stage_1_networks",
-                            "stage_2_networks", "stage_3_networks"}
+                            "stage_2_networks", "stage_3_networks", "confidence"}
     for key in ("landmarks", "stage_1", "stage_2", "stage_3"):
         assert outputs[key].shape == (2, 5, 2) and outputs[key].dtype == tf.float32
     assert outputs["stage_1_networks"].shape == (2, 11, 2)
@@ -148,13 +149,18 @@ def test_paper_cascade_outputs():
     for k in (2, 3):
         pairs = outputs[f"stage_{k}_networks"].numpy().reshape(2, 5, 2, 2)
         np.testing.assert_allclose(outputs[f"stage_{k}"], pairs.mean(axis=2), atol=1e-6)
+    # The confidence is the agreement of stage 3's two networks per point.
+    pairs = outputs["stage_3_networks"].numpy().reshape(2, 5, 2, 2).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(outputs["confidence"], confidence_from_disagreement(
+        shape_disagreement(pairs)), rtol=1e-4)
 
 
 @pytest.mark.parametrize("num_stages", [1, 2])
 def test_fewer_stages(tiny_config, num_stages):
     model = build_ccnn(tiny_config, num_stages=num_stages)
     outputs = model(_images(tiny_config))
-    assert set(outputs) == {"landmarks"} | {f"stage_{k}" for k in range(1, num_stages + 1)}
+    assert set(outputs) == ({"landmarks"} | {f"stage_{k}" for k in range(1, num_stages + 1)}
+                            | ({"confidence"} if num_stages >= 2 else set()))
     np.testing.assert_allclose(outputs["landmarks"], outputs[f"stage_{num_stages}"])
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common.confidence import confidence_from_disagreement, shape_disagreement
 from msrrn_tf.config import MSRRNConfig
 from msrrn_tf.model import (
     MSRRN,
@@ -82,9 +83,11 @@ def test_outputs_keys_shapes_and_dtypes():
     inputs = random_inputs(TINY.scales)
     inputs["ignored_extra_key"] = np.zeros(3, np.float32)
     out = model(inputs)
-    assert set(out) == {"landmarks", "stage_0", "stage_1", "stage_2", "stage_3"}
-    for value in out.values():
-        assert value.shape == (2, 68, 2) and value.dtype == tf.float32
+    assert set(out) == {"landmarks", "stage_0", "stage_1", "stage_2", "stage_3"} | (
+        {"confidence"} if TINY.flip_test else set())
+    for key, value in out.items():
+        shape = (2,) if key == "confidence" else (2, 68, 2)
+        assert value.shape == shape and value.dtype == tf.float32
     np.testing.assert_array_equal(out["landmarks"], out["stage_3"])
     # An untrained model starts at the mean shape and moves little.
     assert np.abs(out["stage_3"] - model.mean_shape).max() < 0.2
@@ -262,13 +265,20 @@ def test_flip_test_averages_the_mirrored_prediction(tmp_path):
     mirrored_inputs = {k: v[:, :, ::-1] for k, v in inputs.items()}
     got, direct, mirror = flipped(inputs), plain(inputs), plain(mirrored_inputs)
     perm = list(IBUG_68.flip_permutation)
-    for key in got:
+    assert set(got) == set(direct) | {"confidence"}
+    for key in direct:
         # Reference: each prediction without its offset, the mirrored one mapped back.
         offset = 0.003
         back = np.asarray(mirror[key])[:, perm] - offset
         back[..., 0] = 1.0 - back[..., 0]
         want = 0.5 * (np.asarray(direct[key]) - offset + back) + offset
         np.testing.assert_allclose(got[key], want, atol=1e-5)
+        if key == "landmarks":  # the confidence: agreement of these two shapes
+            pair = np.stack([np.asarray(direct[key]) - offset, back], axis=1)
+            np.testing.assert_allclose(got["confidence"], confidence_from_disagreement(
+                shape_disagreement(pair)), rtol=1e-3)
+    assert np.all((np.asarray(got["confidence"]) > 0) & (np.asarray(got["confidence"]) <= 1))
+    np.testing.assert_allclose(flipped(inputs, training=True)["confidence"], 1.0, atol=1e-6)
     # Training sees one copy of each face: exactly the plain model.
     np.testing.assert_allclose(flipped(inputs, training=True)["landmarks"],
                                direct["landmarks"], atol=1e-6)
@@ -282,7 +292,8 @@ def test_flip_test_averages_the_mirrored_prediction(tmp_path):
     switched = loaded.with_flip_test(False)
     assert switched is not loaded and not switched.flip_test and loaded.flip_test
     np.testing.assert_allclose(switched.get_shape_offsets(), loaded.get_shape_offsets())
-    for key in got:
+    assert "confidence" not in switched(inputs)
+    for key in direct:
         np.testing.assert_allclose(switched(inputs)[key], direct[key], atol=1e-6)
     back_on = switched.with_flip_test(True)
     np.testing.assert_allclose(back_on(inputs)["landmarks"], got["landmarks"], atol=1e-6)
