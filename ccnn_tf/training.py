@@ -44,7 +44,7 @@ Layout of a run directory::
                            checkpoints/, tensorboard/, history.json, model.keras)
       model.keras          the assembled cascade (all stages, nothing frozen)
       eval/                evaluation on the validation split (ccnn_tf.evaluate)
-      export/              SavedModel + TFLite (ccnn_tf.export)
+      export/              saved_model/1/, *.tflite, export_report.json (ccnn_tf.export)
 """
 
 from __future__ import annotations
@@ -754,7 +754,9 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
             print(ccnn_evaluate.stage_table(evaluated.results), flush=True)
     if export and complete:
         summary.export = ccnn_export.export_cascade(
-            model, os.path.join(run_dir, "export"), data=data, split=val_split)
+            model, os.path.join(run_dir, "export"), data=data, split=val_split,
+            extra_info={"training_data": os.path.abspath(data),
+                        "run_dir": os.path.abspath(run_dir), "config": config.to_dict()})
         if verbose:
             print(ccnn_export.format_export_report(summary.export), flush=True)
     return summary
