@@ -679,6 +679,7 @@ def parse_stages(stages: str | int | Sequence[int], num_stages: int) -> tuple[in
     return stages
 
 
+@training.locks_run_dir
 def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
                data: str, run_dir: str, steps: int | None = None,
                batch_size: int | None = None,
@@ -688,6 +689,9 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
                val_split: str = "val", evaluate: bool = True, export: bool = True,
                verbose: bool = True, train_split: str = "train") -> CCNNTrainSummary:
     """Trains stages in series, then evaluates and (when complete) exports the cascade.
+
+    Holds the run directory's lock meanwhile (``common.training.locks_run_dir``): a
+    second training on the same ``run_dir`` gets ``common.training.RunDirLocked``.
 
     Args:
         config: the configuration.

@@ -392,6 +392,7 @@ def _momentum_sgd(config: MSRRNConfig, steps: int, schedule: str
     return keras.optimizers.SGD(learning_rate, momentum=config.momentum)
 
 
+@training.locks_run_dir
 def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
                 steps: int | None = None, train_split: str = "train",
                 val_split: str | None = "val", checkpoint_every: int = 500,
@@ -402,6 +403,9 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
                 evaluate: bool = True, export: bool = True, parity_check: bool = True,
                 seed: int | None = None, verbose: bool = True) -> MSRRNTrainResult:
     """Trains MSRRN (resuming from ``run_dir``), then evaluates and exports it.
+
+    Holds the run directory's lock meanwhile (``common.training.locks_run_dir``): a
+    second training on the same ``run_dir`` gets ``common.training.RunDirLocked``.
 
     Args:
         config: the hyper-parameters (``config.batch_size`` is the global batch,
