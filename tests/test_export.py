@@ -346,8 +346,6 @@ if stage == "tflite":  # the first TFLite file written, the second half-written
             f.write(b"TFL3 half")
         die()
     variants[1] = export.TFLiteVariant(variants[1].name, variants[1].filename, half)
-elif stage == "swap":  # all written into the temporary folder, not yet swapped in
-    export._replace_dir = lambda new, target: die()
 elif stage == "exchanged":  # swapped in, the previous export not yet removed
     real = export._exchange
     export._exchange = lambda a, b: (real(a, b), die())
@@ -379,7 +377,7 @@ def test_sigkill_mid_export_leaves_one_model(tmp_path, faces, stage):
     script.write_text(_KILLED_EXPORT.format(tests=os.path.dirname(__file__),
                                             target=str(target)))
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
-    done = subprocess.run([sys.executable, str(script), stage], env=env,
+    done = subprocess.run([sys.executable, str(script), stage], check=False, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
 

@@ -326,7 +326,7 @@ def test_second_training_on_a_run_dir_is_refused_until_the_first_is_gone(tmp_pat
         assert not (run_dir / "checkpoints").exists()
         # The command line says so in one line and exits non-zero.
         cli = subprocess.run([sys.executable, "-m", "ccnn_tf.train", f"--run_dir={run_dir}",
-                              "--data=/nonexistent", "--preset=tiny"], env=env,
+                              "--data=/nonexistent", "--preset=tiny"], check=False, env=env,
                              capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
         assert cli.returncode == 1
         assert f"error: {run_dir} is in use by another training (pid {holder.pid}" in (
@@ -355,7 +355,7 @@ def test_stale_and_foreign_locks(tmp_path):
     assert not lock.exists()
     # A process on another host cannot be checked: refused, never taken over.
     lock.write_text(json.dumps({"pid": dead.pid, "host": "elsewhere.example"}))
-    with pytest.raises(training.RunDirLocked, match=r"on elsewhere.example.*delete .*run.lock"):
-        with training.run_dir_lock(run_dir):
-            pass
+    with (pytest.raises(training.RunDirLocked, match=r"on elsewhere.example.*delete .*lock"),
+          training.run_dir_lock(run_dir)):
+        pass
     assert _lock_record(run_dir)["host"] == "elsewhere.example"
