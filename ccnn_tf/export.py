@@ -581,7 +581,7 @@ def main(argv: Sequence[str]) -> None:
     from absl import app, flags
     from absl import logging as absl_logging
 
-    from ccnn_tf.evaluate import load_cascade, run_data
+    from ccnn_tf.runs import load_cascade, run_data
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
