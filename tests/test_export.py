@@ -405,3 +405,23 @@ def test_sigkill_mid_export_leaves_one_model(tmp_path, faces, stage):
     export.write_export(models[1], str(target), sizes=[SIZE], margin=MARGIN,
                         num_landmarks=NUM_LANDMARKS)
     assert sorted(os.listdir(tmp_path)) == ["export", "killed_export.py"]
+
+
+def test_an_interrupted_two_rename_swap_is_restored(tmp_path, monkeypatch):
+    """Without an atomic exchange (not Linux), a crash between the two renames leaves the
+    previous export at .NAME.old-*: the next export puts it back before anything else."""
+    target = tmp_path / "export"
+    (target / "saved_model" / "1").mkdir(parents=True)
+    (target / "export_report.json").write_text("{}")
+    os.rename(target, tmp_path / ".export.old-0123")  # the crash: first rename done
+    export._restore_interrupted(str(target))
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    assert (target / "export_report.json").read_text() == "{}"
+    # And the fallback itself replaces an export completely.
+    monkeypatch.setattr(export, "_exchange", lambda a, b: False)
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "export_report.json").write_text('{"new": 1}')
+    export._replace_dir(str(new), str(target))
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    assert os.listdir(target) == ["export_report.json"]
