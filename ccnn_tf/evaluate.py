@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from ccnn_tf.model import CCNNCascade, point_abbreviation, transfer_stage_weights
+from ccnn_tf.runs import load_cascade, run_data
 from common import atomic, evaluation, metrics, plots
 from common.schemes import scheme_for
 
@@ -58,40 +59,6 @@ mean test error after stages 1-3 (Experiment 1, LFPW)."""
 # --------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------
-
-
-def load_cascade(path: str) -> keras.Model:
-    """Loads a cascade from a ``.keras`` file, a CCNN run or a stage directory.
-
-    A CCNN run directory gives its assembled ``model.keras`` or, before all stages
-    are trained, the model of its last finished stage.
-
-    Args:
-        path: the model file or directory.
-
-    Returns:
-        The model.
-    """
-    from ccnn_tf import training  # the run layout
-
-    path = os.fspath(path)
-    if os.path.isdir(path) and training.read_run(path) is not None:
-        return training.latest_cascade(path)
-    return evaluation.load_model(path)
-
-
-def run_data(path: str) -> str | None:
-    """The training data recorded for the run holding ``path`` (``run.json``)."""
-    from ccnn_tf import training
-
-    path = os.path.abspath(os.fspath(path))
-    candidates = [path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))]
-    for candidate in candidates:
-        if os.path.isdir(candidate):
-            record = training.read_run(candidate)
-            if record is not None:
-                return record.get("data")
-    return None
 
 
 def model_geometry(model: keras.Model) -> tuple[tuple[int, ...], float, int]:

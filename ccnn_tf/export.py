@@ -2,22 +2,25 @@
 
 ``python -m ccnn_tf.export --model=RUN_OR_MODEL --output=DIR [--quantization=int8]``
 
-* ``DIR/saved_model``: :func:`export_saved_model`, i.e. ``common.export.
-  export_saved_model`` with the networks' weights frozen into the serving graph, the
+The export folder has the one layout of ``common.export.write_export`` (written as
+one unit: a crash leaves the previous export or the complete new one):
+
+* ``DIR/saved_model/1``: :func:`export_saved_model`'s SavedModel, i.e. ``common.export``'s
+  with the networks' weights frozen into the serving graph, the
   signatures shared with MSRRN: ``serving_default(images uint8 [N, H, W, 3], boxes
   float32 [N, 4]) -> {"landmarks": [N, 5, 2] pixels}``. The face crop and every stage's
   window cropping (``tf.image.crop_and_resize``) run inside the graph. Each stage's
   networks run as grouped convolutions (``ccnn_tf.model.run_networks``) whose kernels
   graph optimisation builds once from the frozen weights.
-* ``DIR/ccnn_float32.tflite``, ``DIR/ccnn_dynamic.tflite`` (int8 weights) and, with
-  ``--quantization=int8``, ``DIR/ccnn_int8.tflite`` (int8 networks): the
+* ``DIR/model_float32.tflite``, ``DIR/model_dynamic_int8.tflite`` (int8 weights) and,
+  with ``--quantization=int8``, ``DIR/model_int8.tflite`` (int8 networks): the
   ``serving_cropped`` signature (the cropped face ``image_S`` -> normalised landmarks and
   per-stage outputs) for the paper's mobile use case (section 4.2); the caller crops the
   face from its detector box with the same margin and maps the landmarks back with
   ``common.geometry.crop_to_image``. The TFLite graphs have one convolution per network:
   TFLite's builtin kernels run grouped convolutions only on their slow reference path.
 * ``DIR/export_report.json``: the parity of every file against the Keras cascade,
-  each run in a fresh Python process.
+  each run in a fresh Python process, and the hash of the weights it describes.
 
 A cascade trained in ``mixed_float16`` is exported as its float32 copy (same weights,
 :func:`float32_cascade`).
@@ -84,7 +87,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import tempfile
 import warnings
@@ -108,7 +110,12 @@ TOLERANCES = {"saved_model": 1e-4, "tflite_float32": 1e-3, "tflite_dynamic": 0.0
               "tflite_int8": 0.02}
 """Parity tolerances in normalised crop units (module docstring)."""
 
-REPORT_FILE = "export_report.json"
+REPORT_FILE = common_export.REPORT_FILE
+
+TFLITE_FILES = {"tflite_float32": "model_float32.tflite",
+                "tflite_dynamic": "model_dynamic_int8.tflite",
+                "tflite_int8": "model_int8.tflite"}
+"""File names of the TFLite variants in an export (``common.export.write_export``)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -428,18 +435,28 @@ def _check(name: str, diffs: dict[str, float], tolerance: float, crop_side: floa
     return entry
 
 
+def _tflite_converter(model: keras.Model, options: dict[str, Any]
+                      ) -> Callable[[str, str], str]:
+    """``convert(saved_model_dir, path)`` of ``common.export.TFLiteVariant``: the cascade
+    is converted from the Keras model (:func:`export_tflite`), not the SavedModel."""
+    return lambda _saved_model, path: export_tflite(model, path, **options)
+
+
 def export_cascade(model: keras.Model, output_dir: str, *, data: str | None = None,
                    split: str = "val", num_faces: int = 16,
                    quantization: str | Sequence[str] | None = "dynamic", tflite: bool = True,
                    check: bool = True, calibration_split: str = "train",
-                   calibration_faces: int = 200) -> dict[str, Any]:
+                   calibration_faces: int = 200,
+                   extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Exports the cascade (SavedModel + TFLite) and checks each against the model.
 
     Args:
         model: the ``CCNNCascade`` (assembled, inference mode). A mixed-precision
             cascade is exported (and checked) as its float32 copy
             (:func:`float32_cascade`).
-        output_dir: output folder (created; earlier exports in it are replaced).
+        output_dir: the export folder: ``saved_model/1/``, the TFLite files and
+            ``export_report.json``, written as one unit (an earlier export there is
+            replaced only by a complete, checked new one).
         data: TFRecord folder whose ``split`` faces are used for the checks (and whose
             ``calibration_split`` faces calibrate the int8 variant); ``None``: random
             images with random boxes.
@@ -451,9 +468,11 @@ def export_cascade(model: keras.Model, output_dir: str, *, data: str | None = No
         check: run the parity checks (each in a fresh process).
         calibration_split: split of ``data`` that calibrates the int8 variant.
         calibration_faces: faces that calibrate the int8 variant.
+        extra_info: more report fields (training data, run directory, ...).
 
     Returns:
-        The report written to ``output_dir/export_report.json``: paths, file sizes and
+        The report written to ``output_dir/export_report.json``
+        (``common.export.write_export``): paths, file sizes, weights hash and
         ``"parity": {name: {max_abs_diff_pixels, max_abs_diff_normalised, tolerance_*}}``.
 
     Raises:
@@ -467,7 +486,6 @@ def export_cascade(model: keras.Model, output_dir: str, *, data: str | None = No
                          f"{QUANTIZATIONS} or None")
     model = float32_cascade(model)
     size, margin, num_points = _geometry(model)
-    os.makedirs(output_dir, exist_ok=True)
     if data is not None:
         images, boxes = load_faces(data, split, num_faces)
     else:
@@ -475,39 +493,38 @@ def export_cascade(model: keras.Model, output_dir: str, *, data: str | None = No
     crop_boxes = geometry.crop_boxes_from_face_boxes(boxes, margin).numpy()
     crop_side = float(np.min(crop_boxes[:, 2] - crop_boxes[:, 0]))
 
-    report: dict[str, Any] = {"input_size": size, "margin": margin,
-                              "num_landmarks": num_points, "files": {}, "parity": {},
-                              "tolerances": dict(TOLERANCES), "check_data": data,
-                              "check_split": split if data is not None else None}
-    saved = export_saved_model(model, os.path.join(output_dir, "saved_model"))
-    report["files"]["saved_model"] = saved
-    if check:
-        diffs = common_export.check_parity(saved, model, images, boxes, atol=np.inf)
-        report["parity"]["saved_model"] = _check("SavedModel", diffs,
-                                                 TOLERANCES["saved_model"], crop_side)
-    variants: list[tuple[str, dict[str, Any]]] = []
+    info: dict[str, Any] = {"input_size": size, "tolerances": dict(TOLERANCES),
+                            "check_data": data,
+                            "check_split": split if data is not None else None,
+                            **dict(extra_info or {})}
+    variants: list[common_export.TFLiteVariant] = []
     if tflite:
-        variants.append(("tflite_float32", {}))
+        options: dict[str, dict[str, Any]] = {"tflite_float32": {}}
         if "dynamic" in quantizations:
-            variants.append(("tflite_dynamic", {"quantize": True}))
+            options["tflite_dynamic"] = {"quantize": True}
         if "int8" in quantizations:
-            variants.append(("tflite_int8", {"quantize": True, "representative_data":
-                                             calibration_crops(model, data, calibration_split,
-                                                               calibration_faces)}))
-            report["calibration"] = {"data": data, "faces": calibration_faces,
-                                     "split": calibration_split if data else None}
-    for name, options in variants:
-        path = os.path.abspath(os.path.join(output_dir,
-                                            f"ccnn_{name.split('_', 1)[1]}.tflite"))
-        export_tflite(model, path, **options)
-        report["files"][name] = path
-        report.setdefault("file_megabytes", {})[name] = os.path.getsize(path) / 2**20
-        if check:
-            diffs = common_export.check_tflite_parity(path, model, images, boxes,
-                                                      margin=margin, atol=np.inf)
-            report["parity"][name] = _check(name, diffs, TOLERANCES[name], crop_side)
-    with open(os.path.join(output_dir, REPORT_FILE), "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
+            options["tflite_int8"] = {"quantize": True, "representative_data":
+                                      calibration_crops(model, data, calibration_split,
+                                                        calibration_faces)}
+            info["calibration"] = {"data": data, "faces": calibration_faces,
+                                   "split": calibration_split if data else None}
+        variants = [common_export.TFLiteVariant(name, TFLITE_FILES[name],
+                                                _tflite_converter(model, kwargs))
+                    for name, kwargs in options.items()]
+
+    def parity(name: str, path: str) -> dict[str, Any]:
+        if not check:
+            return {}
+        if name == "saved_model":
+            diffs = common_export.check_parity(path, model, images, boxes, atol=np.inf)
+            return _check("SavedModel", diffs, TOLERANCES[name], crop_side)
+        diffs = common_export.check_tflite_parity(path, model, images, boxes, margin=margin,
+                                                  atol=np.inf)
+        return _check(name, diffs, TOLERANCES[name], crop_side)
+
+    report = common_export.write_export(model, output_dir, sizes=(size,), margin=margin,
+                                        num_landmarks=num_points, tflite=variants,
+                                        check=parity, info=info)
     return report
 
 
@@ -538,8 +555,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("model", None, "A CCNN run directory (its assembled model.keras, "
                         "or its last finished stage), a stage directory or a .keras file.",
                         required=True)
-    flags.DEFINE_string("output", None, "Output folder (saved_model/, *.tflite, "
-                        f"{REPORT_FILE}).", required=True)
+    flags.DEFINE_string("output", None, "Export folder (saved_model/1/, *.tflite, "
+                        f"{REPORT_FILE}), replaced as a unit.", required=True)
     flags.DEFINE_string("data", None, "TFRecord folder whose faces are used for the parity "
                         "checks; default: the data the run trained "
                         "on (random images if none).")
@@ -564,7 +581,7 @@ def main(argv: Sequence[str]) -> None:
     from absl import app, flags
     from absl import logging as absl_logging
 
-    from ccnn_tf.evaluate import load_cascade, run_data
+    from ccnn_tf.runs import load_cascade, run_data
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -577,7 +594,8 @@ def main(argv: Sequence[str]) -> None:
         num_faces=values.num_faces,
         quantization=[q for q in values.quantization if q != "none"],
         tflite=values.tflite, check=values.check, calibration_split=values.calibration_split,
-        calibration_faces=values.calibration_faces)
+        calibration_faces=values.calibration_faces,
+        extra_info={"model_source": os.path.abspath(values.model), "training_data": run_data(values.model)})
     print(format_export_report(report))
 
 

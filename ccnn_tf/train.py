@@ -83,12 +83,17 @@ def main(argv: Sequence[str]) -> None:
                                    batch_size=_BATCH_SIZE.value, shake=_SHAKE.value,
                                    windows=_WINDOWS.value, seed=_SEED.value)
     data = _DATA.value or training.synthetic_data(_PRESET.value)
-    training.train_ccnn(
-        config, _STAGE.value, data=data, run_dir=_RUN_DIR.value,
-        strategy=_STRATEGY.value, mixed_precision=_MIXED_PRECISION.value or None,
-        checkpoint_every=_CHECKPOINT_EVERY.value, eval_every=_EVAL_EVERY.value,
-        evaluate=_EVALUATE.value, export=_EXPORT.value, train_split=_TRAIN_SPLIT.value,
-        val_split=_VAL_SPLIT.value)
+    from common.training import RunDirLocked
+
+    try:
+        training.train_ccnn(
+            config, _STAGE.value, data=data, run_dir=_RUN_DIR.value,
+            strategy=_STRATEGY.value, mixed_precision=_MIXED_PRECISION.value or None,
+            checkpoint_every=_CHECKPOINT_EVERY.value, eval_every=_EVAL_EVERY.value,
+            evaluate=_EVALUATE.value, export=_EXPORT.value, train_split=_TRAIN_SPLIT.value,
+            val_split=_VAL_SPLIT.value)
+    except RunDirLocked as error:  # a second training on the same --run_dir
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -44,17 +44,16 @@ Layout of a run directory::
                            checkpoints/, tensorboard/, history.json, model.keras)
       model.keras          the assembled cascade (all stages, nothing frozen)
       eval/                evaluation on the validation split (ccnn_tf.evaluate)
-      export/              SavedModel + TFLite (ccnn_tf.export)
+      export/              saved_model/1/, *.tflite, export_report.json (ccnn_tf.export)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -66,7 +65,21 @@ from ccnn_tf.model import (
     CCNNCascade,
     CCNNStage1,
     build_ccnn,
-    transfer_stage_weights,
+)
+from ccnn_tf.runs import (  # the run layout, re-exported: callers know it from here
+    MODEL_FILE,  # noqa: F401
+    RUN_FILE,
+    STAGE_NAMES,
+    _previous_fingerprint_recorded,
+    assemble_cascade,
+    completed_stages,  # noqa: F401
+    consistent_stages,
+    latest_cascade,  # noqa: F401
+    load_stage_model,
+    read_run,
+    run_config,  # noqa: F401
+    stage_dir,
+    weights_fingerprint,
 )
 from common import training
 from common.evaluation import nme_val_metric, save_architecture
@@ -76,14 +89,6 @@ from common.synthetic import ensure_synthetic_dataset
 from common.tfrecord import find_shards
 
 logger = logging.getLogger(__name__)
-
-RUN_FILE = "run.json"
-"""The file in a CCNN run directory recording its config and training data."""
-
-MODEL_FILE = "model.keras"
-"""The assembled cascade (run directory) or a stage's final model (stage directory)."""
-
-STAGE_NAMES = ("stage1", "stage2", "stage3")
 
 # Fields that only change how a stage is trained, not what the cascade computes or
 # which weights it has: they may differ between the stages of one run.
@@ -182,13 +187,6 @@ def synthetic_data(preset: str = "quick", cache_dir: str | None = None,
         splits = PAPER_SYNTHETIC_SPLITS if preset == "paper" else QUICK_SYNTHETIC_SPLITS
     return ensure_synthetic_dataset(num_points=5, splits=dict(splits), seed=0,
                                     cache_dir=cache_dir, progress=progress)
-
-
-def stage_dir(run_dir: str, stage: int) -> str:
-    """The run directory of stage ``stage`` (1-based): ``run_dir/stage{k}``."""
-    if not 1 <= stage <= len(STAGE_NAMES):
-        raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
-    return os.path.join(run_dir, STAGE_NAMES[stage - 1])
 
 
 def augment_config(config: CCNNConfig) -> AugmentConfig:
@@ -328,24 +326,6 @@ def box_width_val_metric(output_key: str = "landmarks"
 # --------------------------------------------------------------------------------------
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
-def read_run(run_dir: str) -> dict[str, Any] | None:
-    """Reads ``run_dir/run.json``: ``{"config": CCNNConfig dict, "data": path}``."""
-    return _read_json(os.path.join(run_dir, RUN_FILE))
-
-
-def run_config(run_dir: str) -> CCNNConfig | None:
-    """The ``CCNNConfig`` recorded in a run directory (``None`` if there is none)."""
-    record = read_run(run_dir)
-    return None if record is None else CCNNConfig.from_dict(record["config"])
-
-
 def _structural(config: CCNNConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in TRAINING_ONLY_FIELDS}
 
@@ -365,36 +345,6 @@ def _record_run(run_dir: str, config: CCNNConfig, data: str) -> None:
     record = {"config": config.to_dict(), "data": os.fspath(data)}
     training.atomic_write_text(os.path.join(run_dir, RUN_FILE),
                                json.dumps(record, indent=2, sort_keys=True) + "\n")
-
-
-def weights_fingerprint(model: CCNNCascade, stages: Iterable[int]) -> str:
-    """A SHA-256 (16 hex digits) of the weights of ``stages`` of a cascade."""
-    digest = hashlib.sha256()
-    for k in stages:
-        for weight in model.stage_layer(k).get_weights():
-            digest.update(np.ascontiguousarray(weight, np.float32).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def load_stage_model(run_dir: str, stage: int) -> CCNNCascade:
-    """Loads the final model of a finished stage (``run_dir/stage{k}/model.keras``).
-
-    Raises:
-        FileNotFoundError: the stage has not finished training.
-    """
-    path = os.path.join(stage_dir(run_dir, stage), MODEL_FILE)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(
-            f"stage {stage} of {run_dir} has not finished ({path} is missing); train it "
-            f"first (--stage={stage})")
-    return keras.saving.load_model(path, compile=False)
-
-
-def _previous_fingerprint_recorded(directory: str) -> str | None:
-    record = _read_json(os.path.join(directory, "config.json"))
-    if record is None:
-        return None
-    return record.get("config", {}).get("values", {}).get("previous_stages_fingerprint")
 
 
 # --------------------------------------------------------------------------------------
@@ -565,85 +515,6 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
     return result
 
 
-def assemble_cascade(run_dir: str, config: CCNNConfig | None = None,
-                     num_stages: int | None = None) -> CCNNCascade:
-    """Builds the inference cascade from the last finished stage and saves it.
-
-    The cascade has ``num_stages`` stages (default ``config.num_stages``), nothing
-    frozen and no per-network outputs; it is written to ``run_dir/model.keras``.
-
-    Args:
-        run_dir: the CCNN run directory.
-        config: the configuration; default the one in ``run.json``.
-        num_stages: stages to assemble.
-
-    Returns:
-        The cascade.
-    """
-    config = config or run_config(run_dir)
-    if config is None:
-        raise FileNotFoundError(f"{run_dir} has no {RUN_FILE}")
-    num_stages = config.num_stages if num_stages is None else num_stages
-    source = load_stage_model(run_dir, num_stages)
-    cascade = build_ccnn(config, num_stages=num_stages)
-    transfer_stage_weights(source, cascade)
-    training.save_model_atomically(cascade, os.path.join(run_dir, MODEL_FILE))
-    return cascade
-
-
-def completed_stages(run_dir: str) -> tuple[int, ...]:
-    """The stages of a run whose ``model.keras`` exists."""
-    return tuple(k for k in range(1, len(STAGE_NAMES) + 1)
-                 if tf.io.gfile.exists(os.path.join(stage_dir(run_dir, k), MODEL_FILE)))
-
-
-def consistent_stages(run_dir: str) -> int:
-    """How many leading stages of a run form a consistent, finished cascade.
-
-    Stage ``k`` is consistent when it finished and was trained on the current weights
-    of stages ``< k`` (the fingerprint recorded in its ``config.json`` matches the
-    finished stage ``k - 1``); retraining stage 2 makes a finished stage 3 stale.
-
-    Args:
-        run_dir: the CCNN run directory.
-
-    Returns:
-        The largest such ``k`` (0 when stage 1 has not finished).
-    """
-    done = set(completed_stages(run_dir))
-    count = 0
-    previous = None
-    for k in range(1, len(STAGE_NAMES) + 1):
-        if k not in done:
-            break
-        if k > 1:
-            recorded = _previous_fingerprint_recorded(stage_dir(run_dir, k))
-            if previous is None:
-                previous = load_stage_model(run_dir, k - 1)
-            if recorded != weights_fingerprint(previous, range(1, k)):
-                logger.warning("stage %d of %s was trained on earlier weights of stages "
-                               "1-%d: retrain it", k, run_dir, k - 1)
-                break
-        count = k
-        previous = None
-    return count
-
-
-def latest_cascade(run_dir: str) -> CCNNCascade:
-    """The assembled cascade, else the model of the last finished stage.
-
-    Raises:
-        FileNotFoundError: no stage has finished.
-    """
-    final = os.path.join(run_dir, MODEL_FILE)
-    if tf.io.gfile.exists(final):
-        return keras.saving.load_model(final, compile=False)
-    done = completed_stages(run_dir)
-    if not done:
-        raise FileNotFoundError(f"{run_dir}: no finished stage")
-    return load_stage_model(run_dir, max(done))
-
-
 @dataclasses.dataclass
 class CCNNTrainSummary:
     """What :func:`train_ccnn` did.
@@ -679,6 +550,7 @@ def parse_stages(stages: str | int | Sequence[int], num_stages: int) -> tuple[in
     return stages
 
 
+@training.locks_run_dir
 def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
                data: str, run_dir: str, steps: int | None = None,
                batch_size: int | None = None,
@@ -688,6 +560,9 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
                val_split: str = "val", evaluate: bool = True, export: bool = True,
                verbose: bool = True, train_split: str = "train") -> CCNNTrainSummary:
     """Trains stages in series, then evaluates and (when complete) exports the cascade.
+
+    Holds the run directory's lock meanwhile (``common.training.locks_run_dir``): a
+    second training on the same ``run_dir`` gets ``common.training.RunDirLocked``.
 
     Args:
         config: the configuration.
@@ -754,7 +629,9 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
             print(ccnn_evaluate.stage_table(evaluated.results), flush=True)
     if export and complete:
         summary.export = ccnn_export.export_cascade(
-            model, os.path.join(run_dir, "export"), data=data, split=val_split)
+            model, os.path.join(run_dir, "export"), data=data, split=val_split,
+            extra_info={"training_data": os.path.abspath(data),
+                        "run_dir": os.path.abspath(run_dir), "config": config.to_dict()})
         if verbose:
             print(ccnn_export.format_export_report(summary.export), flush=True)
     return summary

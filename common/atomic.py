@@ -6,7 +6,11 @@ that globs such as ``*.keras`` or ``*.json`` never pick it up, and it is removed
 writing fails. A writer killed outright (SIGKILL, power loss) cannot remove its
 temporary file; the next successful write of the same target removes such leftovers
 once they are older than ``STALE_TEMP_SECONDS`` (a younger one may belong to a
-concurrent writer). (``common.training.atomic_write_text`` / ``save_model_atomically`` do
+concurrent writer), or at once when the process that made them is dead (the temporary
+names carry the writer's process id: ``.NAME.tmp-<pid>-XXXX``).
+
+Files and folders get the usual permissions: ``0o666`` resp. ``0o777`` less the umask
+(``mkstemp``/``mkdtemp`` alone would give ``0600``/``0700``). (``common.training.atomic_write_text`` / ``save_model_atomically`` do
 the same through ``tf.io.gfile`` for paths on object stores.)
 """
 
@@ -39,8 +43,7 @@ def write_atomically(path: str, write: Callable[[str], Any], *, suffix: str = ""
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", suffix=suffix,
-                                   dir=folder)
+    handle, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=folder)
     os.close(handle)
     try:
         write(tmp)
@@ -55,30 +58,70 @@ def write_atomically(path: str, write: Callable[[str], Any], *, suffix: str = ""
     return path
 
 
+def temp_prefix(path: str) -> str:
+    """``.NAME.tmp-<pid>-``: the prefix of this process's temporary siblings of ``path``."""
+    return f".{os.path.basename(os.path.abspath(path))}.tmp-{os.getpid()}-"
+
+
+def make_temp_dir(path: str) -> str:
+    """A new empty temporary folder beside ``path`` with the usual permissions.
+
+    Its name starts with :func:`temp_prefix`, so :func:`remove_stale_temps` of
+    ``path`` removes it once its writer is dead.
+
+    Args:
+        path: the folder the temporary one will replace (its parent is created).
+
+    Returns:
+        The temporary folder.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=temp_prefix(path), dir=folder)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+    return tmp
+
+
+def _writer_is_dead(name: str, prefix: str) -> bool:
+    """Whether the temp ``name`` carries the pid of a process that no longer exists."""
+    pid, _, rest = name[len(prefix):].partition("-")
+    if not pid.isdigit() or not rest or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
 def remove_stale_temps(path: str, max_age_seconds: float = STALE_TEMP_SECONDS) -> list[str]:
     """Removes temporary files (or folders) of ``path`` left by killed writers.
 
     Args:
         path: the target whose ``.NAME.tmp-*`` siblings are checked.
-        max_age_seconds: only entries last modified longer ago than this are removed.
+        max_age_seconds: entries last modified longer ago than this are removed, and
+            younger ones whose name carries the pid of a dead process.
 
     Returns:
         The removed paths.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}.tmp-"
+    folder, name = os.path.split(os.path.abspath(path))
+    prefix = f".{name}.tmp-"
     removed = []
     now = time.time()
     try:
         names = os.listdir(folder)
     except OSError:
         return removed
-    for name in names:
-        if not name.startswith(prefix):
+    for entry_name in names:
+        if not entry_name.startswith(prefix):
             continue
-        entry = os.path.join(folder, name)
+        entry = os.path.join(folder, entry_name)
         try:
-            if now - os.lstat(entry).st_mtime <= max_age_seconds:
+            if (now - os.lstat(entry).st_mtime <= max_age_seconds
+                    and not _writer_is_dead(entry_name, prefix)):
                 continue
             if os.path.isdir(entry) and not os.path.islink(entry):
                 shutil.rmtree(entry)

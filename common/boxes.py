@@ -60,6 +60,10 @@ DEFAULT_MIN_IOU = 0.4
 DEFAULT_MIN_INSIDE = 0.5
 """Least fraction of the landmarks a matching detection must contain."""
 
+DETECT_MAX_SIDE = 1600
+"""Longest side of the copy of an image the face detector sees (huge photos are
+downscaled first: dlib's memory and time grow with the pixels it scans)."""
+
 CACHE_VERSION = 1
 
 ImageLoader = Callable[[str], np.ndarray]
@@ -143,6 +147,32 @@ class DlibBoxFinder:
         return sorted(found, key=lambda item: -item[1])
 
     __call__ = detect
+
+
+def detect_faces(finder: Callable[[np.ndarray], Sequence[tuple[np.ndarray, float | None]]],
+                 image: np.ndarray, max_side: int | None = DETECT_MAX_SIDE
+                 ) -> list[tuple[np.ndarray, float | None]]:
+    """Runs a detector on a copy of ``image`` at most ``max_side`` pixels long.
+
+    Args:
+        finder: ``image -> [(box, score)]`` (:class:`DlibBoxFinder`).
+        image: uint8 ``[H, W, 3]``.
+        max_side: longest side the detector sees (``None``: full resolution).
+
+    Returns:
+        ``(box, score)`` per face, boxes in full-resolution pixels (pixel edges scale,
+        so a box at ``x`` in the copy is at ``(x + 0.5) * W / w - 0.5``).
+    """
+    height, width = image.shape[:2]
+    if not max_side or max(height, width) <= max_side:
+        return [(np.asarray(b, np.float32), s) for b, s in finder(image)]
+    import cv2
+
+    factor = max_side / max(height, width)
+    small_w, small_h = max(1, round(width * factor)), max(1, round(height * factor))
+    small = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA)
+    scale = np.array([width / small_w, height / small_h] * 2, np.float32)
+    return [((np.asarray(b, np.float32) + 0.5) * scale - 0.5, s) for b, s in finder(small)]
 
 
 @dataclasses.dataclass
@@ -261,20 +291,25 @@ class BoxAssigner:
         min_inside: see ``choose_box``.
         finder: the detector, ``image -> [(box, score)]``; by default a
             ``DlibBoxFinder(upsample)``, made on first use.
+        detect_max_side: the detector sees a copy at most this long
+            (:func:`detect_faces`); ``None``: full resolution.
     """
 
     def __init__(self, image_loader: ImageLoader, upsample: int = 1,
                  cache_path: str | None = None, min_iou: float = DEFAULT_MIN_IOU,
                  min_inside: float = DEFAULT_MIN_INSIDE,
-                 finder: Callable[[np.ndarray], list] | None = None):
+                 finder: Callable[[np.ndarray], list] | None = None,
+                 detect_max_side: int | None = DETECT_MAX_SIDE):
         self.image_loader = image_loader
+        self.detect_max_side = detect_max_side
         self.upsample = upsample
         self.min_iou = min_iou
         self.min_inside = min_inside
         self._finder = finder
         self.cache = BoxCache(cache_path, {
             "detector": "dlib.get_frontal_face_detector", "upsample": int(upsample),
-            "min_iou": float(min_iou), "min_inside": float(min_inside)})
+            "min_iou": float(min_iou), "min_inside": float(min_inside),
+            **({"detect_max_side": int(detect_max_side)} if detect_max_side else {})})
         self.counts = {BOX_SOURCE_GIVEN: 0, BOX_SOURCE_DLIB: 0, BOX_SOURCE_LANDMARKS: 0}
         self.detector_calls = 0
         self.cache_hits = 0
@@ -301,7 +336,9 @@ class BoxAssigner:
             else:
                 if image is None:
                     image = self.image_loader(record.image_path)
-                detections = [box for box, _ in self.finder(image)]
+                detections = [box for box, _ in detect_faces(self.finder, image,
+                                                             self.detect_max_side)]
+                del image  # a huge photo: do not keep it while the next one loads
                 self.detector_calls += 1
                 choice = choose_box(record.landmarks, detections, self.min_iou,
                                     self.min_inside)

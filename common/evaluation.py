@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import io
 import json
 import logging
 import os
 import re
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -53,9 +55,8 @@ from a checkpoint when a run has no ``model.keras`` yet."""
 DEFAULT_KINDS = ("inter_pupil", "inter_ocular")
 DEFAULT_THRESHOLDS = metrics.DEFAULT_THRESHOLDS
 
-# Packages whose ``model`` module registers custom Keras objects; imported lazily by
-# ``load_model`` so that common/ does not depend on either model package.
-_MODEL_MODULES = ("msrrn_tf.model", "ccnn_tf.model")
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The folder holding ``common`` and its sibling packages (the model packages)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -529,13 +530,55 @@ def nme_val_metric(kind: str, scheme: LandmarkScheme, output_key: str = "landmar
 # --------------------------------------------------------------------------------------
 
 
-def register_model_packages() -> None:
-    """Imports the model packages so their Keras classes are registered."""
-    for module in _MODEL_MODULES:
+def import_model_modules(config: Any) -> list[str]:
+    """Imports the modules that define a serialised model's custom Keras classes.
+
+    A Keras config names the module of every class (``"module": "pkg.model"``); the
+    ones in a package of this project (a sibling folder of ``common``) are imported,
+    which registers their classes. ``common`` so depends on no model package: the
+    model file says what it needs.
+
+    Args:
+        config: a Keras serialised object (``model.keras``'s ``config.json``,
+            ``model_config.json``).
+
+    Returns:
+        The modules imported.
+    """
+    modules: set[str] = set()
+    stack = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            module = item.get("module")
+            if isinstance(module, str) and "class_name" in item:
+                modules.add(module)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    imported = []
+    for module in sorted(modules):
+        top = module.split(".")[0]
+        if top == "common" or not os.path.isfile(os.path.join(_PROJECT_ROOT, top,
+                                                               "__init__.py")):
+            continue
         try:
             importlib.import_module(module)
         except ImportError as error:  # a package may be absent in a trimmed install
             logger.debug("could not import %s: %s", module, error)
+            continue
+        imported.append(module)
+    return imported
+
+
+def _load_keras_file(path: str) -> keras.Model:
+    """``keras.saving.load_model`` after importing the classes the file names."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f, zipfile.ZipFile(io.BytesIO(f.read())) as z:
+            import_model_modules(json.loads(z.read("config.json")))
+    except (zipfile.BadZipFile, KeyError, ValueError):
+        pass  # not a Keras v3 archive: keras reports it
+    return keras.saving.load_model(path, compile=False)
 
 
 def save_architecture(model: keras.Model, run_dir: str) -> str:
@@ -583,24 +626,25 @@ def load_model(path: str, *, build_model: Callable[[], keras.Model] | None = Non
     Raises:
         FileNotFoundError: nothing loadable at ``path``.
     """
-    register_model_packages()
     path = os.fspath(path).rstrip("/")
     gfile = tf.io.gfile
     if gfile.exists(path) and not gfile.isdir(path):
-        return keras.saving.load_model(path, compile=False)
+        return _load_keras_file(path)
     if not gfile.isdir(path):
         raise FileNotFoundError(f"no model at {path!r} (expected a .keras file or a run "
                                 "directory)")
     final = f"{path}/{MODEL_FILE}"
     latest = tf.train.latest_checkpoint(f"{path}/checkpoints")
     if gfile.exists(final) and not (prefer_checkpoint and latest):
-        return keras.saving.load_model(final, compile=False)
+        return _load_keras_file(final)
     if not latest:
         raise FileNotFoundError(f"{path!r} has neither {MODEL_FILE} nor a checkpoint")
     architecture = f"{path}/{ARCHITECTURE_FILE}"
     if gfile.exists(architecture):
         with gfile.GFile(architecture) as f:
-            model = keras.saving.deserialize_keras_object(json.load(f))
+            config = json.load(f)
+        import_model_modules(config)
+        model = keras.saving.deserialize_keras_object(config)
     elif build_model is not None:
         model = build_model()
     else:

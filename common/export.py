@@ -14,9 +14,22 @@ The exported SavedModel has two signatures (see ``docs/DESIGN.md``):
 ``export_info.json`` beside ``saved_model.pb`` records the sizes, margin and number
 of landmarks. Inspect an export with ``saved_model_cli show --all --dir DIR``.
 
-Exports are atomic: the new export is written to a temporary sibling directory and
-swapped in only once complete, so a crash during export never damages the previous
-export. Export to a local path (copy to GCS afterwards): directory renames are not
+An export of either model (:func:`write_export`, the one exporter behind
+``msrrn_tf.export``, ``ccnn_tf.export`` and every training command) has one layout::
+
+    EXPORT/saved_model/1/       the SavedModel (tensorflow_model_server
+                                --model_base_path=EXPORT/saved_model)
+    EXPORT/*.tflite             the TFLite files (model_float32.tflite, ...)
+    EXPORT/export_report.json   parity, signatures, config, training data, commit and
+                                the hash of the weights it describes
+
+:func:`saved_model_dir` finds the SavedModel of an export in this layout and in the
+older ones (MSRRN: ``EXPORT/saved_model.pb``; CCNN: ``EXPORT/saved_model/saved_model.pb``).
+
+Exports are written as a unit: everything goes to a temporary sibling folder and is
+swapped in with one atomic exchange once complete and checked, so that a crash at any
+moment (SIGKILL included) leaves the complete previous export or the complete new one,
+never a mix. Export to a local path (copy to GCS afterwards): directory renames are not
 atomic on object stores.
 
 TFLite (:func:`export_tflite`) converts ``serving_cropped`` only: the serving crop
@@ -33,6 +46,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import dataclasses
+import errno
+import hashlib
 import functools
 import json
 import os
@@ -54,6 +71,15 @@ from common.tfrecord import find_shards, parse_face
 
 EXPORT_INFO = "export_info.json"
 """Name of the metadata file written into every SavedModel export."""
+
+SAVED_MODEL_DIR = "saved_model"
+"""Folder of an export (:func:`write_export`) holding the versioned SavedModel."""
+
+SAVED_MODEL_VERSION = "1"
+"""The version folder of the SavedModel (TF Serving's ``--model_base_path`` layout)."""
+
+REPORT_FILE = "export_report.json"
+"""The report of an export: files, parity figures, signatures, config, weights hash."""
 
 DEFAULT_SIGNATURE = "serving_default"
 CROPPED_SIGNATURE = "serving_cropped"
@@ -163,18 +189,50 @@ def _local_path(path: str | os.PathLike) -> str:
     return os.path.abspath(path)
 
 
+def _exchange(first: str, second: str) -> bool:
+    """Swaps two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns ``False`` where the system cannot (no ``renameat2``, or a file system
+    without the flag); nothing was changed then.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second),
+                 rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(error, f"cannot swap {first} and {second}: {os.strerror(error)}")
+
+
+def _old_prefix(target: str) -> str:
+    parent, name = os.path.split(target)
+    return os.path.join(parent, f".{name}.old-")
+
+
 def _replace_dir(new_dir: str, target: str) -> None:
     """Moves the complete ``new_dir`` to ``target``, replacing an existing export.
 
-    At every instant the previous export is either at ``target`` or, for the moment
-    between the two renames, at a ``.old-*`` sibling: it is deleted only after the new
-    one is in place.
+    Where the system can, the two folders are exchanged in one atomic step, so that at
+    every instant ``target`` is the complete previous or the complete new export.
+    Elsewhere the previous export is renamed to a ``.NAME.old-*`` sibling first; a
+    crash between the two renames leaves it there, and :func:`_restore_interrupted`
+    (run by the next export) moves it back.
     """
     if not os.path.lexists(target):
         os.rename(new_dir, target)
         return
-    parent, name = os.path.split(target)
-    old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex}")
+    if _exchange(new_dir, target):
+        shutil.rmtree(new_dir, ignore_errors=True)  # now the previous export
+        return
+    old = f"{_old_prefix(target)}{uuid.uuid4().hex}"
     os.rename(target, old)
     try:
         os.rename(new_dir, target)
@@ -184,6 +242,19 @@ def _replace_dir(new_dir: str, target: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _restore_interrupted(target: str) -> None:
+    """Undoes what a crash between :func:`_replace_dir`'s renames left behind."""
+    parent = os.path.dirname(target)
+    prefix = os.path.basename(_old_prefix(target))
+    olds = sorted((os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(prefix)),
+                  key=os.path.getmtime) if os.path.isdir(parent) else []
+    for old in olds:
+        if os.path.lexists(target):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, target)
+
+
 def _check_replaceable(target: str) -> None:
     """Refuses to replace anything that is not an earlier export (or empty)."""
     if not os.path.lexists(target):
@@ -191,11 +262,68 @@ def _check_replaceable(target: str) -> None:
     if not os.path.isdir(target):
         raise FileExistsError(f"{target} exists and is not a directory")
     contents = os.listdir(target)
-    if contents and "saved_model.pb" not in contents:
+    if contents and not {"saved_model.pb", SAVED_MODEL_DIR, REPORT_FILE} & set(contents):
         raise FileExistsError(f"{target} exists and is not a SavedModel export; "
                               "refusing to replace it")
 
 
+def saved_model_dir(export_dir: str) -> str:
+    """The SavedModel folder of an export, in the current or an older layout.
+
+    Current layout (:func:`write_export`): ``EXPORT/saved_model/<version>/`` (the
+    highest numeric version). Older ones: ``EXPORT/saved_model/`` holding
+    ``saved_model.pb`` (CCNN), ``EXPORT/`` itself holding it (MSRRN). A SavedModel
+    folder given directly is returned as it is.
+
+    Args:
+        export_dir: the export folder (or a SavedModel folder).
+
+    Returns:
+        The folder holding ``saved_model.pb``.
+
+    Raises:
+        FileNotFoundError: no SavedModel in any of these places.
+    """
+    export_dir = os.fspath(export_dir)
+    if os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
+        return export_dir
+    base = os.path.join(export_dir, SAVED_MODEL_DIR)
+    if os.path.isfile(os.path.join(base, "saved_model.pb")):
+        return base
+    names = os.listdir(base) if os.path.isdir(base) else []
+    versions = sorted(int(n) for n in names
+                      if n.isdigit() and os.path.isfile(os.path.join(base, n, "saved_model.pb")))
+    if versions:
+        return os.path.join(base, str(versions[-1]))
+    raise FileNotFoundError(
+        f"{export_dir} holds no SavedModel: looked for saved_model.pb in "
+        f"{os.path.join(base, '<version>')}, {base} and {export_dir}")
+
+
+def weights_sha256(model: keras.Model) -> str:
+    """A hash of a model's weights (dtype, shape and values, in the model's order)."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        digest.update(f"{value.dtype.str}{value.shape};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _git_commit() -> str | None:
+    """The commit of the code that writes the export (``None`` outside a checkout)."""
+    try:
+        done = subprocess.run(["git", "-C", _PACKAGE_ROOT, "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 # --------------------------------------------------------------------------------------
@@ -230,27 +358,170 @@ def export_saved_model(model: keras.Model, export_dir: str, *, sizes: Sequence[i
     """
     target = _local_path(export_dir)
     _check_replaceable(target)
-    parent, name = os.path.split(target)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    tmp = atomic.make_temp_dir(target)
     try:
-        module = LandmarkServingModule(model, sizes, margin, num_landmarks, output_key)
-        tf.saved_model.save(module, tmp, signatures={
-            DEFAULT_SIGNATURE: module.serving_default.get_concrete_function(),
-            CROPPED_SIGNATURE: module.serving_cropped.get_concrete_function()})
-        info = {"sizes": list(module.sizes), "margin": module.margin,
-                "num_landmarks": module.num_landmarks, "output_key": output_key,
-                "signatures": [DEFAULT_SIGNATURE, CROPPED_SIGNATURE],
-                "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-                "tensorflow": tf.__version__, "keras": keras.__version__}
-        with open(os.path.join(tmp, EXPORT_INFO), "w") as f:
-            json.dump(info, f, indent=2)
+        _save_saved_model(model, tmp, sizes=sizes, margin=margin,
+                          num_landmarks=num_landmarks, output_key=output_key)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic.remove_stale_temps(target)  # left by exports killed before they finished
     return target
+
+
+def _save_saved_model(model: keras.Model, directory: str, *, sizes: Sequence[int],
+                      margin: float, num_landmarks: int | None,
+                      output_key: str = "landmarks") -> LandmarkServingModule:
+    """Writes the SavedModel and its ``export_info.json`` into ``directory`` (not
+    atomically: callers write into a temporary folder)."""
+    module = LandmarkServingModule(model, sizes, margin, num_landmarks, output_key)
+    tf.saved_model.save(module, directory, signatures={
+        DEFAULT_SIGNATURE: module.serving_default.get_concrete_function(),
+        CROPPED_SIGNATURE: module.serving_cropped.get_concrete_function()})
+    atomic.write_text(os.path.join(directory, EXPORT_INFO),
+                      json.dumps(_export_info(module, model), indent=2))
+    return module
+
+
+def _export_info(module: LandmarkServingModule, model: keras.Model) -> dict[str, Any]:
+    return {"sizes": list(module.sizes), "margin": module.margin,
+            "num_landmarks": module.num_landmarks, "output_key": module.output_key,
+            "signatures": [DEFAULT_SIGNATURE, CROPPED_SIGNATURE],
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+# --------------------------------------------------------------------------------------
+# The export: SavedModel + TFLite files + report, written as a unit
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TFLiteVariant:
+    """One TFLite file of an export.
+
+    Attributes:
+        name: its key in the report (``"tflite_float32"``, ``"tflite_dynamic"``, ...).
+        filename: its file name in the export (``"model_float32.tflite"``, ...).
+        convert: ``convert(saved_model_dir, path)`` writes the file at ``path`` (the
+            SavedModel of the same export is given for converters that start from it).
+    """
+
+    name: str
+    filename: str
+    convert: Callable[[str, str], Any]
+
+
+ParityCheck = Callable[[str, str], Mapping[str, Any]]
+"""``check(name, path) -> parity figures``: ``name`` is ``"saved_model"`` (``path`` the
+SavedModel folder) or a :class:`TFLiteVariant`'s name (``path`` its file); raises
+:class:`ParityError` beyond tolerance."""
+
+
+def write_export(model: keras.Model, export_dir: str, *, sizes: Sequence[int],
+                 margin: float, num_landmarks: int, output_key: str = "landmarks",
+                 tflite: Sequence[TFLiteVariant] = (), check: ParityCheck | None = None,
+                 info: Mapping[str, Any] | None = None,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Writes a whole export as one unit, for either model.
+
+    Layout (``docs/DESIGN.md``)::
+
+        EXPORT/saved_model/1/       the SavedModel (TF Serving: --model_base_path=
+                                    EXPORT/saved_model)
+        EXPORT/<variant>.tflite     every TFLite file
+        EXPORT/export_report.json   files, parity, signatures, geometry, model config,
+                                    weights hash, code commit, plus ``info``
+
+    Everything is written into a temporary sibling folder (``.NAME.tmp-<pid>-*``),
+    checked there, and swapped in with one atomic exchange, so that a crash at any
+    moment (SIGKILL included) leaves either the complete previous export or the
+    complete new one, never files of both; a failed parity check leaves the previous
+    export too. Leftovers of killed exports are removed by the next one. Files and
+    folders get the usual permissions (the umask applies).
+
+    Args:
+        model: the Keras model to export.
+        export_dir: local export folder (replaced only by a complete new export).
+        sizes: the model's input sides.
+        margin: crop margin the model was trained with.
+        num_landmarks: number of landmarks ``L``.
+        output_key: the model output with the final normalised landmarks.
+        tflite: the TFLite files to write.
+        check: checks each file once written (into ``report["parity"][name]``).
+        info: more report fields (training data, run config, ...); JSON-able.
+        progress: called with a line after each file.
+
+    Returns:
+        The report, also written to ``EXPORT/export_report.json``; its ``"files"``
+        map each name (``"saved_model"``, variant names) to the final absolute path.
+
+    Raises:
+        FileExistsError: ``export_dir`` exists and is not an earlier export.
+        ParityError: a check failed (the previous export is kept).
+    """
+    target = _local_path(export_dir)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    _restore_interrupted(target)
+    _check_replaceable(target)
+    atomic.remove_stale_temps(target)  # left by exports killed before they finished
+    relative = {"saved_model": os.path.join(SAVED_MODEL_DIR, SAVED_MODEL_VERSION)}
+    relative.update({v.name: v.filename for v in tflite})
+    if len(relative) != len(tflite) + 1 or len(set(relative.values())) != len(relative):
+        raise ValueError(f"TFLite variants need distinct names and files: {relative}")
+    config = getattr(model, "get_config", dict)()
+    report: dict[str, Any] = {
+        "layout": f"{SAVED_MODEL_DIR}/{SAVED_MODEL_VERSION} + *.tflite + {REPORT_FILE}",
+        "weights_sha256": weights_sha256(model),
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model_config": _json_safe(config),
+        "sizes": [int(x) for x in sizes], "margin": float(margin),
+        "num_landmarks": int(num_landmarks), "output_key": output_key,
+        "signatures": {DEFAULT_SIGNATURE: "images uint8 [N, H, W, 3] RGB, boxes float32 "
+                       "[N, 4] (l, t, r, b) px -> landmarks float32 [N, L, 2] (x, y) px",
+                       CROPPED_SIGNATURE: "image_<s> float32 [N, s, s, 3] 0..255 -> "
+                       "normalised landmarks [N, L, 2] and every model output"},
+        "commit": _git_commit(), "tensorflow": tf.__version__, "keras": keras.__version__,
+        "files": {k: os.path.join(target, v) for k, v in relative.items()},
+        "file_megabytes": {}, "parity": {}}
+    report.update(_json_safe(dict(info or {})))
+    tmp = atomic.make_temp_dir(target)
+    try:
+        saved = os.path.join(tmp, relative["saved_model"])
+        os.makedirs(os.path.dirname(saved))
+        _save_saved_model(model, saved, sizes=sizes, margin=margin,
+                          num_landmarks=num_landmarks, output_key=output_key)
+        _record_parity(report, check, "saved_model", saved)
+        if progress:
+            progress(f"SavedModel written ({report['files']['saved_model']})")
+        for variant in tflite:
+            path = os.path.join(tmp, variant.filename)
+            variant.convert(saved, path)
+            report["file_megabytes"][variant.name] = os.path.getsize(path) / 2**20
+            _record_parity(report, check, variant.name, path)
+            if progress:
+                progress(f"{variant.name} written ({report['files'][variant.name]})")
+        atomic.write_bytes(os.path.join(tmp, REPORT_FILE),
+                           json.dumps(report, indent=2, sort_keys=True), fsync=True)
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _record_parity(report: dict[str, Any], check: ParityCheck | None, name: str,
+                   path: str) -> None:
+    figures = check(name, path) if check is not None else None
+    if figures:  # an empty result: not checked
+        report["parity"][name] = dict(figures)
+
+
+def read_report(export_dir: str) -> dict[str, Any]:
+    """The ``export_report.json`` of an export written by :func:`write_export`."""
+    with open(os.path.join(export_dir, REPORT_FILE)) as f:
+        return json.load(f)
 
 
 def read_export_info(export_dir: str) -> dict[str, Any]:

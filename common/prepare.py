@@ -29,9 +29,25 @@ Errors: the whole list is read (and its annotations checked) before any image is
 opened. With ``on_error="fail"`` the first bad record (a reader error, then an image
 that cannot be decoded, a wrong number of landmarks, landmarks far outside the image
 or a given face box outside it, see ``check_inside_image``) raises ``DataError``
-naming the list file and line (and the image), and no shard or ``dataset.json`` is
-left behind (the box cache is kept). With ``on_error="skip"`` every bad record is counted and named;
-``written + skipped == read`` always holds.
+naming the list file and line (and the image). With ``on_error="skip"`` every bad
+record is counted and named; ``written + skipped == read`` always holds.
+
+A face listed twice (the same image with the same landmarks) is dropped and counted
+(``duplicates`` in ``dataset.json``, and among the skipped records), or with
+``--on_duplicate=fail`` stops the conversion at the repeat's line. No face is thus in
+two splits, and ``--split_by=random`` moves whole images, so that two faces of one
+photo never land in train and val.
+
+An existing conversion in ``--output`` is replaced only by a complete new one: the
+new files are written into a hidden temporary folder inside ``--output`` and moved in
+at the end (``dataset.json`` last). Every failure (a bad list, a bad image, nothing
+writable, a crash) therefore leaves the previous conversion as it was (a crash
+during the final moves leaves a folder without ``dataset.json``, i.e. no finished
+conversion). The box cache is kept in every case.
+
+Faces without a box are detected on a copy of the image at most
+``common.boxes.DETECT_MAX_SIDE`` (1,600) pixels long, as predict does, so huge photos
+need little memory.
 """
 
 from __future__ import annotations
@@ -43,6 +59,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -59,6 +76,7 @@ training faces when a tuning split was carved from them, ``split_records``)."""
 
 SPLIT_BY = ("identity", "random", "none")
 ON_ERROR = ("skip", "fail")
+ON_DUPLICATE = ("drop", "fail")
 DATASET_JSON = "dataset.json"
 SKIPPED_TXT = "skipped.txt"
 BOX_CACHE_JSON = "box_cache.json"
@@ -110,20 +128,52 @@ def check_inside_image(record: FaceRecord, height: int, width: int) -> None:
                             f"does not overlap the {width}x{height} image")
 
 
+def _image_key(image_path: str) -> str:
+    return os.path.normcase(os.path.abspath(image_path))
+
+
+def find_duplicates(records: Sequence[FaceRecord]
+                    ) -> list[tuple[int, int]]:
+    """Faces given twice: the same image with the same landmarks (to 1e-3 px).
+
+    Args:
+        records: the faces, in reading order.
+
+    Returns:
+        ``(index of the repeat, index of its first occurrence)`` for every repeat.
+    """
+    first: dict[tuple[str, bytes], int] = {}
+    repeats = []
+    for i, record in enumerate(records):
+        points = np.round(np.asarray(record.landmarks, np.float64), 3) + 0.0  # no -0.0
+        key = (_image_key(record.image_path), points.tobytes())
+        if key in first:
+            repeats.append((i, first[key]))
+        else:
+            first[key] = i
+    return repeats
+
+
 def _carve(records: Sequence[FaceRecord], indices: Sequence[int], split_by: str,
            fraction: float, rng: np.random.Generator) -> set[int]:
     """The members of ``indices`` that go to a held-out split (see ``split_records``)."""
     n = len(indices)
     target = fraction * n
-    if split_by == "random":
-        count = min(max(round(target), 1), n - 1) if n > 1 else 0
-        return {indices[i] for i in rng.permutation(n)[:count].tolist()}
     groups: dict[str, list[int]] = collections.defaultdict(list)
-    for i in indices:
-        groups[identity_of(records[i].image_path)].append(i)
-    names = sorted(groups)
+    if split_by == "random":
+        # Whole images (all the faces of one photo go together), in reading order; with
+        # one face per image this is a random count of faces.
+        for i in indices:
+            groups[_image_key(records[i].image_path)].append(i)
+        names = list(groups)
+        target = min(max(round(target), 1), n - 1) if n > 1 else 0
+    else:
+        for i in indices:
+            groups[identity_of(records[i].image_path)].append(i)
+        names = sorted(groups)
     if len(names) < 2:
-        _LOG.warning("only one identity: no held-out split")
+        _LOG.warning("only one %s: no held-out split",
+                     "image" if split_by == "random" else "identity")
         return set()
     chosen: set[int] = set()
     for k in rng.permutation(len(names))[:-1]:  # the last identity always trains
@@ -142,8 +192,9 @@ def split_records(records: Sequence[FaceRecord], split_by: str = "identity",
         records: the faces, in reading order.
         split_by: ``"identity"``: whole identities (``identity_of``) go to ``val``
             until it holds at least ``val_fraction`` of the records, so no identity
-            is in both splits; ``"random"``: a seeded random ``val_fraction`` of the
-            records; ``"none"``: every record gets ``split_name``. Records whose
+            is in both splits; ``"random"``: seeded random images (all faces of an
+            image together) until ``val`` holds ``val_fraction`` of the records;
+            ``"none"``: every record gets ``split_name``. Records whose
             reader gave them a split keep it, whatever ``split_by`` says.
         val_fraction: wanted fraction of records in ``val``, in [0, 1).
         seed: random seed (identity order or record order).
@@ -205,6 +256,7 @@ class PrepareSummary:
         shards: shard files per split.
         detector_calls: images dlib ran on (0 on a cached re-run).
         seconds: wall time.
+        duplicates: repeated faces dropped (also in ``skipped``).
     """
 
     output_dir: str
@@ -218,6 +270,7 @@ class PrepareSummary:
     shards: dict[str, list[str]]
     detector_calls: int
     seconds: float
+    duplicates: int = 0
 
     @property
     def num_written(self) -> int:
@@ -234,7 +287,8 @@ class PrepareSummary:
         """A human-readable summary (counts per split, skips, box sources)."""
         lines = [(f"converted {self.input_path} ({self.format}, {self.num_landmarks} "
                   f"landmarks) into {self.output_dir} in {self.seconds:.1f}s"),
-                 f"  read {self.read}, written {self.num_written}, skipped {len(self.skipped)}"]
+                 (f"  read {self.read}, written {self.num_written}, skipped "
+                  f"{len(self.skipped)} (duplicate faces dropped: {self.duplicates})")]
         for split, count in self.written.items():
             lines.append(f"  split {split}: {count} faces in {len(self.shards.get(split, []))}"
                          " shard(s)")
@@ -282,13 +336,18 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
                     upsample: int = 1, on_error: str = "fail",
                     max_records: int | None = None, split_name: str = "train",
                     progress: bool = True, box_cache: bool = True,
-                    finder=None, tune_fraction: float = 0.0) -> PrepareSummary:
+                    finder=None, tune_fraction: float = 0.0,
+                    on_duplicate: str = "drop") -> PrepareSummary:
     """Reads a face list and writes it as sharded TFRecords (see the module docstring).
 
     Args:
         input_path: the list file (or 300-W folder) to read.
-        output_dir: the output folder (created; a previous conversion with the same
-            prefix is replaced).
+        output_dir: the output folder (created). A previous conversion there with the
+            same prefix is replaced only once the new one is complete: the new shards,
+            ``skipped.txt`` and ``dataset.json`` are written into a hidden temporary
+            folder inside it and moved in at the end, so that any failure (a bad list,
+            a bad image, nothing writable, a crash) leaves the previous conversion as
+            it was.
         format: ``"auto"``, ``"300w"``, ``"cuhk"``, ``"mtfl"``, ``"csv"`` or
             ``"imglab"`` (``common.readers.read_dataset``).
         prefix: shard name prefix; default: the output folder's name.
@@ -307,15 +366,19 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
         finder: face detector override (tests); default dlib's.
         tune_fraction: fraction of the training faces carved out as a tuning split
             (``tune_train`` / ``tune_val``, alias ``train``; see ``split_records``).
+        on_duplicate: a face given twice (same image, same landmarks,
+            :func:`find_duplicates`): ``"drop"`` keeps the first and lists the repeat
+            among the skipped records (``PrepareSummary.duplicates`` counts them);
+            ``"fail"`` raises ``DataError`` at the repeat's line.
 
     Returns:
         the summary (also stored in ``dataset.json``).
 
     Raises:
         DataError: with ``on_error="fail"``, for the first bad record (message
-            ``list:line: reason``); always when nothing at all can be written.
+            ``list:line: reason``); with ``on_duplicate="fail"`` for a repeated face;
+            always when nothing at all can be written.
     """
-    from common.images import encode_for_tfrecord, load_image
     from common.readers import read_dataset
 
     if on_error not in ON_ERROR:
@@ -324,12 +387,15 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
         raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    if on_duplicate not in ON_DUPLICATE:
+        raise ValueError(f"on_duplicate must be one of {ON_DUPLICATE}, got {on_duplicate!r}")
     start = time.monotonic()
     prefix = prefix or os.path.basename(os.path.normpath(output_dir)) or "faces"
     settings = {"format": format, "prefix": prefix, "num_shards": num_shards,
                 "val_fraction": val_fraction, "split_by": split_by, "seed": seed,
                 "upsample": upsample, "on_error": on_error, "max_records": max_records,
-                "split_name": split_name, "tune_fraction": tune_fraction}
+                "split_name": split_name, "tune_fraction": tune_fraction,
+                "on_duplicate": on_duplicate}
 
     result = read_dataset(input_path, format=format, on_error=on_error)
     records = list(result.records)
@@ -339,12 +405,44 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
     read = len(records) + len(skipped)
     if not records:
         raise DataError(input_path, f"no usable face records ({len(skipped)} skipped)")
+    repeats = find_duplicates(records)
+    if repeats and on_duplicate == "fail":
+        repeat, original = records[repeats[0][0]], records[repeats[0][1]]
+        raise _record_error(repeat, DataError(
+            repeat.image_path, "the same face (image and landmarks) as "
+            f"{original.source or original.image_path}; pass on_duplicate='drop' "
+            "(--on_duplicate=drop) to keep only the first"))
+    for repeat, original in repeats:
+        first = records[original].source or records[original].image_path
+        skipped.append((records[repeat].source or records[repeat].image_path,
+                        f"duplicate face (same image and landmarks as {first})"))
+    dropped = {repeat for repeat, _ in repeats}
+    records = [r for i, r in enumerate(records) if i not in dropped]
     num_landmarks = records[0].landmarks.shape[0]
     splits = split_records(records, split_by, val_fraction, seed, split_name, tune_fraction)
     split_names = list(dict.fromkeys(splits))  # reading order, no repeats
 
     os.makedirs(output_dir, exist_ok=True)
-    _remove_previous_output(output_dir, prefix)
+    staging_name = os.path.join(output_dir, "conversion")
+    atomic.remove_stale_temps(staging_name)  # left by conversions that were killed
+    staging = atomic.make_temp_dir(staging_name)
+    try:
+        return _convert(records, splits, split_names, skipped, read, input_path, output_dir,
+                        staging, prefix, num_shards, upsample, on_error, finder, box_cache,
+                        progress, num_landmarks, result.format, settings, start,
+                        len(repeats))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _convert(records: list[FaceRecord], splits: list[str], split_names: list[str],
+             skipped: list[tuple[str, str]], read: int, input_path: str, output_dir: str,
+             staging: str, prefix: str, num_shards: int, upsample: int, on_error: str,
+             finder, box_cache: bool, progress: bool, num_landmarks: int, list_format: str,
+             settings: dict, start: float, duplicates: int) -> PrepareSummary:
+    """Writes the conversion into ``staging``, then moves it into ``output_dir``."""
+    from common.images import encode_for_tfrecord, load_image
+
     assigner = boxes_lib.BoxAssigner(
         load_image, upsample=upsample, finder=finder,
         cache_path=os.path.join(output_dir, BOX_CACHE_JSON) if box_cache else None)
@@ -355,7 +453,7 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
     try:
         with contextlib.ExitStack() as stack:
             writers = {name: stack.enter_context(tfrecord.ShardWriter(
-                output_dir, prefix, name, min(num_shards, splits.count(name))))
+                staging, prefix, name, min(num_shards, splits.count(name))))
                 for name in split_names}
             for record, split in zip(records, splits):
                 try:
@@ -395,25 +493,26 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
     shards = {}
     for name, writer in writers.items():
         if written[name]:
-            shards[name] = list(writer.final)
+            shards[name] = [os.path.join(output_dir, os.path.basename(p))
+                            for p in writer.final]
         else:
             for path in writer.final:
                 os.remove(path)
     written = {name: count for name, count in written.items() if count}
     summary = PrepareSummary(
-        output_dir=output_dir, format=result.format, input_path=input_path,
+        output_dir=output_dir, format=list_format, input_path=input_path,
         num_landmarks=num_landmarks, read=read, written=written, skipped=skipped,
         box_sources=box_sources, shards=shards, detector_calls=assigner.detector_calls,
-        seconds=time.monotonic() - start)
+        seconds=time.monotonic() - start, duplicates=duplicates)
     assert summary.num_written + len(skipped) == read, "counts must add up"
 
-    with open(os.path.join(output_dir, SKIPPED_TXT), "w", encoding="utf-8") as f:
+    with open(os.path.join(staging, SKIPPED_TXT), "w", encoding="utf-8") as f:
         f.writelines(f"{source}\t{reason}\n" for source, reason in skipped)
     aliases = {alias: list(parts) for alias, parts in SPLIT_ALIASES.items()
                if alias not in written and all(p in written for p in parts)}
     attribute_names = list(records[0].attributes)
     dataset = {
-        "format": result.format,
+        "format": list_format,
         "input_path": os.path.abspath(input_path),
         "num_landmarks": num_landmarks,
         "prefix": prefix,
@@ -427,11 +526,27 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
         "attribute_names": attribute_names,
         "settings": settings,
         "skipped": [{"source": s, "reason": r} for s, r in skipped],
+        "duplicates": duplicates,
         "seconds": round(summary.seconds, 2),
     }
-    atomic.write_text(os.path.join(output_dir, DATASET_JSON),
+    atomic.write_text(os.path.join(staging, DATASET_JSON),
                       json.dumps(dataset, indent=2) + "\n")
+    _install(staging, output_dir, prefix)
     return summary
+
+
+def _install(staging: str, output_dir: str, prefix: str) -> None:
+    """Replaces the previous conversion in ``output_dir`` with the complete new one.
+
+    ``dataset.json`` goes first and comes last: in between (a crash) the folder has
+    none, i.e. it holds no finished conversion.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(output_dir, DATASET_JSON))
+    _remove_previous_output(output_dir, prefix)
+    names = sorted(os.listdir(staging), key=lambda name: name == DATASET_JSON)
+    for name in names:
+        os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
 
 
 def main(argv: Sequence[str]) -> int:
@@ -446,7 +561,8 @@ def main(argv: Sequence[str]) -> int:
             f.input, f.output, format=f.format, prefix=f.prefix, num_shards=f.num_shards,
             val_fraction=f.val_fraction, split_by=f.split_by, seed=f.seed,
             upsample=f.upsample, on_error=f.on_error, max_records=f.max_records,
-            split_name=f.split_name, progress=f.progress, tune_fraction=f.tune_fraction)
+            split_name=f.split_name, progress=f.progress, tune_fraction=f.tune_fraction,
+            on_duplicate=f.on_duplicate)
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -483,6 +599,9 @@ def _define_flags() -> None:
                          "dlib detector upsampling for faces without a box.", lower_bound=0)
     flags.DEFINE_enum("on_error", "fail", list(ON_ERROR),
                       "fail: stop at the first bad record; skip: skip and report bad records.")
+    flags.DEFINE_enum("on_duplicate", "drop", list(ON_DUPLICATE),
+                      "A face listed twice (same image, same landmarks): drop keeps the first "
+                      "and counts the repeats in the summary; fail stops at the repeat.")
     flags.DEFINE_integer("max_records", None, "Convert only the first N faces.", lower_bound=1)
     flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
     flags.mark_flags_as_required(["input", "output"])

@@ -43,7 +43,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Mapping
@@ -51,6 +50,7 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
+from common import atomic
 from common.schemes import CUHK_5, IBUG_68
 from common.synthetic_render import _degrade, _draw_background, _draw_occluder, _Renderer
 from common.synthetic_shape import _Camera, _rotation, _sample_shape, _template_3d
@@ -387,7 +387,8 @@ def ensure_synthetic_dataset(num_points: int, splits: Mapping[str, int], seed: i
     if os.path.isfile(os.path.join(final, _MANIFEST)):
         return final
     os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-synthetic-{num_points}-", dir=root)
+    atomic.remove_stale_temps(final)  # left by generations that were killed
+    tmp = atomic.make_temp_dir(final)  # the usual permissions, unlike mkdtemp's 0700
     try:
         write_synthetic_tfrecords(tmp, num_points, splits, seed, config, progress=progress)
         with open(os.path.join(tmp, _MANIFEST), "w") as f:

@@ -14,6 +14,7 @@ Layout of a run directory::
       history.json         logged values so far (survives resume), with the
                            training speed and the wall time of every log
       model.keras          the final model (written atomically)
+      run.lock             while a training runs: its pid and host (run_dir_lock)
 
 Why a custom loop and not ``model.fit`` + ``BackupAndRestore``: in Keras 3,
 ``BackupAndRestore`` resumes at epoch granularity only (the batch index it records is
@@ -49,15 +50,19 @@ Running on several GPUs, a GPU cluster or a TPU:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import functools
 import json
 import logging
 import os
 import pathlib
+import socket
+import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import keras
@@ -301,6 +306,155 @@ class TrainResult:
                             batch_size)
 
 
+# --------------------------------------------------------------------------------------
+# One training per run directory
+# --------------------------------------------------------------------------------------
+
+
+LOCK_FILE = "run.lock"
+"""The lock file of a run directory in use (JSON: pid, host, start time, command)."""
+
+
+class RunDirLocked(RuntimeError):
+    """Another live process trains in this run directory."""
+
+
+_held_locks: dict[str, int] = {}  # lock path -> nesting depth, in this process
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
+
+
+def _read_lock(path: str) -> dict[str, Any] | None:
+    """The lock's record; ``None`` when it vanished; ``{}`` when not (yet) readable."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _try_create_lock(path: str) -> bool:
+    record = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv}
+    try:
+        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(handle, "w") as f:
+        json.dump(record, f)
+    return True
+
+
+def _acquire_lock(run_dir: str, path: str) -> None:
+    host = socket.gethostname()
+    for _ in range(50):
+        if _try_create_lock(path):
+            return
+        record = _read_lock(path)
+        if record is None:  # released meanwhile
+            continue
+        pid, holder = record.get("pid"), record.get("host")
+        if not record:
+            # Being written by its creator (a few microseconds), or a leftover of a
+            # process killed exactly then: stale once older than a few seconds.
+            try:
+                young = time.time() - os.path.getmtime(path) < 5.0
+            except FileNotFoundError:
+                continue
+            if young:
+                time.sleep(0.1)
+                continue
+        elif holder != host or not isinstance(pid, int) or _process_alive(pid):
+            raise RunDirLocked(
+                f"{run_dir} is in use by another training (pid {pid} on {holder}, "
+                f"started {record.get('started')}: {' '.join(record.get('argv') or [])}); "
+                "wait for it to finish or use another --run_dir (if that process is "
+                f"gone, delete {path})")
+        # A dead process's lock: take it over. The rename lets only one taker win.
+        stale = f"{path}.stale-{uuid.uuid4().hex}"
+        try:
+            os.rename(path, stale)
+        except FileNotFoundError:
+            continue
+        os.remove(stale)
+        logger.warning("took over the lock of %s left by pid %s on %s (no longer running)",
+                       run_dir, pid, holder)
+    raise RunDirLocked(f"cannot lock {run_dir} ({path} keeps changing)")
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
+    """Holds ``run_dir/run.lock`` so that only one training uses a run directory.
+
+    The lock file records the process id and host. A second process entering the
+    same run directory gets :class:`RunDirLocked` with a clear message; the lock of a
+    process that no longer runs (killed, crashed) on this host is taken over. Nested
+    use in one process (the model's training around the shared runner) is allowed.
+    Run directories on object stores (``gs://``) are not locked: they have no
+    exclusive file creation.
+
+    Args:
+        run_dir: the run directory (created).
+        enabled: ``False`` does nothing (e.g. on the workers that are not the chief).
+
+    Raises:
+        RunDirLocked: another live process holds the lock.
+    """
+    run_dir = os.fspath(run_dir)
+    if not enabled or "://" in run_dir:
+        yield
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.abspath(os.path.join(run_dir, LOCK_FILE))
+    if path in _held_locks:
+        _held_locks[path] += 1
+        try:
+            yield
+        finally:
+            _held_locks[path] -= 1
+        return
+    _acquire_lock(run_dir, path)
+    _held_locks[path] = 1
+    try:
+        yield
+    finally:
+        del _held_locks[path]
+        record = _read_lock(path)
+        if record and record.get("pid") == os.getpid():
+            os.remove(path)
+
+
+def locks_run_dir(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorates a training function ``f(..., run_dir=..., strategy=...)`` (both
+    keyword arguments) so that it runs holding :func:`run_dir_lock` on ``run_dir``.
+
+    The strategy is selected first (a name becomes :func:`select_strategy`'s object,
+    before any other TensorFlow op), so that only the chief locks.
+    """
+    @functools.wraps(function)
+    def locked(*args: Any, run_dir: str | os.PathLike,
+               strategy: str | tf.distribute.Strategy = "default", **kwargs: Any) -> Any:
+        if isinstance(strategy, str):
+            strategy = select_strategy(strategy)
+        with run_dir_lock(run_dir, enabled=is_chief(strategy)):
+            return function(*args, run_dir=run_dir, strategy=strategy, **kwargs)
+
+    return locked
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True on the one worker that writes checkpoints, logs and the final model."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -521,6 +675,7 @@ def _make_train_loop(strategy: tf.distribute.Strategy, model: keras.Model,
     return train_loop
 
 
+@locks_run_dir
 def train_model(
     *,
     build_model: Callable[[], keras.Model],
@@ -595,8 +750,12 @@ def train_model(
     Returns:
         A :class:`TrainResult`.
 
+    The chief holds ``run_dir/run.lock`` meanwhile (:func:`run_dir_lock`): a second
+    training on the same ``run_dir`` is refused.
+
     Raises:
         ValueError: for inconsistent arguments.
+        RunDirLocked: another live process trains in ``run_dir``.
     """
     run_dir = os.fspath(run_dir)
     if steps < 0:

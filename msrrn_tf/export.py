@@ -1,14 +1,21 @@
 """Exports a trained MSRRN: ``python -m msrrn_tf.export``.
 
-Writes a SavedModel with the two signatures of ``common.export`` (``serving_default``:
-uint8 images + face boxes -> landmarks in image pixels; ``serving_cropped``: crops
--> normalised landmarks and every stage) and, with ``--tflite``, a TFLite file of
-``serving_cropped``; then loads each export in a fresh Python process and compares it
-with the Keras model (tolerance ``--atol``, default 1e-4), printing the largest
-differences::
+Writes an export in the one layout of ``common.export.write_export`` (as one unit:
+a crash leaves the previous export or the complete new one)::
 
-    python -m msrrn_tf.export --model=runs/msrrn-x --output=models/msrrn/1 --tflite
-    saved_model_cli show --all --dir models/msrrn/1
+    OUTPUT/saved_model/1/          SavedModel, signatures of ``common.export``
+                                   (``serving_default``: uint8 images + face boxes ->
+                                   landmarks in image pixels; ``serving_cropped``: crops
+                                   -> normalised landmarks and every stage)
+    OUTPUT/model_float32.tflite    with ``--tflite``: ``serving_cropped`` in TFLite
+    OUTPUT/export_report.json      parity figures, config, weights hash, commit
+
+then loads each file in a fresh Python process and compares it with the Keras model
+(tolerance ``--atol``, default 1e-4), printing the largest differences::
+
+    python -m msrrn_tf.export --model=runs/msrrn-x --output=models/msrrn --tflite
+    saved_model_cli show --all --dir models/msrrn/saved_model/1
+    tensorflow_model_server --model_base_path=$PWD/models/msrrn/saved_model ...
 """
 
 from __future__ import annotations
@@ -25,14 +32,11 @@ def _define_flags() -> None:
     """Defines the flags (only when run as a program, never on import)."""
     flags.DEFINE_string("model", None, "A .keras model, or a run directory of "
                         "`python -m msrrn_tf.train`.", required=True)
-    flags.DEFINE_string("output", None, "SavedModel directory to write (for TF Serving a "
-                        "version folder such as models/msrrn/1); replaced atomically.",
-                        required=True)
-    flags.DEFINE_boolean("tflite", False, "Also write a TFLite file (at --tflite_path) of "
-                         "serving_cropped (pre-cropped float faces -> normalised "
-                         "landmarks) and check its parity.")
-    flags.DEFINE_string("tflite_path", None, "Where to write the TFLite file (default: "
-                        "<output>.tflite).")
+    flags.DEFINE_string("output", None, "Export folder to write (saved_model/1/, "
+                        "*.tflite, export_report.json); replaced as a unit.", required=True)
+    flags.DEFINE_boolean("tflite", False, "Also write model_float32.tflite (serving_cropped: "
+                         "pre-cropped float faces -> normalised landmarks) and check its "
+                         "parity.")
     flags.DEFINE_float("margin", None, "Crop margin of serving_default (default: the model "
                        "run's config.json, else MSRRNConfig().margin).")
     flags.DEFINE_boolean("flip_test", None, "Export with the flip test (predict the "
@@ -55,13 +59,11 @@ def main(argv: Sequence[str]) -> None:
     from msrrn_tf.training import export_msrrn
 
     model, margin = load_with_margin(FLAGS.model, FLAGS.margin, FLAGS.flip_test)
-    tflite_path = None
-    if FLAGS.tflite or FLAGS.tflite_path:
-        tflite_path = FLAGS.tflite_path or os.path.abspath(FLAGS.output).rstrip("/") + ".tflite"
     print(f"exporting {FLAGS.model} (T={model.num_stages}, sizes {model.input_sizes}, "
           f"margin {margin:g}, flip test {'on' if model.flip_test else 'off'})", flush=True)
     export_msrrn(model, FLAGS.output, margin=margin, data=FLAGS.data, split=FLAGS.split,
-                 parity_check=True, tflite_path=tflite_path, atol=FLAGS.atol)
+                 parity_check=True, tflite=FLAGS.tflite, atol=FLAGS.atol,
+                 info={"model_source": os.path.abspath(FLAGS.model)})
 
 
 if __name__ == "__main__":

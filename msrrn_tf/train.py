@@ -195,8 +195,13 @@ def main(argv: Sequence[str]) -> None:
         "log_every": FLAGS.log_every, "strategy": strategy,
         "mixed_precision": FLAGS.mixed_precision, "jit_compile": FLAGS.jit_compile,
         "schedule": FLAGS.schedule, "val_limit": FLAGS.val_limit, "seed": FLAGS.seed}
-    result = training.train_msrrn(config, run_dir=run_dir, export=FLAGS.export,
-                                  **common_args)
+    from common.training import RunDirLocked
+
+    try:
+        result = training.train_msrrn(config, run_dir=run_dir, export=FLAGS.export,
+                                      **common_args)
+    except RunDirLocked as error:  # a second training on the same --run_dir
+        raise SystemExit(f"error: {error}") from None
     print(f"trained {result.steps_done} steps (from step {result.initial_step}) in "
           f"{result.seconds:.0f} s with evaluation and export ({result.speed()}); "
           f"model: {os.path.join(run_dir, 'model.keras')}", flush=True)

@@ -26,7 +26,8 @@
 5. evaluates the validation split (``common.evaluation``): the stage ablation of
    Table 2 from the one model, a CED plot, JSON and Markdown, under
    ``run_dir/eval``;
-6. exports a SavedModel (``common.export``) to ``run_dir/export``.
+6. exports the model (``common.export.write_export``: ``saved_model/1/`` and
+   ``export_report.json``) to ``run_dir/export``.
 
 **What "mean shape" means in Table 2.** The paper's first row ("we first leveraged
 the meanshape as the baseline method") is the training mean shape placed in the
@@ -355,7 +356,7 @@ class MSRRNTrainResult:
         initial_step: the step training (re)started from.
         history: the runner's history (loss, learning rate, validation NME).
         evaluation: the validation results (``stage_ablation_report``), or ``None``.
-        export_dir: the SavedModel directory, or ``None``.
+        export_dir: the export folder (``common.export.write_export``), or ``None``.
         seconds: wall time of this call (training, bias correction, evaluation and
             export: the time to the reported accuracy).
         loop_seconds: wall time of the training loop alone (graph tracing included;
@@ -391,6 +392,7 @@ def _momentum_sgd(config: MSRRNConfig, steps: int, schedule: str
     return keras.optimizers.SGD(learning_rate, momentum=config.momentum)
 
 
+@training.locks_run_dir
 def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
                 steps: int | None = None, train_split: str = "train",
                 val_split: str | None = "val", checkpoint_every: int = 500,
@@ -401,6 +403,9 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
                 evaluate: bool = True, export: bool = True, parity_check: bool = True,
                 seed: int | None = None, verbose: bool = True) -> MSRRNTrainResult:
     """Trains MSRRN (resuming from ``run_dir``), then evaluates and exports it.
+
+    Holds the run directory's lock meanwhile (``common.training.locks_run_dir``): a
+    second training on the same ``run_dir`` gets ``common.training.RunDirLocked``.
 
     Args:
         config: the hyper-parameters (``config.batch_size`` is the global batch,
@@ -421,7 +426,7 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
             ``"constant"`` (eq. 6 as written; the paper gives no schedule).
         val_limit: use only the first ``val_limit`` validation faces.
         evaluate: write the Table 2 report of the final model to ``run_dir/eval``.
-        export: export a SavedModel to ``run_dir/export``.
+        export: export the model to ``run_dir/export`` (``export_msrrn``).
         parity_check: after exporting, check the SavedModel against the Keras model
             (``common.export.check_parity``, atol 1e-4, in this process; the export
             command line checks in a fresh one).
@@ -526,7 +531,11 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
         export_dir = export_msrrn(model, os.path.join(run_dir, "export"), margin=config.margin,
                                   data=data, split=val_split or train_split,
                                   parity_check=parity_check, fresh_process=False,
-                                  verbose=verbose)
+                                  verbose=verbose,
+                                  info={"training_data": os.path.abspath(data),
+                                        "run_dir": os.path.abspath(run_dir),
+                                        "steps": result.steps_done,
+                                        "config": config.to_dict()})
     return MSRRNTrainResult(run_dir=run_dir, model=model, config=config,
                             steps_done=result.steps_done, initial_step=result.initial_step,
                             history=result.history, evaluation=report,
@@ -546,58 +555,75 @@ def sample_faces(data: str, split: str, count: int = 4) -> tuple[np.ndarray, np.
     return common_export.parity_faces(data, split, count)
 
 
+TFLITE_FLOAT32 = "model_float32.tflite"
+"""File name of the float32 TFLite model in an MSRRN export."""
+
+
 def export_msrrn(model: MSRRN, export_dir: str, *, margin: float, data: str | None = None,
-                 split: str = "val", parity_check: bool = True, tflite_path: str | None = None,
-                 atol: float = 1e-4, fresh_process: bool = True, verbose: bool = True) -> str:
-    """Exports MSRRN as a SavedModel (and optionally TFLite) and checks parity.
+                 split: str = "val", parity_check: bool = True, tflite: bool = False,
+                 atol: float = 1e-4, fresh_process: bool = True, verbose: bool = True,
+                 info: Mapping[str, Any] | None = None) -> str:
+    """Exports MSRRN (``common.export.write_export``: one unit) and checks parity.
 
     Args:
         model: the trained model.
-        export_dir: SavedModel directory (``common.export.export_saved_model``).
+        export_dir: the export folder: ``saved_model/1/``, ``model_float32.tflite``
+            (with ``tflite``) and ``export_report.json`` (``common.export``).
         margin: the crop margin the model was trained with.
         data: TFRecord folder whose faces are used for the parity checks; ``None``
             uses random images.
         split: the split of ``data`` to take faces from.
-        parity_check: compare the export with the Keras model in a fresh process.
-        tflite_path: also write a TFLite file of ``serving_cropped`` here.
+        parity_check: compare the SavedModel with the Keras model (the TFLite file is
+            always checked).
+        tflite: also write a float32 TFLite file of ``serving_cropped``.
         atol: parity tolerance (pixels, resp. normalised units).
         fresh_process: load the exports in a new Python process for the checks (so
             nothing of this process, e.g. registered classes, helps them).
         verbose: print the parity results.
+        info: more fields for the report (e.g. the run's config and training data).
 
     Returns:
         The export directory.
 
     Raises:
-        common.export.ParityError: an export disagrees with the model.
+        common.export.ParityError: an export disagrees with the model (the previous
+            export is kept).
     """
     from common import export as common_export
 
-    export_dir = common_export.export_saved_model(
-        model, export_dir, sizes=model.input_sizes, margin=margin,
-        num_landmarks=model.num_landmarks)
-    if verbose:
-        print(f"SavedModel written to {export_dir}", flush=True)
-    if tflite_path:
-        common_export.export_tflite(export_dir, tflite_path)
-        if verbose:
-            print(f"TFLite model written to {tflite_path}", flush=True)
-    if parity_check or tflite_path:
-        if data is not None:
-            images, boxes = sample_faces(data, split)
+    if data is not None:
+        images, boxes = sample_faces(data, split)
+    else:
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (2, 96, 120, 3), dtype=np.uint8)
+        boxes = np.array([[20, 15, 80, 75], [30, 10, 100, 80]], np.float32)
+
+    def check(name: str, path: str) -> dict[str, Any]:
+        if name == "saved_model":
+            if not parity_check:
+                return {}
+            report = common_export.check_parity(path, model, images, boxes, atol=atol,
+                                                fresh_process=fresh_process)
+            _print_parity("SavedModel", report, atol, fresh_process, verbose)
         else:
-            rng = np.random.default_rng(0)
-            images = rng.integers(0, 256, (2, 96, 120, 3), dtype=np.uint8)
-            boxes = np.array([[20, 15, 80, 75], [30, 10, 100, 80]], np.float32)
-    if parity_check:
-        report = common_export.check_parity(export_dir, model, images, boxes, atol=atol,
-                                            fresh_process=fresh_process)
-        _print_parity("SavedModel", report, atol, fresh_process, verbose)
-    if tflite_path:
-        report = common_export.check_tflite_parity(tflite_path, model, images, boxes,
-                                                   margin=margin, atol=atol,
-                                                   fresh_process=fresh_process)
-        _print_parity("TFLite", report, atol, fresh_process, verbose)
+            report = common_export.check_tflite_parity(path, model, images, boxes,
+                                                       margin=margin, atol=atol,
+                                                       fresh_process=fresh_process)
+            _print_parity("TFLite", report, atol, fresh_process, verbose)
+        return {**report, "atol": atol, "fresh_process": fresh_process}
+
+    variants = [common_export.TFLiteVariant(
+        "tflite_float32", TFLITE_FLOAT32,
+        lambda saved, path: common_export.export_tflite(saved, path))] if tflite else []
+    common_export.write_export(
+        model, export_dir, sizes=model.input_sizes, margin=margin,
+        num_landmarks=model.num_landmarks, tflite=variants, check=check,
+        info={"check_data": data, "check_split": split if data is not None else None,
+              **dict(info or {})},
+        progress=(lambda line: print(line, flush=True)) if verbose else None)
+    export_dir = os.path.abspath(export_dir)
+    if verbose:
+        print(f"export written to {export_dir}", flush=True)
     return export_dir
 
 

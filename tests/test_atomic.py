@@ -58,3 +58,29 @@ def test_next_write_removes_stale_leftovers_only(tmp_path):
     assert _hidden_temps(tmp_path, "a.json") == [".a.json.tmp-live"]
     assert other.exists()
     assert atomic.remove_stale_temps(str(path), max_age_seconds=-1) == [str(young)]
+
+
+def test_a_dead_writers_temp_goes_at_once_a_live_ones_stays(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = tmp_path / "export"
+    left = tmp_path / f".export.tmp-{dead.pid}-abc"
+    (left / "saved_model").mkdir(parents=True)  # young, but its writer is gone
+    live = tmp_path / f".export.tmp-{os.getppid()}-def"
+    live.mkdir()
+    assert atomic.remove_stale_temps(str(path)) == [str(left)]
+    assert live.exists()
+
+
+def test_temp_dir_has_the_usual_permissions_and_a_pid_name(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        tmp = atomic.make_temp_dir(str(tmp_path / "out"))
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp).st_mode & 0o777 == 0o755  # mkdtemp alone: 0700
+    assert os.path.basename(tmp).startswith(f".out.tmp-{os.getpid()}-")
+    assert atomic.remove_stale_temps(str(tmp_path / "out")) == []  # ours, and young

@@ -163,10 +163,13 @@ def test_cli_train_evaluate_export(data, tmp_path):
     for name, parity in report["parity"].items():
         assert parity["max_abs_diff_normalised"] <= parity["tolerance_normalised"], name
         assert parity["num_faces"] == 4
-    assert os.path.isfile(os.path.join(exported, "saved_model", "saved_model.pb"))
+    assert os.path.isfile(os.path.join(exported, "saved_model", "1", "saved_model.pb"))
+    assert sorted(n for n in os.listdir(exported) if n.endswith(".tflite")) == [
+        "model_dynamic_int8.tflite", "model_float32.tflite"]
+    assert os.path.abspath(report["training_data"]) == os.path.abspath(data)
 
     # The SavedModel alone (no Python model classes) maps images + boxes to pixels.
-    loaded = tf.saved_model.load(os.path.join(exported, "saved_model"))
+    loaded = tf.saved_model.load(os.path.join(exported, "saved_model", "1"))
     images = np.zeros((2, 128, 128, 3), np.uint8)
     boxes = np.array([[30, 30, 90, 90], [20, 25, 100, 105]], np.float32)
     landmarks = loaded.signatures["serving_default"](images=images, boxes=boxes)["landmarks"]

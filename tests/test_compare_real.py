@@ -41,6 +41,13 @@ def _data(cache, num_points):
                                     cache_dir=str(cache / "cache"), progress=False)
 
 
+def _check_export(export_dir):
+    """The training run leaves an export in the one layout (common.export.write_export)."""
+    assert (export_dir / "saved_model" / "1" / "saved_model.pb").is_file()
+    report = json.loads((export_dir / "export_report.json").read_text())
+    assert len(report["weights_sha256"]) == 64 and report["parity"]
+
+
 def _check_report(report, output, family, methods):
     results = report["results"]
     assert set(results["methods"]) == set(methods)
@@ -74,6 +81,7 @@ def test_compare_msrrn_family(tmp_path, data_cache, monkeypatch):
     assert {"beats_dlib_ert", "beats_mean_shape"} <= set(written["checks"])
     assert written["peers"]["dlib_ert"]["options"] == TINY_DLIB
     assert "- ours, training speed: 2 steps in " in report["markdown"]
+    _check_export(output / "run" / "export")
     if HAS_MTCNN:  # 5 points only: compared on the 5-point reduction
         assert {"mtcnn", "mtcnn_box", "msrrn", "dlib_ert"} <= set(written["five_point"])
         assert (output / "compare_msrrn_five_point_ced.png").stat().st_size > 0
@@ -123,6 +131,7 @@ def test_compare_ccnn_family(tmp_path, data_cache):
     assert "| LE | RE | N | LM | RM | mean |" in report["markdown"]
     assert ("- ours, training speed: stage 1: 2 steps in " in report["markdown"]
             and "; stage 3: 2 steps in " in report["markdown"])
+    _check_export(output / "run" / "export")
 
 
 def test_expand_peers():

@@ -231,3 +231,197 @@ def test_cropped_input_validation(exported):
 def test_export_info_is_json(exported):
     with open(os.path.join(exported, export.EXPORT_INFO)) as f:
         assert json.load(f)["signatures"] == ["serving_default", "serving_cropped"]
+
+
+# --------------------------------------------------------------------------------------
+# The export as a unit (common.export.write_export)
+# --------------------------------------------------------------------------------------
+
+
+def tflite_variants():
+    """Two TFLite files, as the exporters write them (float32, dynamic range)."""
+    return [export.TFLiteVariant("tflite_float32", "model_float32.tflite",
+                                 lambda saved, path: export.export_tflite(saved, path)),
+            export.TFLiteVariant("tflite_dynamic", "model_dynamic_int8.tflite",
+                                 lambda saved, path: export.export_tflite(saved, path,
+                                                                          quantize=True))]
+
+
+def write_unit(model, export_dir, **kwargs):
+    return export.write_export(model, str(export_dir), sizes=[SIZE], margin=MARGIN,
+                               num_landmarks=NUM_LANDMARKS, tflite=tflite_variants(),
+                               **kwargs)
+
+
+def test_write_export_layout_and_report(model, faces, tmp_path):
+    target = tmp_path / "export"
+
+    def check(name, path):
+        if name == "saved_model":
+            return export.check_parity(path, model, *faces, fresh_process=False)
+        return export.check_tflite_parity(path, model, *faces, margin=MARGIN, atol=2.0,
+                                          fresh_process=False)
+
+    report = write_unit(model, target, check=check, info={"training_data": "/data/x"})
+    assert sorted(os.listdir(target)) == ["export_report.json", "model_dynamic_int8.tflite",
+                                          "model_float32.tflite", "saved_model"]
+    assert os.listdir(target / "saved_model") == ["1"]
+    assert export.saved_model_dir(str(target)) == str(target / "saved_model" / "1")
+    written = export.read_report(str(target))
+    assert written == report
+    assert written["weights_sha256"] == export.weights_sha256(model)
+    assert written["weights_sha256"] != export.weights_sha256(make_model(1))
+    assert written["files"]["saved_model"] == str(target / "saved_model" / "1")
+    assert set(written["parity"]) == {"saved_model", "tflite_float32", "tflite_dynamic"}
+    assert written["training_data"] == "/data/x" and written["sizes"] == [SIZE]
+    assert set(written["signatures"]) == {"serving_default", "serving_cropped"}
+    assert os.listdir(tmp_path) == ["export"]
+
+
+def test_failed_check_keeps_the_previous_export(tmp_path):
+    target = tmp_path / "export"
+    write_unit(make_model(2), target)
+    before = tree_digest(target)
+
+    def failing(name, path):
+        if name == "tflite_float32":
+            raise export.ParityError("too far (simulated)")
+        return {}
+
+    with pytest.raises(export.ParityError, match="simulated"):
+        write_unit(make_model(3), target, check=failing)
+    assert tree_digest(target) == before
+    assert os.listdir(tmp_path) == ["export"]
+
+
+def test_saved_model_dir_finds_old_layouts(model, faces, tmp_path):
+    msrrn_old = export_model(model, tmp_path / "msrrn_run" / "export")  # SavedModel itself
+    ccnn_old = export_model(model, tmp_path / "ccnn" / "saved_model")   # EXPORT/saved_model
+    assert export.saved_model_dir(msrrn_old) == msrrn_old
+    assert export.saved_model_dir(str(tmp_path / "ccnn")) == ccnn_old
+    for export_dir in (msrrn_old, str(tmp_path / "ccnn")):
+        landmarks = export.run_saved_model(export.saved_model_dir(export_dir), *faces)
+        assert landmarks["landmarks"].shape == (3, NUM_LANDMARKS, 2)
+    with pytest.raises(FileNotFoundError, match=r"saved_model/<version>"):
+        export.saved_model_dir(str(tmp_path))
+
+
+@pytest.mark.parametrize("unit", [True, False], ids=["write_export", "export_saved_model"])
+def test_export_respects_the_umask(model, tmp_path, unit):
+    previous = os.umask(0o022)
+    try:
+        target = tmp_path / "export"
+        if unit:
+            write_unit(model, target)
+        else:
+            export_model(model, target)
+    finally:
+        os.umask(previous)
+    modes = {}
+    for root, dirs, names in os.walk(target):
+        for name in dirs + names + ([""] if root == str(target) else []):
+            path = os.path.join(root, name)
+            modes[os.path.relpath(path, target)] = os.stat(path).st_mode & 0o777
+    # World-readable (and folders world-listable), as with umask 022 everything else.
+    bad = {k: oct(v) for k, v in modes.items()
+           if v & 0o044 != 0o044 or (os.path.isdir(target / k) and v & 0o011 != 0o011)}
+    assert len(modes) > 4 and bad == {}
+
+
+_KILLED_EXPORT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from common import export
+import test_export as t
+
+stage = sys.argv[1]
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+variants = t.tflite_variants()
+if stage == "tflite":  # the first TFLite file written, the second half-written
+    convert = variants[1].convert
+    def half(saved, path):
+        with open(path, "wb") as f:
+            f.write(b"TFL3 half")
+        die()
+    variants[1] = export.TFLiteVariant(variants[1].name, variants[1].filename, half)
+elif stage == "exchanged":  # swapped in, the previous export not yet removed
+    real = export._exchange
+    export._exchange = lambda a, b: (real(a, b), die())
+export.write_export(t.make_model(3), {target!r}, sizes=[t.SIZE], margin=t.MARGIN,
+                    num_landmarks=t.NUM_LANDMARKS, tflite=variants)
+"""
+
+
+def _owner(outputs, models):
+    """The index of the model whose outputs these are."""
+    close = [i for i, expected in enumerate(models)
+             if np.allclose(outputs, expected, atol=0.05)]
+    assert len(close) == 1, close
+    return close[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["tflite", "exchanged"])
+def test_sigkill_mid_export_leaves_one_model(tmp_path, faces, stage):
+    """SIGKILL an export of model B over model A's: every file belongs to one model."""
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "export"
+    models = [make_model(2), make_model(3)]
+    write_unit(models[0], target)
+    script = tmp_path / "killed_export.py"
+    script.write_text(_KILLED_EXPORT.format(tests=os.path.dirname(__file__),
+                                            target=str(target)))
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+    done = subprocess.run([sys.executable, str(script), stage], check=False, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+
+    inputs, _ = geometry.preprocess_faces(*faces, [SIZE], MARGIN)
+    crops = {k: v.numpy() for k, v in inputs.items()}
+    expected = [m(crops, training=False)["landmarks"].numpy() for m in models]
+    files = sorted(os.path.relpath(os.path.join(root, n), target)
+                   for root, _, names in os.walk(target) for n in names)
+    owners = {}
+    saved = export.saved_model_dir(str(target))
+    cropped = tf.saved_model.load(saved).signatures["serving_cropped"]
+    owners["saved_model"] = _owner(cropped(**crops)["landmarks"].numpy(), expected)
+    for name in files:
+        if name.endswith(".tflite"):
+            owners[name] = _owner(export.run_tflite(str(target / name), crops)["landmarks"],
+                                  expected)
+    hashes = [export.weights_sha256(m) for m in models]
+    owners["report"] = hashes.index(export.read_report(str(target))["weights_sha256"])
+    assert len(set(owners.values())) == 1, owners
+    assert {"export_report.json", "model_float32.tflite", "model_dynamic_int8.tflite"} <= set(
+        files) and all(f.startswith("saved_model/1/") or "/" not in f for f in files), files
+    assert owners["report"] == (1 if stage == "exchanged" else 0)
+
+    # The next export removes what the killed one left beside the folder.
+    export.write_export(models[1], str(target), sizes=[SIZE], margin=MARGIN,
+                        num_landmarks=NUM_LANDMARKS)
+    assert sorted(os.listdir(tmp_path)) == ["export", "killed_export.py"]
+
+
+def test_an_interrupted_two_rename_swap_is_restored(tmp_path, monkeypatch):
+    """Without an atomic exchange (not Linux), a crash between the two renames leaves the
+    previous export at .NAME.old-*: the next export puts it back before anything else."""
+    target = tmp_path / "export"
+    (target / "saved_model" / "1").mkdir(parents=True)
+    (target / "export_report.json").write_text("{}")
+    os.rename(target, tmp_path / ".export.old-0123")  # the crash: first rename done
+    export._restore_interrupted(str(target))
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    assert (target / "export_report.json").read_text() == "{}"
+    # And the fallback itself replaces an export completely.
+    monkeypatch.setattr(export, "_exchange", lambda a, b: False)
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "export_report.json").write_text('{"new": 1}')
+    export._replace_dir(str(new), str(target))
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    assert os.listdir(target) == ["export_report.json"]

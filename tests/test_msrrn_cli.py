@@ -60,8 +60,10 @@ def test_train_writes_a_complete_run(run_dir):
     run, first, _ = run_dir
     assert (run / "model.keras").is_file()
     assert (run / "model_config.json").is_file()
-    assert (run / "export" / "saved_model.pb").is_file()
-    assert (run / "export" / "export_info.json").is_file()
+    assert (run / "export" / "saved_model" / "1" / "saved_model.pb").is_file()
+    assert (run / "export" / "saved_model" / "1" / "export_info.json").is_file()
+    report = json.loads((run / "export" / "export_report.json").read_text())
+    assert report["training_data"] and report["config"]["scales"] == [16, 24, 32]
     assert any((run / "tensorboard").iterdir())
     record = json.loads((run / "config.json").read_text())
     assert record["config"]["values"]["scales"] == [16, 24, 32]
@@ -131,12 +133,14 @@ def test_evaluate_writes_reports(run_dir, data, tmp_path):
 
 def test_export_with_tflite_and_parity(run_dir, data, tmp_path):
     run, _, _ = run_dir
-    out = tmp_path / "exported" / "1"
+    out = tmp_path / "exported"
     output = run_cli("msrrn_tf.export", f"--model={run / 'model.keras'}", f"--output={out}",
                      "--tflite", f"--data={data}", "--noflip_test")
     # Trained with the flip test, exported without it; parity is against that model.
     assert "flip test off" in output
-    assert (out / "saved_model.pb").is_file()
-    assert (tmp_path / "exported" / "1.tflite").is_file()
+    assert (out / "saved_model" / "1" / "saved_model.pb").is_file()
+    assert (out / "model_float32.tflite").is_file()
+    report = json.loads((out / "export_report.json").read_text())
+    assert set(report["parity"]) == {"saved_model", "tflite_float32"}
     assert "SavedModel parity (fresh process" in output
     assert "TFLite parity (fresh process" in output

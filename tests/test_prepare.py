@@ -387,3 +387,109 @@ def test_convert_sun5_first_50(shared_data, tmp_path):
     assert summary.box_sources["given"] == 50
     faces = _read_all(tfrecord.find_shards(out, "val"))
     assert len(faces) == 5 and all(f["landmarks"].shape == (5, 2) for f in faces)
+
+
+# --- duplicates, splits by image, huge images (issue 18) ----------------------------
+
+def _csv_with_duplicates(tmp_path):
+    """6 faces on 4 images; line 4 repeats line 2 (same image and landmarks); line 6
+    is another face of image a.jpg (other landmarks: not a repeat)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, name in enumerate(["a.jpg", "b.jpg", "c.jpg", "d.jpg"]):
+        _write_image(images / name, seed=i)
+    points = FIVE_POINTS.reshape(-1)
+    rows = ["image," + ",".join(f"x{i},y{i}" for i in range(5))]
+    for name, shift in [("a.jpg", 0), ("b.jpg", 0), ("a.jpg", 0), ("c.jpg", 0),
+                        ("a.jpg", 4), ("d.jpg", 0)]:
+        rows.append(f"{name}," + ",".join(f"{v + shift:.3f}" for v in points))
+    path = tmp_path / "landmarks.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_duplicate_faces_are_dropped_and_counted_or_fail(tmp_path):
+    csv_path = _csv_with_duplicates(tmp_path)
+    out = tmp_path / "out"
+    summary = prepare.prepare_dataset(csv_path, str(out), split_by="random", val_fraction=0.3,
+                                      progress=False, finder=_NoFaces())
+    assert summary.duplicates == 1 and summary.num_written == 5 and summary.read == 6
+    reason = f"duplicate face (same image and landmarks as {csv_path}:2)"
+    assert summary.skipped == [(f"{csv_path}:4", reason)]
+    assert "duplicate faces dropped: 1" in summary.report()
+    meta = json.loads((out / prepare.DATASET_JSON).read_text())
+    assert meta["duplicates"] == 1 and meta["written"] == 5
+    faces = _read_all(tfrecord.find_shards(str(out)))
+    keys = [(f["source_path"].decode().split(" (")[0], f["landmarks"].tobytes()) for f in faces]
+    assert len(set(keys)) == len(keys) == 5
+    with pytest.raises(DataError, match=r"landmarks\.csv:4: .*same face .*landmarks\.csv:2"):
+        prepare.prepare_dataset(csv_path, str(tmp_path / "fail"), on_duplicate="fail",
+                                progress=False, finder=_NoFaces())
+
+
+def test_find_duplicates_compares_image_and_landmarks():
+    records = [FaceRecord("/x/a.jpg", FIVE_POINTS), FaceRecord("/x/./a.jpg", FIVE_POINTS),
+               FaceRecord("/x/a.jpg", FIVE_POINTS + 1), FaceRecord("/x/b.jpg", FIVE_POINTS),
+               FaceRecord("/x/a.jpg", FIVE_POINTS + 1e-5)]
+    assert prepare.find_duplicates(records) == [(1, 0), (4, 0)]
+
+
+def test_random_split_keeps_the_faces_of_one_image_together():
+    rng = np.random.default_rng(0)
+    names = [f"photo_{p}.jpg" for p in range(30) for _ in range(rng.integers(1, 6))]
+    records = [FaceRecord(f"/x/{name}", FIVE_POINTS + i) for i, name in enumerate(names)]
+    for seed in range(10):
+        splits = prepare.split_records(records, "random", val_fraction=0.2, seed=seed)
+        by_image = {}
+        for record, split in zip(records, splits):
+            by_image.setdefault(record.image_path, set()).add(split)
+        assert all(len(s) == 1 for s in by_image.values()), seed
+        assert round(0.2 * len(records)) <= splits.count("val") < 0.2 * len(records) + 6
+
+
+def test_detection_runs_on_a_downscaled_copy():
+    seen = []
+
+    def finder(image):
+        seen.append(image.shape)
+        return [(np.array([100.0, 200.0, 300.0, 400.0]), 1.0)]
+
+    image = np.zeros((4000, 2000, 3), np.uint8)
+    (box, score), = boxes.detect_faces(finder, image)
+    assert seen == [(1600, 800, 3)] and score == 1.0
+    np.testing.assert_allclose(box, (np.array([100, 200, 300, 400]) + 0.5) * 2.5 - 0.5)
+    assert boxes.detect_faces(finder, image[:100, :100])[0][0][0] == 100.0  # small: as is
+
+
+_CONVERT_AND_MEASURE = """
+import resource, sys
+from common import prepare
+prepare.prepare_dataset(sys.argv[1], sys.argv[2], split_by="none", progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB
+"""
+
+
+@pytest.mark.slow
+def test_one_huge_image_converts_in_little_memory(tmp_path, repo_root):
+    """An 8000x8000 photo whose face needs the (real, dlib) detector: below 1.5 GB."""
+    side = 8000
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    image = np.empty((side, side, 3), np.uint8)
+    image[..., 0] = ramp[None, :]
+    image[..., 1] = ramp[:, None]
+    image[..., 2] = 128
+    (tmp_path / "images").mkdir()
+    assert cv2.imwrite(str(tmp_path / "images" / "huge.jpg"), image)
+    del image
+    points = FIVE_POINTS * 100 + 1000
+    (tmp_path / "list.csv").write_text(
+        "image," + ",".join(f"x{i},y{i}" for i in range(5)) + "\n"
+        "huge.jpg," + ",".join(f"{v:.1f}" for v in points.reshape(-1)) + "\n")
+    run = subprocess.run([sys.executable, "-c", _CONVERT_AND_MEASURE, str(tmp_path / "list.csv"),
+                          str(tmp_path / "out")], check=False, cwd=repo_root,
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                              "PYTHONPATH": str(repo_root)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    peak_gb = int(run.stdout.split()[-1]) * 1024 / 1e9
+    assert peak_gb < 1.5, f"peak memory {peak_gb:.2f} GB"

@@ -341,17 +341,27 @@ def test_fail_names_list_line_and_leaves_no_output(tmp_path, fmt, annotation_fau
     check_no_finished_output(tmp_path / "out")
 
 
-def test_failed_rerun_leaves_no_mix_of_old_and_new_output(tmp_path):
+def _tree(folder: pathlib.Path) -> dict[str, bytes]:
+    return {n: (folder / n).read_bytes() for n in sorted(os.listdir(folder))
+            if (folder / n).is_file()}
+
+
+@pytest.mark.parametrize("annotation_faults", [True, False], ids=["bad_list", "bad_image"])
+def test_failed_rerun_keeps_the_previous_conversion(tmp_path, annotation_faults):
+    """Every failure of --on_error=fail treats an existing conversion alike: it stays,
+    complete and untouched (the new one is staged and moved in only when complete)."""
     out = tmp_path / "out"
     list_path, _ = _dataset(tmp_path / "a", "cuhk")
     _prepare(list_path, out, "skip")
     check_consistent_output(out)
-    # Fails at an image, after the first good faces went into the shards.
-    bad_list, _ = _dataset(tmp_path / "b", "cuhk", annotation_faults=False)
-    with pytest.raises(DataError, match="corrupt.jpg"):
+    before = _tree(out)
+    # Fails at the list's annotations, or at an image after good faces were written.
+    bad_list, _ = _dataset(tmp_path / "b", "cuhk", annotation_faults=annotation_faults)
+    with pytest.raises(DataError, match=str(bad_list)):
         _prepare(bad_list, out, "fail")
+    assert _tree(out) == before
+    assert sorted(os.listdir(out)) == sorted(before)  # no staging folder left either
     check_consistent_output(out)
-    check_no_finished_output(out)
 
 
 def test_all_images_bad_writes_nothing(tmp_path):

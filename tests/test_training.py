@@ -294,3 +294,68 @@ if __name__ == "__main__":
         _mirrored_main(sys.argv[2])
     else:  # test_resumes_after_sigkill: train "forever" until killed
         train(sys.argv[2], 100_000, checkpoint_every=2, log_every=100)
+
+
+_HOLD_LOCK = """
+import sys, time
+from common.training import run_dir_lock
+with run_dir_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(300)
+"""
+
+
+def _lock_record(run_dir):
+    return json.loads((pathlib.Path(run_dir) / training.LOCK_FILE).read_text())
+
+
+def test_second_training_on_a_run_dir_is_refused_until_the_first_is_gone(tmp_path):
+    """Two processes on one run directory: the second is refused, then takes the dead
+    first's lock over."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(run_dir)], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        record = _lock_record(run_dir)
+        assert record["pid"] == holder.pid and record["host"]
+        with pytest.raises(training.RunDirLocked,
+                           match=rf"in use by another training \(pid {holder.pid} on "):
+            train(run_dir, 3)
+        assert not (run_dir / "checkpoints").exists()
+        # The command line says so in one line and exits non-zero.
+        cli = subprocess.run([sys.executable, "-m", "ccnn_tf.train", f"--run_dir={run_dir}",
+                              "--data=/nonexistent", "--preset=tiny"], check=False, env=env,
+                             capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+        assert cli.returncode == 1
+        assert f"error: {run_dir} is in use by another training (pid {holder.pid}" in (
+            cli.stderr)
+        assert "Traceback" not in cli.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    result = train(run_dir, 3)  # SIGKILLed holder: its lock is stale and taken over
+    assert result.steps_done == 3
+    assert not (run_dir / training.LOCK_FILE).exists()  # released at the end
+
+
+def test_stale_and_foreign_locks(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = run_dir / training.LOCK_FILE
+    lock.write_text(json.dumps({"pid": dead.pid, "host": training.socket.gethostname()}))
+    with training.run_dir_lock(run_dir):
+        assert _lock_record(run_dir)["pid"] == os.getpid()
+        with training.run_dir_lock(run_dir):  # nested in one process: allowed
+            pass
+        assert lock.exists()
+    assert not lock.exists()
+    # A process on another host cannot be checked: refused, never taken over.
+    lock.write_text(json.dumps({"pid": dead.pid, "host": "elsewhere.example"}))
+    with (pytest.raises(training.RunDirLocked, match=r"on elsewhere.example.*delete .*lock"),
+          training.run_dir_lock(run_dir)):
+        pass
+    assert _lock_record(run_dir)["host"] == "elsewhere.example"

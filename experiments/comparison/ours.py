@@ -88,7 +88,7 @@ def train_or_load_ours(family: str, data: str, *, train_split: str, eval_split: 
                 config = config.replace(batch_size=int(batch_size))
             result = msrrn_training.train_msrrn(
                 config, data=data, run_dir=run_dir, steps=steps, train_split=train_split,
-                val_split=None, evaluate=False, export=False, seed=seed, verbose=verbose,
+                val_split=None, evaluate=False, export=True, seed=seed, verbose=verbose,
                 checkpoint_every=500)
             model, margin = result.model, config.margin
             info = {"source": "trained", "run_dir": os.path.abspath(run_dir),
@@ -111,7 +111,7 @@ def train_or_load_ours(family: str, data: str, *, train_split: str, eval_split: 
             config = config.replace(**(config_overrides or {}))
             summary = ccnn_training.train_ccnn(
                 config, "all", data=data, run_dir=run_dir, train_split=train_split,
-                val_split=eval_split, evaluate=False, export=False, verbose=verbose)
+                val_split=eval_split, evaluate=False, export=True, verbose=verbose)
             model = ccnn_evaluate.load_cascade(run_dir)
             info = {"source": "trained", "run_dir": os.path.abspath(run_dir),
                     "preset": preset, "steps_per_stage": config.steps_per_stage,
