@@ -595,7 +595,8 @@ def main(argv: Sequence[str]) -> None:
         quantization=[q for q in values.quantization if q != "none"],
         tflite=values.tflite, check=values.check, calibration_split=values.calibration_split,
         calibration_faces=values.calibration_faces,
-        extra_info={"model_source": os.path.abspath(values.model), "training_data": run_data(values.model)})
+        extra_info={"model_source": os.path.abspath(values.model),
+                    "training_data": run_data(values.model)})
     print(format_export_report(report))
 
 

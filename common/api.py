@@ -30,13 +30,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from common.boxes import DETECT_MAX_SIDE
 from common.model_path import ModelPath, ModelPathError, resolve_model_path, run_config
 
 __all__ = ["ModelPath", "ModelPathError", "Prediction", "Predictor", "load_model",
            "resolve_model_path"]
 
-DEFAULT_DETECT_MAX_SIDE = 1600
-"""Longest side the detector sees (``common.predict.DEFAULT_DETECT_MAX_SIDE``)."""
+DEFAULT_DETECT_MAX_SIDE = DETECT_MAX_SIDE
+"""Longest side the detector sees (``common.boxes.DETECT_MAX_SIDE``)."""
 
 Detector = Callable[[np.ndarray], Any]
 """``RGB uint8 [H, W, 3] -> boxes``: an array ``[K, 4]`` (l, t, r, b), a list of
@@ -221,7 +222,7 @@ class Predictor:
         Returns:
             ``(boxes float32 [F, 4], scores float32 [F])``.
         """
-        from common.predict import detect_faces
+        from common.boxes import detect_faces
 
         rgb = as_rgb(image, bgr=bgr)
         detector = self.detector

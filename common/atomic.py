@@ -10,8 +10,9 @@ concurrent writer), or at once when the process that made them is dead (the temp
 names carry the writer's process id: ``.NAME.tmp-<pid>-XXXX``).
 
 Files and folders get the usual permissions: ``0o666`` resp. ``0o777`` less the umask
-(``mkstemp``/``mkdtemp`` alone would give ``0600``/``0700``). (``common.training.atomic_write_text`` / ``save_model_atomically`` do
-the same through ``tf.io.gfile`` for paths on object stores.)
+(``mkstemp``/``mkdtemp`` alone would give ``0600``/``0700``).
+(``common.training.atomic_write_text`` / ``save_model_atomically`` do the same through
+``tf.io.gfile`` for paths on object stores.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
-
 
 STALE_TEMP_SECONDS = 3600.0
 """Age after which another writer's temporary file of the same target is a leftover."""

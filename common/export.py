@@ -49,8 +49,8 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
-import hashlib
 import functools
+import hashlib
 import json
 import os
 import shutil

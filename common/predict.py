@@ -80,6 +80,8 @@ import numpy as np
 import tensorflow as tf
 
 from common import atomic, geometry, model_path
+from common import boxes as boxes_lib
+from common.boxes import detect_faces
 from common.images import load_image
 from common.records import DataError
 from common.schemes import SCHEMES, LandmarkScheme, scheme_for
@@ -104,7 +106,7 @@ STATUS_NO_FACE = "no_face"
 STATUS_ERROR = "error"
 STATUS_SKIPPED = "skipped"
 
-DEFAULT_DETECT_MAX_SIDE = 1600
+DEFAULT_DETECT_MAX_SIDE = boxes_lib.DETECT_MAX_SIDE
 """Longest side of the copy the detector sees. dlib's HOG detector with ``upsample=1``
 finds faces down to about 40 px of that copy (faces of 200 px in an 8000 px photo)
 and takes about 1 s per megapixel of it."""
@@ -465,29 +467,6 @@ def _landmarks_and_confidence(outputs: Any, output_key: str) -> dict[str, np.nda
 
 Detection = tuple[np.ndarray, float | None]
 Finder = Callable[[np.ndarray], Sequence[Detection]]
-
-
-def detect_faces(finder: Finder, image: np.ndarray,
-                 max_side: int | None = DEFAULT_DETECT_MAX_SIDE) -> list[Detection]:
-    """Runs a detector on a copy of ``image`` at most ``max_side`` pixels long.
-
-    Args:
-        finder: ``image -> [(box, score)]`` (``common.boxes.DlibBoxFinder``).
-        image: uint8 ``[H, W, 3]``.
-        max_side: longest side the detector sees (``None``: full resolution).
-
-    Returns:
-        ``(box, score)`` per face, boxes in full-resolution pixels (pixel edges scale,
-        so a box at ``x`` in the copy is at ``(x + 0.5) * W / w - 0.5``).
-    """
-    height, width = image.shape[:2]
-    if not max_side or max(height, width) <= max_side:
-        return [(np.asarray(b, np.float32), s) for b, s in finder(image)]
-    factor = max_side / max(height, width)
-    small_w, small_h = max(1, round(width * factor)), max(1, round(height * factor))
-    small = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA)
-    scale = np.array([width / small_w, height / small_h] * 2, np.float32)
-    return [((np.asarray(b, np.float32) + 0.5) * scale - 0.5, s) for b, s in finder(small)]
 
 
 def load_boxes_json(path: str) -> dict[str, Any]:

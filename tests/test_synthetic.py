@@ -79,16 +79,16 @@ def test_landmarks_lie_inside_the_image_and_near_the_box():
     inside = [np.all((f.landmarks68 >= -0.5) & (f.landmarks68 <= 63.5)) for f in faces]
     assert np.mean(inside) >= 0.9
     for f in faces:
-        l, t, r, b = f.box
-        side = r - l
-        assert abs((r - l) - (b - t)) < 1e-3  # dlib-like boxes are square
+        left, t, r, b = f.box
+        side = r - left
+        assert abs((r - left) - (b - t)) < 1e-3  # dlib-like boxes are square
         # The box mimics a detector: it covers most of the face, with some slack.
         lm = f.landmarks68
-        near = ((lm[:, 0] > l - 0.25 * side) & (lm[:, 0] < r + 0.25 * side)
+        near = ((lm[:, 0] > left - 0.25 * side) & (lm[:, 0] < r + 0.25 * side)
                 & (lm[:, 1] > t - 0.25 * side) & (lm[:, 1] < b + 0.25 * side))
         assert near.all()
         centre = lm.mean(axis=0)
-        assert l < centre[0] < r and t < centre[1] < b
+        assert left < centre[0] < r and t < centre[1] < b
 
 
 def test_visible_is_false_only_under_occluders_or_outside_the_image():

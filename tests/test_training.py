@@ -17,7 +17,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # also run as a script by the SIGKILL test
     sys.path.insert(0, str(REPO_ROOT))
 
-from common import training
+from common import training  # noqa: E402 (after the sys.path entry above)
 
 SIZE = 32
 NUM_LANDMARKS = 5
