@@ -61,6 +61,8 @@ from typing import Any
 
 import numpy as np
 
+from common import box_robustness
+from experiments.comparison import robustness
 from experiments.comparison.ours import (
     FAMILIES,
     FAMILY_SETTINGS,
@@ -224,7 +226,9 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
             dlib_threads: int = 2, parallel_peers: bool = True, reuse_peers: bool = True,
             limit: int | None = None, timing_faces: int = 50, seed: int | None = 0,
             verbose: bool = True, lbf_options: Mapping[str, Any] | None = None,
-            lbf_tool: str | None = None) -> dict[str, Any]:
+            lbf_tool: str | None = None,
+            box_sources: Sequence[str] = robustness.DEFAULT_SOURCES,
+            box_faces: int = robustness.DEFAULT_FACES) -> dict[str, Any]:
     """Trains (or loads) our model and the peers, evaluates all, writes the reports.
 
     Args:
@@ -253,6 +257,9 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         lbf_options: overrides of OpenCV's FacemarkLBF defaults
             (:func:`resolved_lbf_options`; ``None``: ``LBF_QUICK_OPTIONS``).
         lbf_tool: the ``lbf_tool`` program (default ``$FACE_ALIGN_LBF_TOOL``).
+        box_sources: box sources of the box-robustness table
+            (``common.box_robustness.ALL_SOURCES``).
+        box_faces: eval faces of the box-robustness table (the first ones); 0: no table.
 
     Returns:
         ``{"results": the JSON written, "markdown": the Markdown written, "paths":
@@ -363,6 +370,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
 
         five_point_faces = [(f[0], to_five_points(f[1]), f[2], f[3]) for f in faces]
     method_info: dict[str, Any] = {}
+    box_methods = {method_label(family): box_robustness.model_box_predictor(
+        ours.model, ours.sizes, ours.margin)}
     for method in methods:
         if method in TRAINED_PEERS:
             peer = load_trained_peer(method, records[method], lbf_tool=lbf_tool)
@@ -383,6 +392,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
             five_point_outputs[method] = result.predictions
         else:
             outputs[method] = result.predictions
+            if method != "mean_shape":
+                box_methods[method_label(method)] = robustness.peer_box_predictor(peer)
         method_info[method] = info
         log(f"{method}: {1e3 * result.seconds_per_face:.2f} ms per face")
 
@@ -425,6 +436,17 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
                     for k in _stage_keys(pred.outputs_px) if k != "stage_0"]
     results["stage_errors_decrease"] = bool(
         len(stage_errors) > 1 and all(a > b for a, b in itertools.pairwise(stage_errors)))
+
+    if box_faces:
+        log(f"box robustness on {min(box_faces, len(faces))} faces: "
+            + ", ".join(box_sources))
+        section = robustness.robustness_section(box_methods, faces, kind=kinds[0],
+                                                sources=box_sources, num_faces=box_faces,
+                                                seed=seed or 0)
+        notes += section["notes"]
+        if section["table"] is not None:
+            results["box_robustness"] = section["table"].to_json()
+            tables.append(section["markdown"])
 
     paths: dict[str, str] = {}
     name = f"compare_{family}"
@@ -562,6 +584,13 @@ def _define_flags() -> None:
     flags.DEFINE_integer("timing_faces", 50, "Faces timed one at a time for our model.",
                          lower_bound=1)
     flags.DEFINE_integer("seed", 0, "Seed of our training's data order and augmentation.")
+    flags.DEFINE_integer("box_faces", robustness.DEFAULT_FACES,
+                         "Eval faces (the first ones) of the box-robustness table: every "
+                         "method under each --box_sources box; 0: no table.", lower_bound=0)
+    flags.DEFINE_list("box_sources", list(robustness.DEFAULT_SOURCES),
+                      "Box sources of the box-robustness table (common.box_robustness): "
+                      "stored, landmark_square, dlib, mtcnn (needs the mtcnn package), "
+                      "jitter_5, jitter_10.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -589,7 +618,8 @@ def main(argv: Sequence[str]) -> None:
         dlib_options=parsed["dlib_options"], dlib_threads=values.dlib_threads,
         parallel_peers=values.parallel_peers, reuse_peers=values.reuse_peers,
         limit=values.limit, timing_faces=values.timing_faces, seed=values.seed,
-        lbf_options=parsed["lbf_options"], lbf_tool=values.lbf_tool)
+        lbf_options=parsed["lbf_options"], lbf_tool=values.lbf_tool,
+        box_sources=values.box_sources, box_faces=values.box_faces)
     print(report["markdown"], flush=True)
 
 

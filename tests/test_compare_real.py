@@ -82,6 +82,12 @@ def test_compare_msrrn_family(tmp_path, data_cache, monkeypatch):
     assert written["peers"]["dlib_ert"]["options"] == TINY_DLIB
     assert "- ours, training speed: 2 steps in " in report["markdown"]
     _check_export(output / "run" / "export")
+    # The box-robustness table: every method under each box source, same faces.
+    table = written["box_robustness"]
+    assert {"stored", "landmark_square", "jitter_5", "jitter_10"} <= set(table["sources"])
+    assert {"MSRRN (ours)", "dlib ERT"} <= set(table["nme"])
+    assert all(ratio >= 1.0 for ratio in table["ratio"].values())
+    assert "### Box robustness" in report["markdown"] and "worst/best" in report["markdown"]
     if HAS_MTCNN:  # 5 points only: compared on the 5-point reduction
         assert {"mtcnn", "mtcnn_box", "msrrn", "dlib_ert"} <= set(written["five_point"])
         assert (output / "compare_msrrn_five_point_ced.png").stat().st_size > 0
@@ -97,7 +103,8 @@ def test_compare_msrrn_family(tmp_path, data_cache, monkeypatch):
     again = compare_real.compare(
         "msrrn", _data(data_cache, 68), output=str(output),
         model_path=str(output / "run"), peers=["dlib_ert", "lbf", "mediapipe_mesh", *pretrained],
-        dlib_options=TINY_DLIB, timing_faces=2, verbose=False)
+        dlib_options=TINY_DLIB, timing_faces=2, verbose=False, box_faces=0)
+    assert "box_robustness" not in again["results"]
     assert again["results"]["ours"]["source"].endswith("run")
     assert again["results"]["peers"]["dlib_ert"]["reused"]
     assert set(again["results"]["methods"]) == {"msrrn", "dlib_ert"}
@@ -131,6 +138,7 @@ def test_compare_ccnn_family(tmp_path, data_cache):
     assert "| LE | RE | N | LM | RM | mean |" in report["markdown"]
     assert ("- ours, training speed: stage 1: 2 steps in " in report["markdown"]
             and "; stage 3: 2 steps in " in report["markdown"])
+    assert "CCNN (ours)" in written["box_robustness"]["nme"]
     _check_export(output / "run" / "export")
 
 
