@@ -66,7 +66,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import atomic, geometry
+from common import atomic, geometry, model_path
 from common.tfrecord import find_shards, parse_face
 
 EXPORT_INFO = "export_info.json"
@@ -284,20 +284,12 @@ def saved_model_dir(export_dir: str) -> str:
     Raises:
         FileNotFoundError: no SavedModel in any of these places.
     """
-    export_dir = os.fspath(export_dir)
-    if os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
-        return export_dir
-    base = os.path.join(export_dir, SAVED_MODEL_DIR)
-    if os.path.isfile(os.path.join(base, "saved_model.pb")):
-        return base
-    names = os.listdir(base) if os.path.isdir(base) else []
-    versions = sorted(int(n) for n in names
-                      if n.isdigit() and os.path.isfile(os.path.join(base, n, "saved_model.pb")))
-    if versions:
-        return os.path.join(base, str(versions[-1]))
-    raise FileNotFoundError(
-        f"{export_dir} holds no SavedModel: looked for saved_model.pb in "
-        f"{os.path.join(base, '<version>')}, {base} and {export_dir}")
+    looked: list[str] = []
+    found = model_path.find_saved_model(os.fspath(export_dir), looked)
+    if found is None:
+        raise FileNotFoundError(f"{export_dir} holds no SavedModel: looked for "
+                                + ", ".join(looked))
+    return found
 
 
 def weights_sha256(model: keras.Model) -> str:

@@ -120,8 +120,14 @@ def _export_of(saved_model: str) -> str | None:
     return None
 
 
-def _resolve_export(path: str, looked: list[str]) -> str | None:
-    """The SavedModel of an export-like folder, or None (appending what it tried)."""
+def find_saved_model(path: str, looked: list[str] | None = None) -> str | None:
+    """The SavedModel of an export-like folder (any layout), or None.
+
+    Args:
+        path: an export folder, ``EXPORT/saved_model`` or a SavedModel folder.
+        looked: where to append the places it tried (for error messages).
+    """
+    looked = [] if looked is None else looked
     if _is_saved_model(path):
         return path
     looked.append(os.path.join(path, SAVED_MODEL_FILE))
@@ -176,7 +182,7 @@ def resolve_model_path(path: str | os.PathLike) -> ModelPath:
 
     run_dir = path if _is_run_dir(path) and not _is_saved_model(path) else None
     export_candidate = os.path.join(path, EXPORT_DIR) if run_dir else path
-    saved = _resolve_export(export_candidate, looked)
+    saved = find_saved_model(export_candidate, looked)
     if saved is not None:
         export = _export_of(saved)
         return ModelPath(KIND_SAVED_MODEL, saved, run_dir or _enclosing_run(saved), export)
