@@ -34,7 +34,7 @@ over the inter-pupil distance), lag (frames by which the prediction trails the
 moving truth: the shift of the true track, in 0.05-frame steps, that best fits the
 prediction; synthetic part), detector calls and frames per second (detector +
 model + tracking, wall time, this process). With ``--compare_calibrations`` rows
-``model_track_smooth{nocal|scale_only|prior2}`` rerun the tracker with other box
+``model_track_smooth{nocal|scale_only|prior0}`` rerun the tracker with other box
 calibrations (``TrackerParams``). Writes ``bench_video.json``, ``bench_video.md``
 and ``frame_strip.png`` (raw vs smoothed on the first synthetic clip) into
 ``--output``.
@@ -111,21 +111,50 @@ def synthetic_clip(index: int, rng: np.random.Generator, frames: int, noise_sigm
                                  jpeg_prob=0.0, face_size_range=(0.35, 0.45))
     face = generate_face(index, seed=7, config=config)
     size = face.image.shape[0]
-    phases = rng.uniform(0, 2 * np.pi, 4)
     out, truth = [], []
     centre = np.array([size / 2 - 0.5, size / 2 - 0.5])
-    for t in range(frames):
-        s = t / FPS
-        shift = np.array([0.12 * size * np.sin(2 * np.pi * 0.35 * s + phases[0]),
-                          0.08 * size * np.sin(2 * np.pi * 0.25 * s + phases[1])])
-        angle = 12.0 * np.sin(2 * np.pi * 0.3 * s + phases[2])
-        scale = 1.0 + 0.08 * np.sin(2 * np.pi * 0.2 * s + phases[3])
-        matrix = cv2.getRotationMatrix2D(tuple(centre), angle, scale)
-        matrix[:, 2] += shift
+    for matrix in moving_path(rng, frames, centre, (0.12 * size, 0.08 * size)):
         out.append(degrade(_warp(face.image, matrix, (size, size)), rng, noise_sigma,
                            jpeg_quality))
         truth.append(_apply(matrix, face.landmarks68.astype(np.float64)))
     return Clip(f"synthetic_{index}", out, np.array(truth), "synthetic")
+
+
+def moving_path(rng: np.random.Generator, frames: int, centre: np.ndarray,
+                amplitude: tuple[float, float]) -> list[np.ndarray]:
+    """``[2, 3]`` affine maps per frame: translation of ``amplitude`` pixels (x, y),
+    in-plane turning of 12 degrees and zoom of 8 % about ``centre``, slow sines with
+    random phases (the synthetic part's motion)."""
+    phases = rng.uniform(0, 2 * np.pi, 4)
+    out = []
+    for t in range(frames):
+        s = t / FPS
+        shift = np.array([amplitude[0] * np.sin(2 * np.pi * 0.35 * s + phases[0]),
+                          amplitude[1] * np.sin(2 * np.pi * 0.25 * s + phases[1])])
+        angle = 12.0 * np.sin(2 * np.pi * 0.3 * s + phases[2])
+        scale = 1.0 + 0.08 * np.sin(2 * np.pi * 0.2 * s + phases[3])
+        matrix = cv2.getRotationMatrix2D(tuple(float(c) for c in centre), angle, scale)
+        matrix[:, 2] += shift
+        out.append(matrix)
+    return out
+
+
+def moving_real_clip(name: str, image: np.ndarray, landmarks: np.ndarray,
+                     rng: np.random.Generator, frames: int, noise_sigma: float,
+                     jpeg_quality: int) -> Clip:
+    """One real photo moved along :func:`moving_path` (shifts of 0.3 / 0.2 face sides
+    about the face centre) with fresh noise + JPEG per frame: measures how dlib's
+    box varies on a moving face (its scale steps and 8-pixel cells), which a still
+    face does not show."""
+    height, width = image.shape[:2]
+    box = np.asarray(landmark_box(np.asarray(landmarks, np.float32)[None]))[0]
+    side = float(box[2] - box[0])
+    out, truth = [], []
+    for matrix in moving_path(rng, frames, (box[:2] + box[2:]) / 2, (0.3 * side, 0.2 * side)):
+        out.append(degrade(_warp(image, matrix, (width, height)), rng, noise_sigma,
+                           jpeg_quality))
+        truth.append(_apply(matrix, landmarks.astype(np.float64)))
+    return Clip(name, out, np.array(truth), "moving_real")
 
 
 def camera_shake(rng: np.random.Generator, frames: int, shake_px: float,
@@ -304,7 +333,7 @@ def _model_fit(path: str) -> tuple[Fit, str]:
 
 
 def _dlib_fit(path: str) -> Fit:
-    from common.peers import DlibERT
+    from experiments.peers.dlib_ert import DlibERT
 
     peer = DlibERT.load(path)
 
@@ -502,6 +531,15 @@ def frame_strip(clip: Clip, raw: np.ndarray, smoothed: np.ndarray, path: str,
     return atomic.write_figure(lambda p: figure.savefig(p, format="png"), path)
 
 
+def _print_noise(label: str, noise: DetectorNoise) -> None:
+    print(f"dlib HOG vs landmark box, {len(noise.offsets)} {label}: centre noise "
+          f"{100 * noise.centre_sigma:.2f} % of the side per axis (frame to frame "
+          f"{100 * noise.step_centre:.2f} %), log side {100 * noise.scale_sigma:.2f} % "
+          f"(frame to frame {100 * noise.step_scale:.2f} %); per-face offsets (dx, dy, "
+          "log side, %): " + "; ".join(", ".join(f"{100 * v:+.1f}" for v in o)
+                                      for o in noise.offsets), flush=True)
+
+
 def run_benchmark(model: str, dlib_model: str | None, shared: str, *,
                   synthetic_clips: int = 3, synthetic_frames: int = 90,
                   stills_per_set: int = 3, still_frames: int = 60, shake_px: float = 0.3,
@@ -509,6 +547,7 @@ def run_benchmark(model: str, dlib_model: str | None, shared: str, *,
                   noise_sigma: float = 3.0, jpeg_quality: int = 75,
                   tracker: TrackerParams | None = None,
                   tracker_variants: dict[str, TrackerParams] | None = None,
+                  detector_model: str = "still", measure_moving: bool = True,
                   smoothing: OneEuroParams | None = None,
                   centre_smoothing: OneEuroParams | None = None, seed: int = 0,
                   strip_path: str | None = None) -> dict[str, Any]:
@@ -527,6 +566,22 @@ def run_benchmark(model: str, dlib_model: str | None, shared: str, *,
     synthetic = [synthetic_clip(i, rng, synthetic_frames, noise_sigma, jpeg_quality)
                  for i in range(synthetic_clips)]
     finder = dlib_detector()
+    moving_noise = None
+    if measure_moving or detector_model == "moving":
+        moving_rng = np.random.default_rng(seed + 2)  # the other clips' draws stay the same
+        offsets = []
+        for name, image, landmarks in real_stills(shared, stills_per_set):
+            clip = moving_real_clip(name, image, landmarks, moving_rng, still_frames,
+                                    noise_sigma, jpeg_quality)
+            found = [(t, _closest(list(finder(f)), clip.truth[t]))
+                     for t, f in enumerate(clip.frames)]
+            found = [(t, b) for t, b in found if b is not None]
+            if len(found) > 1:
+                offsets.append(box_offsets(np.array([b for _, b in found]),
+                                           clip.truth[[t for t, _ in found]]))
+        moving_noise = measure_detector_noise(offsets)
+        _print_noise("moving real faces (not in the tables; synthetic path on a photo)",
+                     moving_noise)
     rows: dict[str, dict[str, list]] = {}
     skipped, strip_done, still_offsets, noise = [], False, [], None
     detector_rng = np.random.default_rng(seed + 1)
@@ -535,15 +590,9 @@ def run_benchmark(model: str, dlib_model: str | None, shared: str, *,
         recorded: list = []
         if clip.part == "synthetic":
             if noise is None:
-                noise = measure_detector_noise(still_offsets)
-                print(f"dlib HOG vs landmark box, {len(still_offsets)} real clips: centre "
-                      f"noise {100 * noise.centre_sigma:.2f} % of the side per axis "
-                      f"(frame to frame {100 * noise.step_centre:.2f} %), log side "
-                      f"{100 * noise.scale_sigma:.2f} % (frame to frame "
-                      f"{100 * noise.step_scale:.2f} %); per-face offsets (dx, dy, log "
-                      "side, %): " + "; ".join(
-                          ", ".join(f"{100 * v:+.1f}" for v in o) for o in noise.offsets),
-                      file=sys.stderr, flush=True)
+                still_noise = measure_detector_noise(still_offsets)
+                _print_noise("real still clips", still_noise)
+                noise = moving_noise if detector_model == "moving" else still_noise
             detect, offset = oracle_detector(clip, noise, detector_rng)
             synthetic_offsets[clip.name] = offset.tolist()
         else:
@@ -614,7 +663,11 @@ def run_benchmark(model: str, dlib_model: str | None, shared: str, *,
                          "fps": FPS, "seed": seed},
             "tracker_variants": {k: dataclasses.asdict(v)
                                  for k, v in (tracker_variants or {}).items()},
+            "detector_model": detector_model,
             "detector_noise": None if noise is None else noise.as_dict(),
+            "detector_noise_still": None if noise is None else still_noise.as_dict(),
+            "detector_noise_moving": (None if moving_noise is None
+                                      else moving_noise.as_dict()),
             "synthetic_offsets": synthetic_offsets,
             "skipped_clips": skipped, "summary": summary, "acceptance": acceptance,
             "clips": rows}
@@ -667,8 +720,13 @@ def _define_flags() -> None:
     flags.DEFINE_float("calibration_prior", TrackerParams().calibration_prior, "Tracking: "
                        "pseudo-count shrinking each track's mean calibration to none.")
     flags.DEFINE_boolean("compare_calibrations", True, "Also run the tracker without "
-                         "calibration, with the scale only and with calibration_prior 2 "
-                         "(rows model_track_smooth{...}).")
+                         "calibration, with the scale only and with calibration_prior 0 "
+                         "(2 if --calibration_prior is 0) (rows model_track_smooth{...}).")
+    flags.DEFINE_enum("detector_model", "still", ["still", "moving"], "Synthetic part's "
+                      "detector: dlib's boxes measured on the real still clips, or on "
+                      "the same photos moved along the synthetic path.")
+    flags.DEFINE_boolean("measure_moving", True, "Also measure dlib on the photos moved "
+                         "along the synthetic path (printed, in the JSON).")
     flags.DEFINE_float("min_cutoff", OneEuroParams().min_cutoff, "One-Euro min cut-off (Hz).")
     flags.DEFINE_float("beta", OneEuroParams().beta, "One-Euro speed coefficient.")
     flags.DEFINE_float("centre_beta", DEFAULT_CENTRE.beta, "One-Euro speed coefficient "
@@ -682,11 +740,13 @@ def main(argv: Sequence[str]) -> None:
     tracker = TrackerParams(detect_every=FLAGS.detect_every, calibrate=FLAGS.calibrate,
                             calibrate_shift=FLAGS.calibrate_shift,
                             calibration_prior=FLAGS.calibration_prior)
+    prior = 0.0 if tracker.calibration_prior else 2.0
+    other = f"prior{prior:g}"
     variants = ({"nocal": dataclasses.replace(tracker, calibrate=False),
                  "scale_only": dataclasses.replace(tracker, calibrate=True,
                                                    calibrate_shift=False),
-                 "prior2": dataclasses.replace(tracker, calibrate=True, calibrate_shift=True,
-                                               calibration_prior=2.0)}
+                 other: dataclasses.replace(tracker, calibrate=True, calibrate_shift=True,
+                                            calibration_prior=prior)}
                 if FLAGS.compare_calibrations else {})
     report = run_benchmark(
         FLAGS.model, FLAGS.dlib_model, FLAGS.shared, synthetic_clips=FLAGS.synthetic_clips,
@@ -694,7 +754,8 @@ def main(argv: Sequence[str]) -> None:
         still_frames=FLAGS.still_frames, shake_px=FLAGS.shake_px,
         shake_kind=FLAGS.shake_kind,
         noise_sigma=FLAGS.noise_sigma, jpeg_quality=FLAGS.jpeg_quality,
-        tracker=tracker, tracker_variants=variants,
+        tracker=tracker, tracker_variants=variants, detector_model=FLAGS.detector_model,
+        measure_moving=FLAGS.measure_moving,
         smoothing=OneEuroParams(FLAGS.min_cutoff, FLAGS.beta),
         centre_smoothing=OneEuroParams(DEFAULT_CENTRE.min_cutoff, FLAGS.centre_beta),
         seed=FLAGS.seed,
