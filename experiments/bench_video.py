@@ -9,10 +9,14 @@ Two parts, every clip at 30 fps with per-frame camera noise (Gaussian, sigma
 1. **Moving synthetic faces** (``common.synthetic.generate_face``, 256 px): the whole
    frame moves along a smooth path (translation, in-plane turning and zoom, sums of
    slow sines), so every frame's exact landmarks are the generator's landmarks
-   moved by the same affine map. The "detector" here is the exact landmark box
-   (``common.geometry.landmark_box``) with Gaussian edge noise of
-   ``--oracle_box_noise`` of its side per call (a drawn face is not what dlib's
-   HOG detector is made for).
+   moved by the same affine map. A drawn face is not what dlib's HOG detector is
+   made for, so the "detector" here is a model of dlib measured on part 2 in the
+   same run (:func:`measure_detector_noise`): the exact landmark box
+   (``common.geometry.landmark_box``) plus a per-clip constant offset (centre and
+   log side) drawn from the real faces' mean offsets, plus i.i.d. Gaussian noise
+   per call of the real clips' measured frame-to-frame size
+   (:func:`synthetic_detector`). The measured numbers are printed and stored
+   (``detector_noise`` in the JSON).
 2. **Real still faces**: one photo per clip from ``../shared/data`` (ytf68 val faces
    and 300-W AFW), ``--still_frames`` frames, each with fresh noise + JPEG and a
    random sub-pixel camera shake of sigma ``--shake_px`` per axis (``camera_shake``:
@@ -29,8 +33,11 @@ the error ``pred_t - true_t``, i.e. the motion left after removing the true moti
 over the inter-pupil distance), lag (frames by which the prediction trails the
 moving truth: the shift of the true track, in 0.05-frame steps, that best fits the
 prediction; synthetic part), detector calls and frames per second (detector +
-model + tracking, wall time, this process). Writes ``bench_video.json``,
-``bench_video.md`` and ``frame_strip.png`` (raw vs smoothed) into ``--output``.
+model + tracking, wall time, this process). With ``--compare_calibrations`` rows
+``model_track_smooth{nocal|scale_only|prior0}`` rerun the tracker with other box
+calibrations (``TrackerParams``). Writes ``bench_video.json``, ``bench_video.md``
+and ``frame_strip.png`` (raw vs smoothed on the first synthetic clip) into
+``--output``.
 """
 
 from __future__ import annotations
@@ -104,21 +111,50 @@ def synthetic_clip(index: int, rng: np.random.Generator, frames: int, noise_sigm
                                  jpeg_prob=0.0, face_size_range=(0.35, 0.45))
     face = generate_face(index, seed=7, config=config)
     size = face.image.shape[0]
-    phases = rng.uniform(0, 2 * np.pi, 4)
     out, truth = [], []
     centre = np.array([size / 2 - 0.5, size / 2 - 0.5])
-    for t in range(frames):
-        s = t / FPS
-        shift = np.array([0.12 * size * np.sin(2 * np.pi * 0.35 * s + phases[0]),
-                          0.08 * size * np.sin(2 * np.pi * 0.25 * s + phases[1])])
-        angle = 12.0 * np.sin(2 * np.pi * 0.3 * s + phases[2])
-        scale = 1.0 + 0.08 * np.sin(2 * np.pi * 0.2 * s + phases[3])
-        matrix = cv2.getRotationMatrix2D(tuple(centre), angle, scale)
-        matrix[:, 2] += shift
+    for matrix in moving_path(rng, frames, centre, (0.12 * size, 0.08 * size)):
         out.append(degrade(_warp(face.image, matrix, (size, size)), rng, noise_sigma,
                            jpeg_quality))
         truth.append(_apply(matrix, face.landmarks68.astype(np.float64)))
     return Clip(f"synthetic_{index}", out, np.array(truth), "synthetic")
+
+
+def moving_path(rng: np.random.Generator, frames: int, centre: np.ndarray,
+                amplitude: tuple[float, float]) -> list[np.ndarray]:
+    """``[2, 3]`` affine maps per frame: translation of ``amplitude`` pixels (x, y),
+    in-plane turning of 12 degrees and zoom of 8 % about ``centre``, slow sines with
+    random phases (the synthetic part's motion)."""
+    phases = rng.uniform(0, 2 * np.pi, 4)
+    out = []
+    for t in range(frames):
+        s = t / FPS
+        shift = np.array([amplitude[0] * np.sin(2 * np.pi * 0.35 * s + phases[0]),
+                          amplitude[1] * np.sin(2 * np.pi * 0.25 * s + phases[1])])
+        angle = 12.0 * np.sin(2 * np.pi * 0.3 * s + phases[2])
+        scale = 1.0 + 0.08 * np.sin(2 * np.pi * 0.2 * s + phases[3])
+        matrix = cv2.getRotationMatrix2D(tuple(float(c) for c in centre), angle, scale)
+        matrix[:, 2] += shift
+        out.append(matrix)
+    return out
+
+
+def moving_real_clip(name: str, image: np.ndarray, landmarks: np.ndarray,
+                     rng: np.random.Generator, frames: int, noise_sigma: float,
+                     jpeg_quality: int) -> Clip:
+    """One real photo moved along :func:`moving_path` (shifts of 0.3 / 0.2 face sides
+    about the face centre) with fresh noise + JPEG per frame: measures how dlib's
+    box varies on a moving face (its scale steps and 8-pixel cells), which a still
+    face does not show."""
+    height, width = image.shape[:2]
+    box = np.asarray(landmark_box(np.asarray(landmarks, np.float32)[None]))[0]
+    side = float(box[2] - box[0])
+    out, truth = [], []
+    for matrix in moving_path(rng, frames, (box[:2] + box[2:]) / 2, (0.3 * side, 0.2 * side)):
+        out.append(degrade(_warp(image, matrix, (width, height)), rng, noise_sigma,
+                           jpeg_quality))
+        truth.append(_apply(matrix, landmarks.astype(np.float64)))
+    return Clip(name, out, np.array(truth), "moving_real")
 
 
 def camera_shake(rng: np.random.Generator, frames: int, shake_px: float,
@@ -297,7 +333,7 @@ def _model_fit(path: str) -> tuple[Fit, str]:
 
 
 def _dlib_fit(path: str) -> Fit:
-    from common.peers import DlibERT
+    from experiments.peers.dlib_ert import DlibERT
 
     peer = DlibERT.load(path)
 
@@ -307,16 +343,115 @@ def _dlib_fit(path: str) -> Fit:
     return fit
 
 
-def oracle_detector(clip: Clip, rng: np.random.Generator, noise: float) -> Detect:
-    """The exact landmark box of the current frame with Gaussian edge noise."""
-    boxes = np.asarray(landmark_box(clip.truth.astype(np.float32)))
+def box_offsets(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """``[T, 3]`` ``(dx, dy, log scale)`` of detector boxes against the landmark box
+    (``common.geometry.landmark_box``) of the true landmarks of the same frames: the
+    centre shift in landmark-box sides and the log of the side ratio (width)."""
+    ref = np.asarray(landmark_box(np.asarray(truth, np.float32)), np.float64)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    side = ref[:, 2] - ref[:, 0]
+    shift = ((boxes[:, :2] + boxes[:, 2:]) - (ref[:, :2] + ref[:, 2:])) / 2 / side[:, None]
+    return np.concatenate([shift, np.log((boxes[:, 2] - boxes[:, 0]) / side)[:, None]], 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorNoise:
+    """A detector's boxes against the landmark box, measured on real clips.
+
+    Attributes:
+        offsets: ``[F, 3]`` per face (clip) the mean ``(dx, dy, log scale)``
+            (:func:`box_offsets`) over its frames.
+        centre_sigma: per-call i.i.d. noise of the centre (each axis), in box
+            sides: the RMS over clips, frames and axes of a frame's shift minus its
+            clip's mean.
+        scale_sigma: the same for the log side ratio.
+        step_centre: RMS frame-to-frame change of the centre (each axis, sides).
+        step_scale: RMS frame-to-frame change of the log side ratio.
+    """
+
+    offsets: np.ndarray
+    centre_sigma: float
+    scale_sigma: float
+    step_centre: float = float("nan")
+    step_scale: float = float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"offsets": np.asarray(self.offsets).tolist(), "centre_sigma": self.centre_sigma,
+                "scale_sigma": self.scale_sigma, "step_centre": self.step_centre,
+                "step_scale": self.step_scale, "faces": len(self.offsets)}
+
+
+def measure_detector_noise(clips_offsets: Sequence[np.ndarray]) -> DetectorNoise:
+    """:class:`DetectorNoise` from each clip's ``[T, 3]`` :func:`box_offsets`.
+
+    Raises:
+        ValueError: no clip (nothing to measure on).
+    """
+    if not clips_offsets:
+        raise ValueError("no real clip with detections to measure the detector on")
+    means = np.array([o.mean(axis=0) for o in clips_offsets])
+    resid = np.concatenate([o - o.mean(axis=0) for o in clips_offsets])
+    steps = np.concatenate([np.diff(o, axis=0) for o in clips_offsets if len(o) > 1])
+    return DetectorNoise(means, float(np.sqrt(np.mean(resid[:, :2] ** 2))),
+                         float(np.sqrt(np.mean(resid[:, 2] ** 2))),
+                         float(np.sqrt(np.mean(steps[:, :2] ** 2))),
+                         float(np.sqrt(np.mean(steps[:, 2] ** 2))))
+
+
+def synthetic_detector(truth: np.ndarray, noise: DetectorNoise, rng: np.random.Generator
+                       ) -> tuple[Callable[[int], np.ndarray], np.ndarray]:
+    """A detector model for clips with exact landmarks: per clip one constant offset
+    drawn from ``noise.offsets`` (a real face's), per call fresh i.i.d. Gaussian
+    noise of ``noise.centre_sigma`` (centre, each axis) and ``noise.scale_sigma``
+    (log side), all relative to the landmark box of the frame's true landmarks.
+
+    Args:
+        truth: ``[T, L, 2]`` the clip's exact landmarks.
+        noise: the measured detector.
+        rng: draws the offset now and the noise per call.
+
+    Returns:
+        ``(box_of(frame_index) -> float32 [4], offset [3])``.
+    """
+    ref = np.asarray(landmark_box(np.asarray(truth, np.float32)), np.float64)
+    offset = np.asarray(noise.offsets, np.float64)[rng.integers(len(noise.offsets))]
+
+    def box_of(t: int) -> np.ndarray:
+        dx, dy, log_scale = offset + rng.normal(0.0, 1.0, 3) * np.array(
+            [noise.centre_sigma, noise.centre_sigma, noise.scale_sigma])
+        side = ref[t, 2] - ref[t, 0]
+        centre = (ref[t, :2] + ref[t, 2:]) / 2 + np.array([dx, dy]) * side
+        half = 0.5 * np.exp(log_scale) * np.array([side, ref[t, 3] - ref[t, 1]])
+        return np.concatenate([centre - half, centre + half]).astype(np.float32)
+
+    return box_of, offset
+
+
+def oracle_detector(clip: Clip, noise: DetectorNoise, rng: np.random.Generator
+                    ) -> tuple[Detect, np.ndarray]:
+    """:func:`synthetic_detector` as a ``Detect`` on the clip's frames, and its offset."""
+    box_of, offset = synthetic_detector(clip.truth, noise, rng)
 
     def detect(image: np.ndarray) -> list:
         t = next(i for i, f in enumerate(clip.frames) if f is image)  # the frame shown
-        box = boxes[t] + rng.normal(0.0, noise * (boxes[t, 2] - boxes[t, 0]), 4)
-        return [(box.astype(np.float32), 1.0)]
+        return [(box_of(t), 1.0)]
 
-    return detect
+    return detect, offset
+
+
+def _recording(detect: Detect, clip: Clip, boxes: list) -> Detect:
+    """``detect`` that also appends the box nearest the truth of each call to ``boxes``
+    (``(frame index, box)``)."""
+
+    def wrapped(image: np.ndarray) -> list:
+        detections = list(detect(image))
+        t = next(i for i, f in enumerate(clip.frames) if f is image)
+        box = _closest(detections, clip.truth[t])
+        if box is not None:
+            boxes.append((t, box))
+        return detections
+
+    return wrapped
 
 
 def dlib_detector() -> Detect:
@@ -353,7 +488,7 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def frame_strip(clip: Clip, raw: np.ndarray, smoothed: np.ndarray, path: str,
-                count: int = 6) -> str:
+                count: int = 5) -> str:
     """Crops of ``count`` consecutive frames, raw (red) above smoothed (green), the
     truth as white dots, plus the x trace of one eye corner over the clip."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -363,7 +498,7 @@ def frame_strip(clip: Clip, raw: np.ndarray, smoothed: np.ndarray, path: str,
     start = len(clip.frames) // 2
     lo = truth[start:start + count].reshape(-1, 2).min(0) - 10
     hi = truth[start:start + count].reshape(-1, 2).max(0) + 10
-    figure = Figure(figsize=(2.2 * count, 7.5), dpi=100)
+    figure = Figure(figsize=(2.2 * count, 7.5), dpi=56)
     FigureCanvasAgg(figure)
     grid = figure.add_gridspec(3, count, height_ratios=[1, 1, 1.1])
     for row, (label, points, colour) in enumerate((("raw", raw, "#ff3030"),
@@ -390,10 +525,19 @@ def frame_strip(clip: Clip, raw: np.ndarray, smoothed: np.ndarray, path: str,
     axes.set_ylabel("x error of an eye corner (px)")
     axes.grid(True, linestyle=":")
     axes.legend(fontsize="small")
-    figure.suptitle(f"{clip.name}: raw (top) and smoothed (middle) landmarks; "
-                    "white: truth")
+    figure.suptitle(f"{clip.name}: raw (top, red) and smoothed (middle, green) "
+                    "landmarks; white: truth", fontsize=9)
     figure.tight_layout()
     return atomic.write_figure(lambda p: figure.savefig(p, format="png"), path)
+
+
+def _print_noise(label: str, noise: DetectorNoise) -> None:
+    print(f"dlib HOG vs landmark box, {len(noise.offsets)} {label}: centre noise "
+          f"{100 * noise.centre_sigma:.2f} % of the side per axis (frame to frame "
+          f"{100 * noise.step_centre:.2f} %), log side {100 * noise.scale_sigma:.2f} % "
+          f"(frame to frame {100 * noise.step_scale:.2f} %); per-face offsets (dx, dy, "
+          "log side, %): " + "; ".join(", ".join(f"{100 * v:+.1f}" for v in o)
+                                      for o in noise.offsets), flush=True)
 
 
 def run_benchmark(model: str, dlib_model: str | None, shared: str, *,
@@ -401,7 +545,9 @@ def run_benchmark(model: str, dlib_model: str | None, shared: str, *,
                   stills_per_set: int = 3, still_frames: int = 60, shake_px: float = 0.3,
                   shake_kind: str = "smooth",
                   noise_sigma: float = 3.0, jpeg_quality: int = 75,
-                  oracle_box_noise: float = 0.03, tracker: TrackerParams | None = None,
+                  tracker: TrackerParams | None = None,
+                  tracker_variants: dict[str, TrackerParams] | None = None,
+                  detector_model: str = "still", measure_moving: bool = True,
                   smoothing: OneEuroParams | None = None,
                   centre_smoothing: OneEuroParams | None = None, seed: int = 0,
                   strip_path: str | None = None) -> dict[str, Any]:
@@ -413,23 +559,53 @@ def run_benchmark(model: str, dlib_model: str | None, shared: str, *,
     model_fit, model_name = _model_fit(model)
     dlib_fit = _dlib_fit(dlib_model) if dlib_model else None
     grid = smoothing_grid((smoothing, centre_smoothing))
-    clips = [synthetic_clip(i, rng, synthetic_frames, noise_sigma, jpeg_quality)
-             for i in range(synthetic_clips)]
-    for name, image, landmarks in real_stills(shared, stills_per_set):
-        clips.append(still_clip(name, image, landmarks, rng, still_frames, shake_px,
-                                noise_sigma, jpeg_quality, shake_kind))
+    # The stills come first: their dlib boxes measure the synthetic part's detector.
+    clips = [still_clip(name, image, landmarks, rng, still_frames, shake_px, noise_sigma,
+                        jpeg_quality, shake_kind)
+             for name, image, landmarks in real_stills(shared, stills_per_set)]
+    synthetic = [synthetic_clip(i, rng, synthetic_frames, noise_sigma, jpeg_quality)
+                 for i in range(synthetic_clips)]
     finder = dlib_detector()
+    moving_noise = None
+    if measure_moving or detector_model == "moving":
+        moving_rng = np.random.default_rng(seed + 2)  # the other clips' draws stay the same
+        offsets = []
+        for name, image, landmarks in real_stills(shared, stills_per_set):
+            clip = moving_real_clip(name, image, landmarks, moving_rng, still_frames,
+                                    noise_sigma, jpeg_quality)
+            found = [(t, _closest(list(finder(f)), clip.truth[t]))
+                     for t, f in enumerate(clip.frames)]
+            found = [(t, b) for t, b in found if b is not None]
+            if len(found) > 1:
+                offsets.append(box_offsets(np.array([b for _, b in found]),
+                                           clip.truth[[t for t, _ in found]]))
+        moving_noise = measure_detector_noise(offsets)
+        _print_noise("moving real faces (not in the tables; synthetic path on a photo)",
+                     moving_noise)
     rows: dict[str, dict[str, list]] = {}
-    skipped, strip_done = [], False
-    for clip in clips:
+    skipped, strip_done, still_offsets, noise = [], False, [], None
+    detector_rng = np.random.default_rng(seed + 1)
+    synthetic_offsets = {}
+    for clip in clips + synthetic:
+        recorded: list = []
         if clip.part == "synthetic":
-            detect = oracle_detector(clip, np.random.default_rng(seed + 1), oracle_box_noise)
+            if noise is None:
+                still_noise = measure_detector_noise(still_offsets)
+                _print_noise("real still clips", still_noise)
+                noise = moving_noise if detector_model == "moving" else still_noise
+            detect, offset = oracle_detector(clip, noise, detector_rng)
+            synthetic_offsets[clip.name] = offset.tolist()
         else:
             detect = finder
             if _closest(list(detect(clip.frames[0])), clip.truth[0]) is None:
                 skipped.append(clip.name)
                 continue
-        results = {"model_frame": run_frame_by_frame(clip, detect, model_fit)}
+        results = {"model_frame": run_frame_by_frame(
+            clip, _recording(detect, clip, recorded), model_fit)}
+        if clip.part == "still" and len(recorded) > 1:
+            frames_seen = [t for t, _ in recorded]
+            still_offsets.append(box_offsets(np.array([b for _, b in recorded]),
+                                             clip.truth[frames_seen]))
         if dlib_fit is not None:
             results["dlib_ert"] = run_frame_by_frame(clip, detect, dlib_fit)
         tracked = run_tracked(clip, detect, model_fit, tracker, grid)
@@ -439,6 +615,11 @@ def run_benchmark(model: str, dlib_model: str | None, shared: str, *,
             key = "model_track_smooth" + ("" if name == "default" else f"[{name}]")
             results[key] = {"raw": points, "detector_calls": tracked["detector_calls"],
                             "seconds": tracked["seconds"]}
+        for variant, params in (tracker_variants or {}).items():
+            other = run_tracked(clip, detect, model_fit, params, {"default": grid["default"]})
+            results[f"model_track_smooth{{{variant}}}"] = {
+                "raw": other["smoothed"]["default"],
+                "detector_calls": other["detector_calls"], "seconds": other["seconds"]}
         for method, result in results.items():
             pred = result["raw"]
             row = {"clip": clip.name, "nme": nme(pred, clip.truth),
@@ -447,7 +628,7 @@ def run_benchmark(model: str, dlib_model: str | None, shared: str, *,
                    "detector_calls": result["detector_calls"], "frames": len(clip.frames),
                    "seconds": result["seconds"]}
             rows.setdefault(clip.part, {}).setdefault(method, []).append(row)
-        if strip_path and clip.part == "still" and not strip_done:
+        if strip_path and clip.part == "synthetic" and not strip_done:
             frame_strip(clip, tracked["raw"], tracked["smoothed"]["default"], strip_path)
             strip_done = True
         print(f"{clip.name}: " + ", ".join(
@@ -478,8 +659,16 @@ def run_benchmark(model: str, dlib_model: str | None, shared: str, *,
                          "stills_per_set": stills_per_set, "still_frames": still_frames,
                          "shake_px": shake_px, "shake_kind": shake_kind,
                          "noise_sigma": noise_sigma,
-                         "jpeg_quality": jpeg_quality, "oracle_box_noise": oracle_box_noise,
+                         "jpeg_quality": jpeg_quality,
                          "fps": FPS, "seed": seed},
+            "tracker_variants": {k: dataclasses.asdict(v)
+                                 for k, v in (tracker_variants or {}).items()},
+            "detector_model": detector_model,
+            "detector_noise": None if noise is None else noise.as_dict(),
+            "detector_noise_still": None if noise is None else still_noise.as_dict(),
+            "detector_noise_moving": (None if moving_noise is None
+                                      else moving_noise.as_dict()),
+            "synthetic_offsets": synthetic_offsets,
             "skipped_clips": skipped, "summary": summary, "acceptance": acceptance,
             "clips": rows}
 
@@ -522,12 +711,22 @@ def _define_flags() -> None:
                       "tremor (0.5-2 Hz) or independent per frame.")
     flags.DEFINE_float("noise_sigma", 3.0, "Sigma of the per-frame pixel noise (0..255).")
     flags.DEFINE_integer("jpeg_quality", 75, "JPEG quality of the per-frame re-encoding.")
-    flags.DEFINE_float("oracle_box_noise", 0.03, "Synthetic part: sigma of the "
-                       "detector box edges, in box sides.")
     flags.DEFINE_integer("detect_every", TrackerParams().detect_every,
                          "Tracking: detector at least every this many frames.")
     flags.DEFINE_boolean("calibrate", TrackerParams().calibrate, "Tracking: calibrate the "
                          "landmark boxes to the detector's (TrackerParams.calibrate).")
+    flags.DEFINE_boolean("calibrate_shift", TrackerParams().calibrate_shift, "Tracking: "
+                         "calibrate the box centre too, not only its scale.")
+    flags.DEFINE_float("calibration_prior", TrackerParams().calibration_prior, "Tracking: "
+                       "pseudo-count shrinking each track's mean calibration to none.")
+    flags.DEFINE_boolean("compare_calibrations", True, "Also run the tracker without "
+                         "calibration, with the scale only and with calibration_prior 0 "
+                         "(2 if --calibration_prior is 0) (rows model_track_smooth{...}).")
+    flags.DEFINE_enum("detector_model", "still", ["still", "moving"], "Synthetic part's "
+                      "detector: dlib's boxes measured on the real still clips, or on "
+                      "the same photos moved along the synthetic path.")
+    flags.DEFINE_boolean("measure_moving", True, "Also measure dlib on the photos moved "
+                         "along the synthetic path (printed, in the JSON).")
     flags.DEFINE_float("min_cutoff", OneEuroParams().min_cutoff, "One-Euro min cut-off (Hz).")
     flags.DEFINE_float("beta", OneEuroParams().beta, "One-Euro speed coefficient.")
     flags.DEFINE_float("centre_beta", DEFAULT_CENTRE.beta, "One-Euro speed coefficient "
@@ -538,14 +737,25 @@ def _define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
     del argv
     os.makedirs(FLAGS.output, exist_ok=True)
+    tracker = TrackerParams(detect_every=FLAGS.detect_every, calibrate=FLAGS.calibrate,
+                            calibrate_shift=FLAGS.calibrate_shift,
+                            calibration_prior=FLAGS.calibration_prior)
+    prior = 0.0 if tracker.calibration_prior else 2.0
+    other = f"prior{prior:g}"
+    variants = ({"nocal": dataclasses.replace(tracker, calibrate=False),
+                 "scale_only": dataclasses.replace(tracker, calibrate=True,
+                                                   calibrate_shift=False),
+                 other: dataclasses.replace(tracker, calibrate=True, calibrate_shift=True,
+                                            calibration_prior=prior)}
+                if FLAGS.compare_calibrations else {})
     report = run_benchmark(
         FLAGS.model, FLAGS.dlib_model, FLAGS.shared, synthetic_clips=FLAGS.synthetic_clips,
         synthetic_frames=FLAGS.synthetic_frames, stills_per_set=FLAGS.stills_per_set,
         still_frames=FLAGS.still_frames, shake_px=FLAGS.shake_px,
         shake_kind=FLAGS.shake_kind,
         noise_sigma=FLAGS.noise_sigma, jpeg_quality=FLAGS.jpeg_quality,
-        oracle_box_noise=FLAGS.oracle_box_noise,
-        tracker=TrackerParams(detect_every=FLAGS.detect_every, calibrate=FLAGS.calibrate),
+        tracker=tracker, tracker_variants=variants, detector_model=FLAGS.detector_model,
+        measure_moving=FLAGS.measure_moving,
         smoothing=OneEuroParams(FLAGS.min_cutoff, FLAGS.beta),
         centre_smoothing=OneEuroParams(DEFAULT_CENTRE.min_cutoff, FLAGS.centre_beta),
         seed=FLAGS.seed,

@@ -114,3 +114,30 @@ def test_tracked_box_is_calibrated_to_the_detector_box():
     moved = np.asarray(landmark_box((points + [5, 2])[None]))[0]
     np.testing.assert_allclose(tracking._calibrated(moved, calibration),
                                detector_box + [5, 2, 5, 2], atol=1e-3)
+
+
+class _OffsetWorld(_World):
+    """A detector whose box is the landmark box moved by 4 px right and 20 % larger."""
+
+    def detect(self, image):
+        out = []
+        for box, score in super().detect(image):
+            centre, half = (box[:2] + box[2:]) / 2 + [4.0, 0.0], 0.6 * (box[2:] - box[:2])
+            out.append((np.concatenate([centre - half, centre + half]), score))
+        return out
+
+
+@pytest.mark.parametrize("shift, prior", [(True, 0.0), (True, 2.0), (False, 0.0)])
+def test_calibration_prior_shrinks_and_scale_only_drops_the_shift(shift, prior):
+    frames = [[_face(120, 110)]] * 3
+    world = _OffsetWorld(frames)
+    tracker, _ = _run(world, tracking.TrackerParams(detect_every=0, calibrate_shift=shift,
+                                                    calibration_prior=prior))
+    side = float(np.diff(np.asarray(landmark_box(frames[0][0][None]))[0, ::2])[0])
+    dx, dy, scale = tracker.tracks[0].calibration
+    assert tracker.tracks[0].calibrations == 1
+    assert dx == pytest.approx(4.0 / side / (1 + prior) if shift else 0.0, abs=1e-4)
+    assert dy == pytest.approx(0.0, abs=1e-4)
+    assert scale == pytest.approx(1.2 ** (1 / (1 + prior)), rel=1e-4)
+    with pytest.raises(ValueError, match="calibration_prior"):
+        tracking.TrackerParams(calibration_prior=-1.0)
