@@ -167,7 +167,7 @@ class Predictor:
         Raises:
             ModelPathError: nothing loadable at ``path`` (lists what was looked for).
         """
-        from common.predict import LandmarkPredictor
+        from common.predict_batching import LandmarkPredictor
 
         return cls(LandmarkPredictor.from_path(os.fspath(path), margin=margin, sizes=sizes),
                    detector, **kwargs)
@@ -186,7 +186,7 @@ class Predictor:
         Returns:
             The predictor.
         """
-        from common.predict import LandmarkPredictor, _sizes_from_config
+        from common.predict_batching import LandmarkPredictor, _sizes_from_config
 
         run_dir = os.path.abspath(os.fspath(run_dir))
         values = run_config(run_dir)

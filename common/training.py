@@ -3,7 +3,9 @@
 Both packages describe *what* to train (a model builder, an optimiser builder, a loss
 and datasets); :func:`train_model` owns *how*: distribution strategy, checkpoints,
 automatic resume, TensorBoard, progress display, validation and the final
-``model.keras``.
+``model.keras``. Its parts, re-exported here: ``common.training_steps`` (losses, the
+compiled loop, :func:`make_training_steps`), ``common.run_lock`` (:func:`run_dir_lock`)
+and ``common.run_files`` (atomic writes, :func:`resolve_config`).
 
 Layout of a run directory::
 
@@ -50,19 +52,13 @@ Running on several GPUs, a GPU cluster or a TPU:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import enum
 import functools
 import json
 import logging
 import os
-import pathlib
-import socket
-import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
@@ -70,14 +66,42 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from common.run_files import (  # noqa: F401
+    _join,
+    _to_jsonable,
+    atomic_write_text,
+    resolve_config,
+    save_model_atomically,
+)
+from common.run_lock import (  # noqa: F401
+    LOCK_FILE,
+    RunDirLocked,
+    _acquire_lock,
+    _held_locks,
+    _process_alive,
+    _read_lock,
+    _try_create_lock,
+    run_dir_lock,
+)
+from common.training_steps import (  # noqa: F401
+    DatasetSpec,
+    LossFn,
+    LossSpec,
+    _build_model_and_optimizer,
+    _build_once,
+    _distribute,
+    _LossComputer,
+    _make_train_loop,
+    _strip_to_pair,
+    _unreduced,
+    make_training_steps,
+)
+
 logger = logging.getLogger(__name__)
 
 STRATEGY_NAMES = ("default", "mirrored", "multi_worker", "tpu")
 """The names accepted by :func:`select_strategy`."""
 
-LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-LossSpec = LossFn | Mapping[str, LossFn]
-DatasetSpec = tf.data.Dataset | Callable[[tf.distribute.InputContext], tf.data.Dataset]
 ValMetric = Callable[[keras.Model, tf.data.Dataset], Mapping[str, float]]
 
 
@@ -176,91 +200,6 @@ def step_decay(initial: float, decay_rate: float, decay_steps: int
 
 
 # --------------------------------------------------------------------------------------
-# Small file helpers (local paths and gs:// alike)
-# --------------------------------------------------------------------------------------
-
-
-def _join(*parts: str) -> str:
-    return "/".join([parts[0].rstrip("/")] + [p.strip("/") for p in parts[1:]])
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename.
-
-    Readers never see a half-written file: on a local file system the rename is
-    atomic; on object stores (GCS) the object appears only once fully written.
-
-    Args:
-        path: destination file.
-        text: content.
-    """
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def save_model_atomically(model: keras.Model, path: str) -> str:
-    """Saves ``model`` in Keras format to ``path`` (``*.keras``) via a temporary file.
-
-    Args:
-        model: the model.
-        path: destination, ending in ``.keras``.
-
-    Returns:
-        ``path``.
-    """
-    if not path.endswith(".keras"):
-        raise ValueError(f"Keras model path must end with .keras, got {path!r}")
-    tmp = f"{path[:-len('.keras')]}.tmp-{uuid.uuid4().hex}.keras"
-    try:
-        model.save(tmp)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-    finally:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
-    return path
-
-
-def _to_jsonable(value: Any) -> Any:
-    """Turns dataclasses, tuples, numpy values, enums and paths into JSON types."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_jsonable(getattr(value, f.name))
-                for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, enum.Enum):
-        return _to_jsonable(value.value)
-    if isinstance(value, pathlib.PurePath):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return repr(value)
-
-
-def resolve_config(config: Any) -> dict[str, Any]:
-    """Returns ``config`` (dataclass, mapping or ``None``) as a JSON-ready dict.
-
-    Args:
-        config: the model/training config object.
-
-    Returns:
-        ``{"class": "module.Name" or None, "values": {...}}``.
-    """
-    if config is None:
-        return {"class": None, "values": {}}
-    cls = type(config)
-    name = None if isinstance(config, Mapping) else f"{cls.__module__}.{cls.__qualname__}"
-    return {"class": name, "values": _to_jsonable(config)}
-
-
-# --------------------------------------------------------------------------------------
 # Runner
 # --------------------------------------------------------------------------------------
 
@@ -311,132 +250,6 @@ class TrainResult:
 # --------------------------------------------------------------------------------------
 
 
-LOCK_FILE = "run.lock"
-"""The lock file of a run directory in use (JSON: pid, host, start time, command)."""
-
-
-class RunDirLocked(RuntimeError):
-    """Another live process trains in this run directory."""
-
-
-_held_locks: dict[str, int] = {}  # lock path -> nesting depth, in this process
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, another user's
-        return True
-    return True
-
-
-def _read_lock(path: str) -> dict[str, Any] | None:
-    """The lock's record; ``None`` when it vanished; ``{}`` when not (yet) readable."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        return None
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _try_create_lock(path: str) -> bool:
-    record = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv}
-    try:
-        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-    except FileExistsError:
-        return False
-    with os.fdopen(handle, "w") as f:
-        json.dump(record, f)
-    return True
-
-
-def _acquire_lock(run_dir: str, path: str) -> None:
-    host = socket.gethostname()
-    for _ in range(50):
-        if _try_create_lock(path):
-            return
-        record = _read_lock(path)
-        if record is None:  # released meanwhile
-            continue
-        pid, holder = record.get("pid"), record.get("host")
-        if not record:
-            # Being written by its creator (a few microseconds), or a leftover of a
-            # process killed exactly then: stale once older than a few seconds.
-            try:
-                young = time.time() - os.path.getmtime(path) < 5.0
-            except FileNotFoundError:
-                continue
-            if young:
-                time.sleep(0.1)
-                continue
-        elif holder != host or not isinstance(pid, int) or _process_alive(pid):
-            raise RunDirLocked(
-                f"{run_dir} is in use by another training (pid {pid} on {holder}, "
-                f"started {record.get('started')}: {' '.join(record.get('argv') or [])}); "
-                "wait for it to finish or use another --run_dir (if that process is "
-                f"gone, delete {path})")
-        # A dead process's lock: take it over. The rename lets only one taker win.
-        stale = f"{path}.stale-{uuid.uuid4().hex}"
-        try:
-            os.rename(path, stale)
-        except FileNotFoundError:
-            continue
-        os.remove(stale)
-        logger.warning("took over the lock of %s left by pid %s on %s (no longer running)",
-                       run_dir, pid, holder)
-    raise RunDirLocked(f"cannot lock {run_dir} ({path} keeps changing)")
-
-
-@contextlib.contextmanager
-def run_dir_lock(run_dir: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
-    """Holds ``run_dir/run.lock`` so that only one training uses a run directory.
-
-    The lock file records the process id and host. A second process entering the
-    same run directory gets :class:`RunDirLocked` with a clear message; the lock of a
-    process that no longer runs (killed, crashed) on this host is taken over. Nested
-    use in one process (the model's training around the shared runner) is allowed.
-    Run directories on object stores (``gs://``) are not locked: they have no
-    exclusive file creation.
-
-    Args:
-        run_dir: the run directory (created).
-        enabled: ``False`` does nothing (e.g. on the workers that are not the chief).
-
-    Raises:
-        RunDirLocked: another live process holds the lock.
-    """
-    run_dir = os.fspath(run_dir)
-    if not enabled or "://" in run_dir:
-        yield
-        return
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.abspath(os.path.join(run_dir, LOCK_FILE))
-    if path in _held_locks:
-        _held_locks[path] += 1
-        try:
-            yield
-        finally:
-            _held_locks[path] -= 1
-        return
-    _acquire_lock(run_dir, path)
-    _held_locks[path] = 1
-    try:
-        yield
-    finally:
-        del _held_locks[path]
-        record = _read_lock(path)
-        if record and record.get("pid") == os.getpid():
-            os.remove(path)
-
-
 def locks_run_dir(function: Callable[..., Any]) -> Callable[..., Any]:
     """Decorates a training function ``f(..., run_dir=..., strategy=...)`` (both
     keyword arguments) so that it runs holding :func:`run_dir_lock` on ``run_dir``.
@@ -474,121 +287,6 @@ def _worker_dir(run_dir: str, strategy: tf.distribute.Strategy) -> str:
     return _join(run_dir, ".workers", f"{resolver.task_type}_{resolver.task_id}")
 
 
-def _strip_to_pair(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Drops a third (metadata) element so only ``(inputs, targets)`` is distributed."""
-    spec = dataset.element_spec
-    if not isinstance(spec, tuple) or len(spec) < 2:
-        raise ValueError(
-            "datasets must yield (inputs, targets) or (inputs, targets, meta); "
-            f"got element_spec {spec}")
-    if len(spec) == 2:
-        return dataset
-    return dataset.map(lambda inputs, targets, *rest: (inputs, targets))
-
-
-def _distribute(strategy: tf.distribute.Strategy, dataset: DatasetSpec,
-                repeat: bool) -> tf.distribute.DistributedDataset:
-    """Distributes a dataset or a ``(input_context) -> dataset`` function."""
-    def prepare(ds: tf.data.Dataset) -> tf.data.Dataset:
-        ds = _strip_to_pair(ds)
-        return ds.repeat() if repeat else ds
-
-    if isinstance(dataset, tf.data.Dataset):
-        return strategy.experimental_distribute_dataset(prepare(dataset))
-    if callable(dataset):
-        return strategy.distribute_datasets_from_function(
-            lambda context: prepare(dataset(context)))
-    raise TypeError(f"expected a tf.data.Dataset or a callable, got {type(dataset)}")
-
-
-def _build_once(model: keras.Model, dataset: DatasetSpec) -> None:
-    """Builds a model that has no variables yet by calling it on a dummy batch."""
-    if model.built and model.weights:
-        return
-    if isinstance(dataset, tf.data.Dataset):
-        spec = dataset.element_spec[0]
-    else:
-        spec = dataset(tf.distribute.InputContext()).element_spec[0]
-    dummy = tf.nest.map_structure(
-        lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), spec)
-    model(dummy, training=False)
-
-
-def _unreduced(fn: LossFn) -> LossFn:
-    """A Keras ``Loss`` object as its per-example (``reduction="none"``) twin.
-
-    Keras 3 ``Loss`` objects already divide their batch mean by the number of
-    replicas inside a replica context; evaluating them per example and averaging
-    over the global batch here keeps one reduction rule for every kind of loss.
-    """
-    if isinstance(fn, keras.losses.Loss) and fn.reduction not in (None, "none"):
-        return type(fn).from_config({**fn.get_config(), "reduction": "none"})
-    return fn
-
-
-class _LossComputer:
-    """Weighted sum of per-output losses, reduced for distributed training.
-
-    ``loss`` is one callable ``(y_true, y_pred)`` applied to the ``"landmarks"``
-    output, or a mapping ``{output_key: callable}``. An output key absent from the
-    targets is supervised with ``targets["landmarks"]`` (cascade stages share the
-    final ground truth). A callable may return a tensor with a leading batch axis
-    (averaged over the other axes, then over the *global* batch) or a scalar (taken
-    as the mean over the replica's batch). Keras ``Loss`` objects are evaluated per
-    example (their batch reduction is replaced by the global-batch mean).
-    """
-
-    def __init__(self, loss: LossSpec, loss_weights: Mapping[str, float] | None):
-        losses = dict(loss) if isinstance(loss, Mapping) else {"landmarks": loss}
-        self.losses = {key: _unreduced(fn) for key, fn in losses.items()}
-        self.weights = dict(loss_weights or {})
-        unknown = set(self.weights) - set(self.losses)
-        if unknown:
-            raise ValueError(f"loss_weights keys {sorted(unknown)} have no loss")
-
-    def _terms(self, targets, outputs):
-        if not isinstance(outputs, Mapping):
-            outputs = {"landmarks": outputs}
-        if not isinstance(targets, Mapping):
-            targets = {"landmarks": targets}
-        for key, fn in self.losses.items():
-            if key not in outputs:
-                raise KeyError(f"loss for output {key!r} but the model returns "
-                               f"{sorted(outputs)}")
-            y_true = targets[key] if key in targets else targets["landmarks"]
-            y_pred = tf.cast(outputs[key], tf.float32)
-            value = tf.cast(fn(tf.cast(y_true, tf.float32), y_pred), tf.float32)
-            yield self.weights.get(key, 1.0), value, y_pred
-
-    def replica_mean(self, targets, outputs) -> tf.Tensor:
-        """This replica's share of the global-batch mean loss (sums to the mean)."""
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        total = tf.constant(0.0)
-        for weight, value, _ in self._terms(targets, outputs):
-            if value.shape.rank == 0:
-                term = value / replicas
-            else:
-                per_example = tf.reduce_mean(value, axis=list(range(1, value.shape.rank)))
-                term = tf.nn.compute_average_loss(per_example)
-            total += weight * term
-        return total
-
-    def batch_sum(self, targets, outputs) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(sum over the batch of the per-example loss, batch size)``."""
-        total = tf.constant(0.0)
-        count = tf.constant(0.0)
-        for weight, value, y_pred in self._terms(targets, outputs):
-            batch = tf.cast(tf.shape(y_pred)[0], tf.float32)
-            if value.shape.rank == 0:
-                term = value * batch
-            else:
-                term = tf.reduce_sum(
-                    tf.reduce_mean(value, axis=list(range(1, value.shape.rank))))
-            total += weight * term
-            count = batch
-        return total, count
-
-
 def checkpoint_step(run_dir: str | os.PathLike) -> int:
     """The step of the checkpoint :func:`train_model` would resume ``run_dir`` from (0:
     none)."""
@@ -622,57 +320,6 @@ def _resolve_init_checkpoint(path: str) -> str:
     if tf.io.gfile.exists(path + ".index"):
         return path
     raise FileNotFoundError(f"init_checkpoint {path!r}: no checkpoint found")
-
-
-def _build_model_and_optimizer(
-        build_model: Callable[[], keras.Model],
-        build_optimizer: Callable[[], keras.optimizers.Optimizer],
-        dataset: DatasetSpec) -> tuple[keras.Model, keras.optimizers.Optimizer, tf.Variable]:
-    """Builds model, optimiser (with its slots) and step counter; call under a scope."""
-    model = build_model()
-    _build_once(model, dataset)
-    optimizer = build_optimizer()
-    if (keras.mixed_precision.global_policy().compute_dtype == "float16"
-            and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    # Slots exist before a restore, so checkpointed optimiser state is loaded at once.
-    optimizer.build(model.trainable_variables)
-    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
-                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    return model, optimizer, step_var
-
-
-def _make_train_loop(strategy: tf.distribute.Strategy, model: keras.Model,
-                     optimizer: keras.optimizers.Optimizer, loss_computer: _LossComputer,
-                     step_var: tf.Variable, jit_compile: bool) -> Callable:
-    """``train_loop(iterator, num_steps) -> mean loss``: runs steps on every replica."""
-    def replica_step(inputs, targets):
-        with tf.GradientTape() as tape:
-            outputs = model(inputs, training=True)
-            value = loss_computer.replica_mean(targets, outputs)
-            if model.losses:
-                value += tf.nn.scale_regularization_loss(
-                    tf.add_n([tf.cast(x, tf.float32) for x in model.losses]))
-            scaled = optimizer.scale_loss(value)
-        grads = tape.gradient(scaled, model.trainable_variables)
-        # Keras optimisers all-reduce (sum) the replicas' gradients here.
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return value
-
-    if jit_compile:  # the replica step only: iterators cannot be XLA-compiled
-        replica_step = tf.function(replica_step, jit_compile=True)
-
-    @tf.function
-    def train_loop(iterator, num_steps):
-        total = tf.constant(0.0)
-        for _ in tf.range(num_steps):
-            inputs, targets = next(iterator)
-            per_replica = strategy.run(replica_step, args=(inputs, targets))
-            total += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        step_var.assign_add(tf.cast(num_steps, tf.int64))
-        return total / tf.cast(num_steps, tf.float32)
-
-    return train_loop
 
 
 @locks_run_dir
@@ -964,54 +611,3 @@ def _mean_loss(strategy: tf.distribute.Strategy, eval_step: Callable,
     if count == 0:
         raise ValueError("val_dataset is empty")
     return total / count
-
-
-# --------------------------------------------------------------------------------------
-# The training step alone (benchmarks)
-# --------------------------------------------------------------------------------------
-
-
-def make_training_steps(
-    build_model: Callable[[], keras.Model],
-    build_optimizer: Callable[[], keras.optimizers.Optimizer],
-    loss: LossSpec,
-    dataset: DatasetSpec,
-    *,
-    loss_weights: Mapping[str, float] | None = None,
-    jit_compile: bool = False,
-    strategy: tf.distribute.Strategy | None = None,
-) -> Callable[[tf.Tensor | int], tf.Tensor]:
-    """The compiled training loop of :func:`train_model`, without its run folder.
-
-    Builds the model, the optimiser (with its slots) and the step counter exactly as
-    ``train_model`` does, and returns its compiled loop over a repeated ``dataset``:
-    the same forward pass, losses (``loss``, ``loss_weights``, the model's own
-    regularisation losses, scaled by the global batch), gradients and update, but no
-    checkpoints, logs or evaluation. For measuring the training step
-    (``experiments.bench_speed``).
-
-    Args:
-        build_model: returns the model (called once, under the caller's device and
-            strategy scope).
-        build_optimizer: returns its optimiser.
-        loss: as in ``train_model``.
-        dataset: ``(inputs, targets)`` batches (or a per-replica function), repeated.
-        loss_weights: as in ``train_model``.
-        jit_compile: XLA-compile the replica step.
-        strategy: the distribution strategy (default: the current one).
-
-    Returns:
-        ``run_steps(num_steps) -> mean loss`` (a scalar tensor): runs ``num_steps``
-        steps on the next batches. Pass a ``tf.constant`` to avoid retracing.
-    """
-    strategy = strategy or tf.distribute.get_strategy()
-    model, optimizer, step_var = _build_model_and_optimizer(build_model, build_optimizer,
-                                                            dataset)
-    loop = _make_train_loop(strategy, model, optimizer, _LossComputer(loss, loss_weights),
-                            step_var, jit_compile=jit_compile)
-    iterator = iter(_distribute(strategy, dataset, repeat=True))
-
-    def run_steps(num_steps: tf.Tensor | int) -> tf.Tensor:
-        return loop(iterator, num_steps)
-
-    return run_steps

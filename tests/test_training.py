@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -346,7 +347,7 @@ def test_stale_and_foreign_locks(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock = run_dir / training.LOCK_FILE
-    lock.write_text(json.dumps({"pid": dead.pid, "host": training.socket.gethostname()}))
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
     with training.run_dir_lock(run_dir):
         assert _lock_record(run_dir)["pid"] == os.getpid()
         with training.run_dir_lock(run_dir):  # nested in one process: allowed
