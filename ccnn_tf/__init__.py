@@ -12,20 +12,10 @@ The API is the same for both models (``common.api``); the names below are loaded
 first use, so ``import ccnn_tf`` does not import TensorFlow.
 """
 
+from common.api_exports import API_NAMES, lazy_api
 from common.quiet import configure_for_entry_point as _configure_for_entry_point
 
-__all__ = ["Prediction", "Predictor", "load_model", "resolve_model_path"]
+__all__ = list(API_NAMES)
 
 _configure_for_entry_point()
-
-
-def __getattr__(name: str):
-    if name in __all__:
-        from common import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_api(__name__)
