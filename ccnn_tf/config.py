@@ -138,8 +138,10 @@ class CCNNConfig:
             (None: nondeterministic).
         flip_test: at inference, also run the cascade on the mirrored crop and report
             the mean of the two shapes (not in the paper; inference only, switchable
-            after training: ``CCNNCascade.with_inference_options``). Off: on a tuning
-            split it did not clearly help (see the README).
+            after training: ``CCNNCascade.with_inference_options``). On: on a tuning
+            split (sun5 tune_val, 900 faces) it cut the inter-ocular error from 4.95
+            to 4.71 % (better on 69 % of the faces), and with the ``"flip"``
+            confidence the mirrored pass is run anyway.
         confidence_source: what the ``"confidence"`` output compares: ``"flip"``, the
             last stage's points on the face and on its mirror image (runs the mirrored
             pass, doubling inference time; failure-ranking AUC 0.85+ on sun5 val), or
@@ -186,7 +188,7 @@ class CCNNConfig:
     flip: bool = True
     seed: int | None = None
 
-    flip_test: bool = False
+    flip_test: bool = True
     confidence_source: str = "flip"
 
     def __post_init__(self):

@@ -135,7 +135,7 @@ def test_averaging_formula_4():
 # --- Cascade -------------------------------------------------------------------------
 
 def test_paper_cascade_outputs():
-    config = CCNNConfig(confidence_source="pairs")
+    config = CCNNConfig(flip_test=False, confidence_source="pairs")
     model = build_ccnn(config, network_outputs=True)
     assert model.count_params() == EXPECTED_TOTAL_PARAMETERS
     outputs = model(_images(config), training=False)
@@ -234,7 +234,8 @@ def _separate_networks(model: CCNNCascade, images: np.ndarray,
 
 
 def test_grouped_networks_compute_the_separate_networks(tiny_config):
-    model = build_ccnn(tiny_config.replace(dropout=0.0, stage1_shake_stddev=0.0,
+    model = build_ccnn(tiny_config.replace(flip_test=False, dropout=0.0,
+                                           stage1_shake_stddev=0.0,
                                            stage2_shake_stddev=0.0, stage3_shake_stddev=0.0),
                        network_outputs=True)
     rng = np.random.default_rng(0)
@@ -375,7 +376,7 @@ def _mapped_back(points: np.ndarray) -> np.ndarray:
 
 def test_flip_test_of_a_mirror_symmetric_face(tiny_config):
     keras.utils.set_random_seed(3)
-    plain = build_ccnn(tiny_config.replace(confidence_source="pairs"))
+    plain = build_ccnn(tiny_config.replace(flip_test=False, confidence_source="pairs"))
     flipped = plain.with_inference_options(flip_test=True, confidence_source="flip")
     assert flipped.flip_test and flipped.confidence_source == "flip"
     key = plain.input_key
@@ -401,7 +402,8 @@ def test_flip_test_of_a_mirror_symmetric_face(tiny_config):
 
 def test_switching_inference_options_changes_only_what_it_should(tiny_config, tmp_path):
     keras.utils.set_random_seed(4)
-    base = build_ccnn(tiny_config)  # defaults: no flip test, flip confidence
+    assert tiny_config.flip_test and tiny_config.confidence_source == "flip"  # defaults
+    base = build_ccnn(tiny_config.replace(flip_test=False))
     assert not base.flip_test and base.confidence_source == "flip"
     assert base.with_inference_options() is base
     assert base.with_inference_options(flip_test=False, confidence_source="flip") is base
@@ -437,7 +439,7 @@ def test_switching_inference_options_changes_only_what_it_should(tiny_config, tm
     old = {k: v for k, v in base.get_config().items()
            if k not in ("flip_test", "confidence_source")}
     older = CCNNCascade.from_config(old)
-    assert not older.flip_test and older.confidence_source == "flip"
+    assert older.flip_test and older.confidence_source == "flip"
     with pytest.raises(ValueError, match="confidence_source"):
         base.with_inference_options(confidence_source="learned")
     with pytest.raises(ValueError, match="confidence_source"):
