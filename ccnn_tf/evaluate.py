@@ -33,7 +33,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ccnn_tf.model import CCNNCascade, point_abbreviation, transfer_stage_weights
+from ccnn_tf.model import (
+    CONFIDENCE_SOURCES,
+    CCNNCascade,
+    point_abbreviation,
+    transfer_stage_weights,
+)
 from ccnn_tf.runs import load_cascade, run_data
 from common import atomic, evaluation, metrics, plots
 from common.schemes import scheme_for
@@ -414,6 +419,28 @@ def _define_flags() -> None:
     flags.DEFINE_integer("limit", None, "Evaluate only the first LIMIT faces.", lower_bound=1)
     flags.DEFINE_integer("timing_faces", 50, "Single-face forward passes timed for "
                          "Table 3 (ms per face on the CPU).", lower_bound=1)
+    define_inference_flags(flags)
+
+
+def define_inference_flags(flags_module: Any) -> None:
+    """The flags that switch a trained cascade's inference options (evaluate, export).
+
+    Args:
+        flags_module: ``absl.flags`` (library code does not import absl itself).
+    """
+    flags_module.DEFINE_bool(
+        "flip_test", None, "Also run the cascade on the mirrored crop and report the mean "
+        "of the two shapes (default: as the model was saved; CCNNConfig.flip_test).")
+    flags_module.DEFINE_enum(
+        "confidence_source", None, list(CONFIDENCE_SOURCES), "What the confidence "
+        "output compares: flip (face vs mirror image) or pairs (the last stage's two "
+        "networks per point); default: as the model was saved.")
+
+
+def with_inference_flags(model: keras.Model, values: Any) -> keras.Model:
+    """``model`` with the ``define_inference_flags`` values applied (unset: as saved)."""
+    return model.with_inference_options(flip_test=values.flip_test,
+                                        confidence_source=values.confidence_source)
 
 
 def _parse_runs(items: Sequence[str]) -> dict[str, str]:
@@ -453,7 +480,8 @@ def main(argv: Sequence[str]) -> None:
     model_dir = (values.model if os.path.isdir(values.model)
                  else os.path.dirname(os.path.abspath(values.model)))
     out_dir = values.output or os.path.join(model_dir, "eval")
-    evaluated = evaluate_cascade(load_cascade(values.model), data, values.split,
+    evaluated = evaluate_cascade(with_inference_flags(load_cascade(values.model), values),
+                                 data, values.split,
                                  batch_size=values.batch_size, limit=values.limit,
                                  timing_faces=values.timing_faces)
     paths = write_cascade_report(evaluated, out_dir, name=f"ccnn_{values.split}",

@@ -552,6 +552,8 @@ def format_export_report(report: dict[str, Any]) -> str:
 def _define_flags() -> None:
     from absl import flags
 
+    from ccnn_tf.evaluate import define_inference_flags
+
     flags.DEFINE_string("model", None, "A CCNN run directory (its assembled model.keras, "
                         "or its last finished stage), a stage directory or a .keras file.",
                         required=True)
@@ -574,6 +576,7 @@ def _define_flags() -> None:
     flags.DEFINE_bool("tflite", True, "Also write the TFLite models.")
     flags.DEFINE_bool("check", True, "Check every export against the Keras cascade in a "
                       "fresh process.")
+    define_inference_flags(flags)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -581,6 +584,7 @@ def main(argv: Sequence[str]) -> None:
     from absl import app, flags
     from absl import logging as absl_logging
 
+    from ccnn_tf.evaluate import with_inference_flags
     from ccnn_tf.runs import load_cascade, run_data
 
     if len(argv) > 1:
@@ -590,7 +594,8 @@ def main(argv: Sequence[str]) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
     data = values.data or run_data(values.model)
     report = export_cascade(
-        load_cascade(values.model), values.output, data=data, split=values.split,
+        with_inference_flags(load_cascade(values.model), values), values.output, data=data,
+        split=values.split,
         num_faces=values.num_faces,
         quantization=[q for q in values.quantization if q != "none"],
         tflite=values.tflite, check=values.check, calibration_split=values.calibration_split,

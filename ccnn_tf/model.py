@@ -63,12 +63,18 @@ from ccnn_tf.networks import (  # noqa: F401 (re-exported: ccnn_tf.model's publi
     standardize,
 )
 from common.confidence import ShapeAgreementConfidence
+from common.mirror import MergeMirrored, MirrorBatch, MirroredPair, PlainHalf
 from common.schemes import CUHK_5, scheme_for
 
 _PACKAGE = "ccnn_tf"
 _DEFAULTS = CCNNConfig()
 # Initial output bias of the stage networks: the centre of the window, in formula-9 units.
 _WINDOW_CENTRE = 0.5
+
+CONFIDENCE_SOURCES = ("flip", "pairs")
+"""What CCNN's ``"confidence"`` output compares (``CCNNConfig.confidence_source``):
+``"flip"``, the last stage's points on the face and on its mirror image (mapped back);
+``"pairs"``, the last stage's two networks per point."""
 
 
 def averaging_matrix(point_indices: Sequence[int], num_points: int) -> np.ndarray:
@@ -369,8 +375,19 @@ class CCNNCascade(keras.Model):
     ``[N, num_points, 2]`` normalised crop coordinates; with ``network_outputs`` also
     ``"stage_{k}_networks"``, every network's own estimate ``[N, J, 2]`` (crop
     coordinates; ``stage_layer(k).estimate_point_indices`` names their landmarks), for a
-    per-network loss. With two or more stages also ``"confidence"`` ``[N]`` in [0, 1]:
-    how well the last stage's two networks per point agree (``common.confidence``).
+    per-network loss. Also ``"confidence"`` ``[N]`` in [0, 1] (``common.confidence``):
+    with ``confidence_source="flip"`` how well the last stage's points on the face and
+    on its mirror image agree, with ``"pairs"`` (two or more stages) how well the last
+    stage's two networks per point agree.
+
+    Flip test (inference only; training is unchanged and pays nothing): with
+    ``flip_test`` or ``confidence_source="flip"`` the whole cascade also runs on the
+    mirrored crop, in the same batch (``common.mirror``), its points mapped back with
+    the layout's flip permutation. With ``flip_test`` every stage output (and so
+    ``"landmarks"``) is the mean of the two shapes; without it they are the plain
+    face's, exactly those of a cascade without the mirrored pass. Both switch after
+    training (``with_inference_options``); a saved cascade without these fields loads
+    with the defaults (``flip_test=True``, ``confidence_source="flip"``).
 
     Build it from a config with ``build_ccnn``. All arguments are explicit so the model
     serialises through ``get_config``.
@@ -391,6 +408,8 @@ class CCNNCascade(keras.Model):
         frozen_stages: stages (1-based) whose weights are not trained.
         network_outputs: also output every network's estimates.
         seed: base seed of the shake generators (stage k uses seed + k).
+        flip_test: report the mean of the face's and its mirror image's shapes.
+        confidence_source: ``"flip"`` or ``"pairs"`` (``CONFIDENCE_SOURCES``).
     """
 
     def __init__(self, *, input_size: int, margin: float, num_stages: int, num_points: int,
@@ -404,10 +423,14 @@ class CCNNCascade(keras.Model):
                  refine_half_sizes: Sequence[Sequence[Sequence[float]]],
                  shake_stddevs: Sequence[float], dropout: float, weight_decay: float,
                  frozen_stages: Iterable[int] = (), network_outputs: bool = False,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, flip_test: bool = True,
+                 confidence_source: str = "flip", **kwargs):
         if not 1 <= num_stages <= 1 + len(refine_half_sizes):
             raise ValueError(f"num_stages must be in 1..{1 + len(refine_half_sizes)}, "
                              f"got {num_stages}")
+        if confidence_source not in CONFIDENCE_SOURCES:
+            raise ValueError(f"confidence_source must be one of {CONFIDENCE_SOURCES}, got "
+                             f"{confidence_source!r}")
         args = {
             "input_size": int(input_size),
             "margin": float(margin),
@@ -431,6 +454,8 @@ class CCNNCascade(keras.Model):
             "weight_decay": float(weight_decay),
             "network_outputs": bool(network_outputs),
             "seed": seed,
+            "flip_test": bool(flip_test),
+            "confidence_source": str(confidence_source),
         }
 
         def stage_seed(k: int) -> int | None:
@@ -438,7 +463,21 @@ class CCNNCascade(keras.Model):
 
         # --- Inputs -------------------------------------------------------------
         image_key = f"image_{args['input_size']}"
-        images = keras.Input((input_size, input_size, 3), name=image_key)
+        inputs = images = keras.Input((input_size, input_size, 3), name=image_key)
+        mirrored = args["flip_test"] or args["confidence_source"] == "flip"
+        if mirrored:
+            permutation = scheme_for(args["num_points"]).flip_permutation
+            images = MirrorBatch(dtype="float32", name="mirror_batch")(images)
+            # Stage outputs as reported: the mean shape, or the plain face's.
+            report = (MergeMirrored(permutation, name="merge_mirrored") if args["flip_test"]
+                      else PlainHalf(dtype="float32", name="plain_half"))
+            plain = PlainHalf(dtype="float32", name="plain_estimates")
+        else:
+            report = plain = None
+
+        def reported(values, own=None):
+            layer = own if own is not None else report
+            return values if layer is None else layer(values)
         # --- Stage 1: global coarse positioning (section 3.1.1) -------------------
         stage1 = CCNNStage1(
             args["stage1_input_size"], args["stage1_point_indices"], args["stage1_regions"],
@@ -447,9 +486,9 @@ class CCNNCascade(keras.Model):
             args["weight_decay"], args["margin"], shake_stddev=args["shake_stddevs"][0],
             use_windows=args["stage1_windows"], seed=stage_seed(1), name="stage_1")
         points, estimates = stage1(images)
-        outputs = {"stage_1": points}
+        outputs = {"stage_1": reported(points)}
         if network_outputs:
-            outputs["stage_1_networks"] = estimates
+            outputs["stage_1_networks"] = reported(estimates, plain)
         # --- Stages 2, 3: local refinement in windows (sections 3.1.2, 3.1.3) ------
         for k in range(2, args["num_stages"] + 1):
             stage = CCNNRefineStage(
@@ -459,25 +498,64 @@ class CCNNCascade(keras.Model):
                 args["weight_decay"], args["margin"], shake_stddev=args["shake_stddevs"][k - 1],
                 stage_index=k, seed=stage_seed(k), name=f"stage_{k}")
             points, estimates = stage(images, points)
-            outputs[f"stage_{k}"] = points
+            outputs[f"stage_{k}"] = reported(points)
             if network_outputs:
-                outputs[f"stage_{k}_networks"] = estimates
-        outputs["landmarks"] = layers.Identity(name="landmarks", dtype="float32")(points)
-        if args["num_stages"] >= 2:
+                outputs[f"stage_{k}_networks"] = reported(estimates, plain)
+        outputs["landmarks"] = layers.Identity(name="landmarks", dtype="float32")(
+            outputs[f"stage_{args['num_stages']}"])
+        if args["confidence_source"] == "flip":
+            # The agreement of the last stage's points on the face and its mirror image.
+            pair = MirroredPair(permutation, name="mirrored_pair")(points)
+            outputs["confidence"] = ShapeAgreementConfidence(name="confidence")(pair)
+        elif args["num_stages"] >= 2:
             # The agreement of the last stage's two networks per point (their windows
             # differ), point-major [N, P * W, 2] -> [N, W, P, 2] (common.confidence).
             windows_per_point = len(args["refine_half_sizes"][args["num_stages"] - 2])
             pairs = layers.Reshape((args["num_points"], windows_per_point, 2),
-                                   name="network_estimates")(estimates)
+                                   name="network_estimates")(reported(estimates, plain))
             pairs = layers.Permute((2, 1, 3), name="estimates_per_window")(pairs)
             outputs["confidence"] = ShapeAgreementConfidence(name="confidence")(pairs)
-        super().__init__(inputs={image_key: images}, outputs=outputs, **kwargs)
+        super().__init__(inputs={image_key: inputs}, outputs=outputs, **kwargs)
         self._args = args
         self.set_frozen_stages(frozen_stages)
 
     @property
     def num_stages(self) -> int:
         return self._args["num_stages"]
+
+    @property
+    def flip_test(self) -> bool:
+        """Whether the reported shapes average the face's and its mirror image's."""
+        return self._args["flip_test"]
+
+    @property
+    def confidence_source(self) -> str:
+        """What the ``"confidence"`` output compares (``CONFIDENCE_SOURCES``)."""
+        return self._args["confidence_source"]
+
+    def with_inference_options(self, flip_test: bool | None = None,
+                               confidence_source: str | None = None) -> CCNNCascade:
+        """This cascade with the flip test / confidence source switched, same weights.
+
+        Both only change inference (the mirrored pass adds no weights), so a cascade
+        trained with any setting can be served with any other.
+
+        Args:
+            flip_test: average the face's and its mirror image's shapes; ``None``: as
+                this cascade does (callers pass optional flags straight through).
+            confidence_source: ``"flip"`` or ``"pairs"``; ``None``: as this one.
+
+        Returns:
+            ``self`` when it already does as asked, else a new cascade (weights copied).
+        """
+        changes = {key: value for key, value in (("flip_test", flip_test),
+                                                 ("confidence_source", confidence_source))
+                   if value is not None and value != self._args[key]}
+        if not changes:
+            return self
+        clone = type(self).from_config({**self.get_config(), **changes})
+        transfer_stage_weights(self, clone)
+        return clone
 
     @property
     def input_key(self) -> str:
@@ -562,7 +640,8 @@ def build_ccnn(config: CCNNConfig, *, num_stages: int | None = None,
         refine_fc_units=config.refine_fc_units, refine_half_sizes=config.stage_half_sizes,
         shake_stddevs=config.stage_shake_stddevs, dropout=config.dropout,
         weight_decay=config.weight_decay, frozen_stages=frozen_stages,
-        network_outputs=network_outputs, seed=config.seed, name=name)
+        network_outputs=network_outputs, seed=config.seed, flip_test=config.flip_test,
+        confidence_source=config.confidence_source, name=name)
 
 
 def transfer_stage_weights(source: CCNNCascade, target: CCNNCascade,

@@ -95,7 +95,9 @@ logger = logging.getLogger(__name__)
 TRAINING_ONLY_FIELDS = frozenset({
     "steps_per_stage", "batch_size", "learning_rate", "lr_decay_rate", "lr_decay_steps",
     "momentum", "seed", "rotation_angles_deg", "flip", "dropout", "weight_decay",
-    "stage1_shake_stddev", "stage2_shake_stddev", "stage3_shake_stddev"})
+    "stage1_shake_stddev", "stage2_shake_stddev", "stage3_shake_stddev",
+    # inference only: the weights do not depend on them
+    "flip_test", "confidence_source"})
 
 PRESETS = ("paper", "quick", "tiny")
 
@@ -478,7 +480,9 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
     layouts: list[NetworkLayout] = []
 
     def build_model() -> CCNNCascade:
-        model = build_ccnn(config, num_stages=stage, frozen_stages=earlier,
+        # Trained (and validated) without the mirrored pass: it only acts at inference.
+        model = build_ccnn(config.replace(flip_test=False, confidence_source="pairs"),
+                           num_stages=stage, frozen_stages=earlier,
                            network_outputs=True, name="ccnn")
         for k, weights in previous_weights.items():
             model.stage_layer(k).set_weights(weights)

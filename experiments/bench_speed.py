@@ -221,8 +221,10 @@ def run_benchmark(options: BenchOptions, output_dir: str | None = None,
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as work_dir:
         for name in options.models:
             log(f"{name}: building/loading, exporting SavedModel and TFLite")
-            mut = load_or_build(name, paths[name], configs[name],
-                                options.msrrn_flip_test if name == "msrrn" else None)
+            mut = load_or_build(
+                name, paths[name], configs[name],
+                options.msrrn_flip_test if name == "msrrn" else options.ccnn_flip_test,
+                options.ccnn_confidence_source if name == "ccnn" else None)
             models[name] = mut
             exports[name] = export_model(mut, work_dir)
             model_info[name] = {
@@ -349,6 +351,12 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
     flags.DEFINE_boolean("msrrn_flip_test", None, "Time MSRRN with (--msrrn_flip_test) or "
                          "without (--nomsrrn_flip_test) its flip test; default: as built "
                          "(MSRRNConfig().flip_test) or trained.", flag_values=fv)
+    flags.DEFINE_boolean("ccnn_flip_test", None, "Time CCNN with or without its flip-test "
+                         "average; default: as built (CCNNConfig().flip_test) or trained.",
+                         flag_values=fv)
+    flags.DEFINE_enum("ccnn_confidence_source", None, ["flip", "pairs"], "Time CCNN with "
+                      "its confidence from the flip test (a mirrored pass) or from its "
+                      "paired networks; default: as built or trained.", flag_values=fv)
     flags.DEFINE_string("ccnn_model", None, "Trained CCNN: .keras file or run folder with "
                         "model.keras (default: freshly built CCNNConfig()).", flag_values=fv)
     flags.DEFINE_integer("batch_size", None, "Faces per batch of the throughput "
@@ -382,6 +390,8 @@ def options_from_flags(values: flags.FlagValues) -> BenchOptions:
         "peers": tuple(p for p in values.peers if p),
         "msrrn_model": values.msrrn_model, "ccnn_model": values.ccnn_model,
         "msrrn_flip_test": values.msrrn_flip_test,
+        "ccnn_flip_test": values.ccnn_flip_test,
+        "ccnn_confidence_source": values.ccnn_confidence_source,
         "train": values.train, "threads": values.threads,
         "inter_op_threads": values.inter_op_threads, "profile": values.profile,
         "use_gpu": values.gpu, "seed": values.seed}

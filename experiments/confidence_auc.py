@@ -12,7 +12,8 @@ failure has a lower score than a random success (``common.confidence.failure_auc
 0.5 is chance). Scored signals:
 
 * ``confidence``: the model's own output (``common.confidence``: flip-test agreement
-  for MSRRN, paired-network agreement for CCNN);
+  for MSRRN; for CCNN the source ``--confidence_source`` picks, default as saved:
+  ``flip``, its flip-test agreement, or ``pairs``, its paired networks' agreement);
 * ``last_update``: minus the size of the last stage's update (mean point move from
   stage T-1 to stage T, over the crop side), a signal every cascade has;
 * ``flip_agreement``: minus the mean distance between the landmarks and those of a
@@ -38,9 +39,13 @@ from common.confidence import failure_auc
 from common.schemes import scheme_for
 
 
-def load_family_model(family: str, path: str) -> tuple[Any, list[int], float, int]:
+def load_family_model(family: str, path: str, confidence_source: str | None = None
+                      ) -> tuple[Any, list[int], float, int]:
     """The trained model (Keras, with its ``confidence`` output), its sizes, margin
-    and number of landmarks."""
+    and number of landmarks; ``confidence_source`` (CCNN only; ``None``: as saved)
+    switches what CCNN's confidence compares."""
+    if confidence_source is not None and family != "ccnn":
+        raise ValueError(f"confidence_source is a CCNN option, not {family}'s")
     if family == "msrrn":
         from msrrn_tf.evaluate import load_with_margin
 
@@ -49,7 +54,8 @@ def load_family_model(family: str, path: str) -> tuple[Any, list[int], float, in
     if family == "ccnn":
         from ccnn_tf.evaluate import load_cascade, model_geometry
 
-        model = load_cascade(path)
+        model = load_cascade(path).with_inference_options(
+            confidence_source=confidence_source)
         sizes, margin, num_landmarks = model_geometry(model)
         return model, list(sizes), float(margin), int(num_landmarks)
     raise ValueError(f"unknown family {family!r}; expected msrrn or ccnn")
@@ -88,14 +94,17 @@ def last_stage_update(pred: evaluation.Predictions) -> np.ndarray:
 
 
 def measure(family: str, model_path: str, data: str, split: str = "val",
-            threshold: float = 0.10, limit: int | None = None) -> dict[str, Any]:
+            threshold: float = 0.10, limit: int | None = None,
+            confidence_source: str | None = None) -> dict[str, Any]:
     """Runs the model over the split and scores every signal (module docstring).
 
     Returns:
         ``{"faces", "failures", "kind", "auc": {signal: AUC}, "signals": {signal:
         [N]}, "errors": [N]}``.
     """
-    model, sizes, margin, num_landmarks = load_family_model(family, model_path)
+    model, sizes, margin, num_landmarks = load_family_model(family, model_path,
+                                                            confidence_source)
+    source = getattr(model, "confidence_source", "flip")
     scheme = scheme_for(num_landmarks)
     pred = evaluation.predict_split(_with_mirrored_pass(model, scheme.flip_permutation), data,
                                     split, sizes=sizes, margin=margin,
@@ -110,7 +119,7 @@ def measure(family: str, model_path: str, data: str, split: str = "val",
     signals = {"confidence": pred.per_face["confidence"].astype(np.float64),
                "last_update": -last_stage_update(pred), "flip_agreement": -flip}
     return {"faces": len(errors), "failures": int((errors > threshold).sum()),
-            "kind": kind, "threshold": threshold,
+            "kind": kind, "threshold": threshold, "confidence_source": source,
             "mean_error": float(errors.mean()),
             "auc": {name: failure_auc(value, errors, threshold)
                     for name, value in signals.items()},
@@ -134,13 +143,15 @@ def _define_flags() -> None:
     flags.DEFINE_float("threshold", 0.10, "Failure threshold (fraction of the eye "
                        "distance).")
     flags.DEFINE_integer("limit", None, "Use only the first faces (quick checks).")
+    flags.DEFINE_enum("confidence_source", None, ["flip", "pairs"], "CCNN only: what its "
+                      "confidence output compares (default: as the model was saved).")
     flags.DEFINE_string("output", None, "Folder for the JSON and the plot.", required=True)
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
     result = measure(FLAGS.family, FLAGS.model, FLAGS.data, FLAGS.split, FLAGS.threshold,
-                     FLAGS.limit)
+                     FLAGS.limit, FLAGS.confidence_source)
     os.makedirs(FLAGS.output, exist_ok=True)
     report = {k: v for k, v in result.items() if k not in ("signals", "errors")}
     report.update(command=" ".join(["python -m experiments.confidence_auc"] + sys.argv[1:]),
@@ -149,7 +160,8 @@ def main(argv: Sequence[str]) -> None:
     atomic.write_text(os.path.join(FLAGS.output, "confidence_auc.json"),
                       json.dumps(report, indent=2) + "\n")
     name = os.path.basename(os.path.abspath(FLAGS.data))
-    series = {"confidence (AUC " + f"{result['auc']['confidence']:.3f})":
+    series = {f"confidence, {result['confidence_source']} (AUC "
+              f"{result['auc']['confidence']:.3f})":
               (result["signals"]["confidence"], result["errors"])}
     atomic.write_figure(plots.plot_error_vs_confidence, os.path.join(
         FLAGS.output, "error_vs_confidence.png"), series, threshold=FLAGS.threshold,

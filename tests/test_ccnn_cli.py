@@ -145,6 +145,15 @@ def test_cli_train_evaluate_export(data, tmp_path):
     with open(os.path.join(out, "ccnn_val.md")) as f:
         markdown = f.read()
     assert "after each stage" in markdown and "Table 3" in markdown
+    # The flip test (on by default) switched off after training: other landmarks.
+    flipped = str(tmp_path / "eval_flip")
+    _run("ccnn_tf.evaluate", f"--model={run_dir}", "--split=val", f"--output={flipped}",
+         "--timing_faces=2", "--noflip_test", "--confidence_source=pairs", cwd=str(tmp_path))
+    with open(os.path.join(flipped, "ccnn_val.json")) as f:
+        flip_results = json.load(f)
+    assert flip_results["num_faces"] == 12
+    assert (flip_results["outputs"]["landmarks"]["box_width"]["mean"]
+            != results["outputs"]["landmarks"]["box_width"]["mean"])
 
     compare = str(tmp_path / "compare")
     compared = compare_runs({"windows+": run_dir, "again": os.path.join(run_dir, "stage2")},
@@ -172,5 +181,8 @@ def test_cli_train_evaluate_export(data, tmp_path):
     loaded = tf.saved_model.load(os.path.join(exported, "saved_model", "1"))
     images = np.zeros((2, 128, 128, 3), np.uint8)
     boxes = np.array([[30, 30, 90, 90], [20, 25, 100, 105]], np.float32)
-    landmarks = loaded.signatures["serving_default"](images=images, boxes=boxes)["landmarks"]
-    assert landmarks.shape == (2, 5, 2)
+    served = loaded.signatures["serving_default"](images=images, boxes=boxes)
+    assert served["landmarks"].shape == (2, 5, 2)
+    # The default confidence (flip test agreement) is served, in [0, 1].
+    assert served["confidence"].shape == (2,)
+    assert np.all((served["confidence"].numpy() >= 0) & (served["confidence"].numpy() <= 1))

@@ -23,6 +23,7 @@ from ccnn_tf.model import (
 )
 from ccnn_tf.summary import PAPER_TOTAL_PARAMETERS, format_table, parameter_table
 from common.confidence import confidence_from_disagreement, shape_disagreement
+from common.schemes import CUHK_5
 
 # The exact count of our reconstruction of the paper's networks; a change to the
 # layer widths must show up here.
@@ -134,7 +135,7 @@ def test_averaging_formula_4():
 # --- Cascade -------------------------------------------------------------------------
 
 def test_paper_cascade_outputs():
-    config = CCNNConfig()
+    config = CCNNConfig(flip_test=False, confidence_source="pairs")
     model = build_ccnn(config, network_outputs=True)
     assert model.count_params() == EXPECTED_TOTAL_PARAMETERS
     outputs = model(_images(config), training=False)
@@ -159,9 +160,12 @@ def test_paper_cascade_outputs():
 def test_fewer_stages(tiny_config, num_stages):
     model = build_ccnn(tiny_config, num_stages=num_stages)
     outputs = model(_images(tiny_config))
-    assert set(outputs) == ({"landmarks"} | {f"stage_{k}" for k in range(1, num_stages + 1)}
-                            | ({"confidence"} if num_stages >= 2 else set()))
+    stages = {"landmarks"} | {f"stage_{k}" for k in range(1, num_stages + 1)}
+    assert set(outputs) == stages | {"confidence"}  # the flip test's, at any depth
     np.testing.assert_allclose(outputs["landmarks"], outputs[f"stage_{num_stages}"])
+    pairs = model.with_inference_options(confidence_source="pairs")
+    assert set(pairs(_images(tiny_config))) == (
+        stages | ({"confidence"} if num_stages >= 2 else set()))
 
 
 def test_stage1_windows_switch(tiny_config):
@@ -230,7 +234,8 @@ def _separate_networks(model: CCNNCascade, images: np.ndarray,
 
 
 def test_grouped_networks_compute_the_separate_networks(tiny_config):
-    model = build_ccnn(tiny_config.replace(dropout=0.0, stage1_shake_stddev=0.0,
+    model = build_ccnn(tiny_config.replace(flip_test=False, dropout=0.0,
+                                           stage1_shake_stddev=0.0,
                                            stage2_shake_stddev=0.0, stage3_shake_stddev=0.0),
                        network_outputs=True)
     rng = np.random.default_rng(0)
@@ -243,9 +248,11 @@ def test_grouped_networks_compute_the_separate_networks(tiny_config):
     for key, expected in _separate_networks(model, images, outputs).items():
         np.testing.assert_allclose(outputs[key], expected, atol=1e-5, err_msg=key)
     # Training mode (stage 1 then runs its networks separately) without dropout and
-    # shake is the same function.
+    # shake is the same function (but for the flip confidence: training runs no
+    # mirrored pass, so it is 1 there).
     trained = model(x, training=True)
-    for key in outputs:
+    np.testing.assert_allclose(trained["confidence"], np.ones(3), atol=1e-6)
+    for key in outputs.keys() - {"confidence"}:
         np.testing.assert_allclose(trained[key], outputs[key], atol=1e-5, err_msg=key)
     # Traced with one convolution per network (TFLite) or with frozen weights (export).
     for options in ({"grouped": False}, {"frozen_weights": True}):
@@ -357,3 +364,83 @@ def test_tiny_cascade_learns_a_toy_task(tiny_config):
     assert after["loss"] < 0.05 * before["loss"], (before, after)
     # The refinement stage improves on stage 1.
     assert after["landmarks_loss"] < after["stage_1_loss"], after
+
+
+# --- Flip test -----------------------------------------------------------------------
+
+def _mapped_back(points: np.ndarray) -> np.ndarray:
+    """Points predicted on a mirrored crop, in the unmirrored crop's frame."""
+    points = np.asarray(points)[:, list(CUHK_5.flip_permutation)]
+    return np.stack([1.0 - points[..., 0], points[..., 1]], axis=-1)
+
+
+def test_flip_test_of_a_mirror_symmetric_face(tiny_config):
+    keras.utils.set_random_seed(3)
+    plain = build_ccnn(tiny_config.replace(flip_test=False, confidence_source="pairs"))
+    flipped = plain.with_inference_options(flip_test=True, confidence_source="flip")
+    assert flipped.flip_test and flipped.confidence_source == "flip"
+    key = plain.input_key
+    x = _images(tiny_config, n=3, seed=5)[key]
+    symmetric = 0.5 * (x + x[:, :, ::-1])
+    np.testing.assert_array_equal(symmetric, symmetric[:, :, ::-1])
+    own = plain({key: symmetric}, training=False)["landmarks"].numpy()
+    # The mirrored pass sees the same image: its shape, mapped back, is the plain
+    # one with left and right swapped; the flip test reports their mean.
+    outputs = flipped({key: symmetric}, training=False)
+    np.testing.assert_allclose(outputs["landmarks"], 0.5 * (own + _mapped_back(own)),
+                               atol=1e-5)
+    np.testing.assert_allclose(outputs["confidence"], confidence_from_disagreement(
+        shape_disagreement(np.stack([own, _mapped_back(own)], axis=1))), rtol=1e-3)
+    # Any face: the mirrored half is the cascade on the mirrored crop, mapped back.
+    on_mirror = plain({key: x[:, :, ::-1]}, training=False)
+    outputs = flipped({key: x}, training=False)
+    own = plain({key: x}, training=False)
+    for k in ("stage_1", "stage_2", "stage_3", "landmarks"):
+        np.testing.assert_allclose(outputs[k], 0.5 * (own[k].numpy() + _mapped_back(
+            on_mirror[k])), atol=1e-5)
+
+
+def test_switching_inference_options_changes_only_what_it_should(tiny_config, tmp_path):
+    keras.utils.set_random_seed(4)
+    assert tiny_config.flip_test and tiny_config.confidence_source == "flip"  # defaults
+    base = build_ccnn(tiny_config.replace(flip_test=False))
+    assert not base.flip_test and base.confidence_source == "flip"
+    assert base.with_inference_options() is base
+    assert base.with_inference_options(flip_test=False, confidence_source="flip") is base
+    x = _images(tiny_config, n=3, seed=6)
+    want = base(x, training=False)
+    pairs = base.with_inference_options(confidence_source="pairs")
+    averaged = base.with_inference_options(flip_test=True)
+    for model in (pairs, averaged):
+        assert model.count_params() == base.count_params()
+        for a, b in zip(model.get_weights(), base.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    # The confidence source: the landmarks stay, the confidence changes.
+    got = pairs(x, training=False)
+    for k in ("stage_1", "stage_2", "stage_3", "landmarks"):
+        np.testing.assert_array_equal(got[k], want[k])
+    assert np.abs(got["confidence"].numpy() - want["confidence"].numpy()).max() > 1e-3
+    # The flip test: the landmarks change, the (flip) confidence stays.
+    got = averaged(x, training=False)
+    np.testing.assert_allclose(got["confidence"], want["confidence"], rtol=1e-5)
+    assert np.abs(got["landmarks"].numpy() - want["landmarks"].numpy()).max() > 1e-4
+    # Training sees the batch as given (no mirrored half) and pays nothing.
+    trained = averaged(x, training=True)
+    assert trained["landmarks"].shape == (3, 5, 2)
+    np.testing.assert_allclose(trained["confidence"], np.ones(3), atol=1e-6)
+    # Saved and loaded with its options; a config without them (an older save)
+    # loads with the defaults.
+    path = tmp_path / "flip.keras"
+    averaged.save(path)
+    restored = keras.models.load_model(path)
+    assert restored.flip_test and restored.confidence_source == "flip"
+    np.testing.assert_allclose(restored(x, training=False)["landmarks"], got["landmarks"],
+                               atol=1e-6)
+    old = {k: v for k, v in base.get_config().items()
+           if k not in ("flip_test", "confidence_source")}
+    older = CCNNCascade.from_config(old)
+    assert older.flip_test and older.confidence_source == "flip"
+    with pytest.raises(ValueError, match="confidence_source"):
+        base.with_inference_options(confidence_source="learned")
+    with pytest.raises(ValueError, match="confidence_source"):
+        tiny_config.replace(confidence_source="learned")

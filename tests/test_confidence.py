@@ -122,3 +122,80 @@ def test_confidence_is_lower_for_a_shuffled_pixels_face():
     assert confidence.failure_auc(np.concatenate([real, fake]),
                                   np.r_[np.zeros(len(real)), np.ones(len(fake))],
                                   0.5) > 0.65
+
+
+def _ccnn_on_synthetic_faces(steps: int):
+    """A tiny CCNN trained for ``steps`` on synthetic 5-point faces (every stage at
+    once, a loss on each stage output), and its crops of 32 unseen faces."""
+    from ccnn_tf.config import CCNNConfig
+    from ccnn_tf.model import build_ccnn
+    from common.synthetic import generate_face
+
+    keras.utils.set_random_seed(0)
+    config = CCNNConfig.tiny()
+    model = build_ccnn(config)
+    faces = [generate_face(i, seed=3) for i in range(160)]
+    inputs, crop_boxes = geometry.preprocess_faces(
+        np.stack([f.image for f in faces]), np.stack([f.box for f in faces]).astype(
+            np.float32), [config.input_size], config.margin)
+    targets = geometry.image_to_crop(np.stack([f.landmarks5 for f in faces]),
+                                     crop_boxes).numpy()
+    key = model.input_key
+    optimizer = keras.optimizers.Adam(3e-3)
+
+    @tf.function
+    def step(batch, target):
+        with tf.GradientTape() as tape:
+            out = model({key: batch}, training=True)
+            loss = tf.add_n([tf.reduce_mean(tf.square(out[f"stage_{k}"] - target))
+                             for k in (1, 2, 3)])
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+    rng = np.random.default_rng(0)
+    images = inputs[key].numpy()
+    for _ in range(steps):
+        idx = rng.choice(128, 32, replace=False)
+        step(tf.constant(images[idx]), tf.constant(targets[idx]))
+    return model, images[128:]
+
+
+@pytest.mark.slow
+def test_ccnn_flip_confidence_is_lower_for_a_shuffled_pixels_face():
+    """The same for a tiny CCNN with its flip-test confidence (the default source)."""
+    model, held_out = _ccnn_on_synthetic_faces(300)
+    assert model.confidence_source == "flip"
+    rng = np.random.default_rng(1)
+    flat = held_out.reshape(held_out.shape[0], -1, 3)
+    shuffled = np.stack([f[rng.permutation(len(f))] for f in flat]).reshape(held_out.shape)
+    real = model({model.input_key: held_out}, training=False)["confidence"].numpy()
+    fake = model({model.input_key: shuffled}, training=False)["confidence"].numpy()
+    assert np.median(real) > np.median(fake) and real.mean() > fake.mean()
+    assert confidence.failure_auc(np.concatenate([real, fake]),
+                                  np.r_[np.zeros(len(real)), np.ones(len(fake))],
+                                  0.5) > 0.65
+
+
+def test_ccnn_saved_model_confidence_in_unit_range(tmp_path):
+    """The exported cascade's ``serving_default`` serves the flip confidence, in
+    [0, 1], as the Keras cascade computes it."""
+    from ccnn_tf.config import CCNNConfig
+    from ccnn_tf.export import export_saved_model
+    from ccnn_tf.model import build_ccnn
+
+    keras.utils.set_random_seed(2)
+    config = CCNNConfig.tiny()
+    model = build_ccnn(config)
+    path = export_saved_model(model, str(tmp_path / "1"))
+    default = tf.saved_model.load(path).signatures["serving_default"]
+    assert default.structured_outputs["confidence"].dtype == tf.float32
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 48, 48, 3), np.uint8)
+    boxes = np.array([[5, 5, 40, 40], [10, 8, 38, 36], [0, 0, 47, 47]], np.float32)
+    served = default(images=tf.constant(images), boxes=tf.constant(boxes))
+    got = served["confidence"].numpy()
+    assert got.shape == (3,) and np.all((got >= 0) & (got <= 1))
+    inputs, _ = geometry.preprocess_faces(images, boxes, [config.input_size], config.margin)
+    want = model(inputs, training=False)
+    np.testing.assert_allclose(got, want["confidence"].numpy(), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(served["landmarks"].shape, (3, 5, 2))

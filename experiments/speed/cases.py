@@ -97,7 +97,8 @@ def _model_file(path: str) -> str:
 
 
 def load_or_build(name: str, path: str | None, config: Any,
-                  flip_test: bool | None = None) -> ModelUnderTest:
+                  flip_test: bool | None = None,
+                  confidence_source: str | None = None) -> ModelUnderTest:
     """A trained model from ``path``, or a fresh one from ``config`` (paper defaults).
 
     Args:
@@ -105,7 +106,9 @@ def load_or_build(name: str, path: str | None, config: Any,
         path: ``.keras`` file or run folder with ``model.keras``; ``None`` to build.
         config: ``MSRRNConfig`` / ``CCNNConfig`` (``None``: the paper's defaults).
             With a ``path`` only its training batch size and optimiser are used.
-        flip_test: MSRRN only: switch its flip test on or off; ``None``: as it is.
+        flip_test: switch the model's flip test on or off; ``None``: as it is.
+        confidence_source: CCNN only: ``"flip"`` or ``"pairs"``
+            (``CCNNCascade.with_inference_options``); ``None``: as it is.
 
     Returns:
         The model, built with its variables on the CPU.
@@ -146,12 +149,16 @@ def load_or_build(name: str, path: str | None, config: Any,
                 model = keras.saving.load_model(_model_file(path), compile=False)
             else:
                 model = build_ccnn(config)
+            model = model.with_inference_options(flip_test=flip_test,
+                                                 confidence_source=confidence_source)
         args = model.get_config()
         return ModelUnderTest(
             name, model, (int(args["input_size"]),), float(args["margin"]),
             int(args["num_points"]), config.batch_size, config,
             f"{_model_file(path)} (trained)" if path else "freshly built CCNNConfig"
-            f"{'()' if config == CCNNConfig() else '(...)'} (untrained)")
+            f"{'()' if config == CCNNConfig() else '(...)'} (untrained)"
+            f", flip test {'on' if model.flip_test else 'off'}, confidence from "
+            f"{model.confidence_source}")
     raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
 
 

@@ -88,6 +88,10 @@ class BenchOptions:
         ccnn_model: the same for CCNN.
         msrrn_flip_test: switch MSRRN's flip test on or off (``MSRRN.with_flip_test``);
             ``None``: as built or trained.
+        ccnn_flip_test, ccnn_confidence_source: switch CCNN's flip test and
+            confidence source (``CCNNCascade.with_inference_options``; ``"pairs"``
+            with the flip test off runs no mirrored pass); ``None``: as built or
+            trained.
         peers: peers to time (``PEERS``); dlib needs ``dlib``, MTCNN the ``mtcnn``
             package (skipped with a note when missing).
         repeats: timed rounds.
@@ -116,6 +120,8 @@ class BenchOptions:
     msrrn_model: str | None = None
     ccnn_model: str | None = None
     msrrn_flip_test: bool | None = None
+    ccnn_flip_test: bool | None = None
+    ccnn_confidence_source: str | None = None
     peers: tuple[str, ...] = PEERS
     repeats: int = 15
     warmup: int = 2
