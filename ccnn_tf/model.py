@@ -387,7 +387,7 @@ class CCNNCascade(keras.Model):
     ``"landmarks"``) is the mean of the two shapes; without it they are the plain
     face's, exactly those of a cascade without the mirrored pass. Both switch after
     training (``with_inference_options``); a saved cascade without these fields loads
-    with the defaults (``flip_test=True``, ``confidence_source="flip"``).
+    with the defaults (``flip_test=False``, ``confidence_source="flip"``).
 
     Build it from a config with ``build_ccnn``. All arguments are explicit so the model
     serialises through ``get_config``.
@@ -423,7 +423,7 @@ class CCNNCascade(keras.Model):
                  refine_half_sizes: Sequence[Sequence[Sequence[float]]],
                  shake_stddevs: Sequence[float], dropout: float, weight_decay: float,
                  frozen_stages: Iterable[int] = (), network_outputs: bool = False,
-                 seed: int | None = None, flip_test: bool = True,
+                 seed: int | None = None, flip_test: bool = False,
                  confidence_source: str = "flip", **kwargs):
         if not 1 <= num_stages <= 1 + len(refine_half_sizes):
             raise ValueError(f"num_stages must be in 1..{1 + len(refine_half_sizes)}, "

@@ -1,92 +1,28 @@
 """The MSRRN's flip test: the mirrored images appended to the batch at inference,
 and their shapes mapped back (averaged, or kept as a pair for the confidence).
 
-:class:`MirrorBatch`, :class:`MergeMirrored` and :class:`MirroredPair`;
-``msrrn_tf.model`` re-exports them.
+The layers are ``common.mirror``'s (shared with CCNN's flip test); the subclasses here
+only keep the names under which MSRRN registered them (``msrrn_tf>MirrorBatch``, ...),
+so that model files that name them still load. ``msrrn_tf.model`` re-exports them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import keras
 
-
-@keras.saving.register_keras_serializable(package="msrrn_tf")
-class MirrorBatch(keras.layers.Layer):
-    """Flip test, first half: at inference, appends the mirrored images to the batch
-    (``[N, S, S, C] -> [2N, S, S, C]``, the last N flipped left-right); in training,
-    the identity (the flip augmentation already shows mirrored faces).
-
-    Args:
-        **kwargs: ``keras.layers.Layer`` arguments.
-    """
-
-    def call(self, images, training=None):
-        if training:
-            return images
-        return keras.ops.concatenate([images, keras.ops.flip(images, axis=2)], axis=0)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
+from common import mirror
 
 
 @keras.saving.register_keras_serializable(package="msrrn_tf")
-class MergeMirrored(keras.layers.Layer):
-    """Flip test, second half: at inference, maps the shapes predicted on the
-    mirrored half of the batch back (``u -> 1 - u``, points permuted) and averages
-    them with the others (``[2N, L, 2] -> [N, L, 2]``); in training, the identity.
-
-    Args:
-        flip_permutation: the landmark scheme's flip permutation.
-        **kwargs: ``keras.layers.Layer`` arguments.
-    """
-
-    def __init__(self, flip_permutation: Sequence[int], **kwargs):
-        kwargs["dtype"] = "float32"
-        super().__init__(**kwargs)
-        self.flip_permutation = tuple(int(i) for i in flip_permutation)
-
-    def unmirrored_pair(self, shape):
-        """``[2N, L, 2]`` -> the plain and the mapped-back mirrored shapes, ``[N, L, 2]``
-        each."""
-        half = keras.ops.shape(shape)[0] // 2
-        plain, mirrored = shape[:half], shape[half:]
-        mirrored = keras.ops.take(mirrored, list(self.flip_permutation), axis=1)
-        mirrored = keras.ops.stack([1.0 - mirrored[..., 0], mirrored[..., 1]], axis=-1)
-        return plain, mirrored
-
-    def call(self, shape, training=None):
-        if training:
-            return shape
-        plain, mirrored = self.unmirrored_pair(shape)
-        return 0.5 * (plain + mirrored)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(flip_permutation=list(self.flip_permutation))
-        return config
+class MirrorBatch(mirror.MirrorBatch):
+    """``common.mirror.MirrorBatch`` under MSRRN's registered name."""
 
 
 @keras.saving.register_keras_serializable(package="msrrn_tf")
-class MirroredPair(MergeMirrored):
-    """Flip test, for the confidence: at inference, the plain and the mapped-back
-    mirrored shapes stacked (``[2N, L, 2] -> [N, 2, L, 2]``, the estimates
-    ``common.confidence.ShapeAgreementConfidence`` compares); in training, the shape
-    twice (they agree: no mirrored half exists).
+class MergeMirrored(mirror.MergeMirrored):
+    """``common.mirror.MergeMirrored`` under MSRRN's registered name."""
 
-    Args:
-        flip_permutation: the landmark scheme's flip permutation.
-        **kwargs: ``keras.layers.Layer`` arguments.
-    """
 
-    def call(self, shape, training=None):
-        if training:
-            return keras.ops.stack([shape, shape], axis=1)
-        return keras.ops.stack(self.unmirrored_pair(shape), axis=1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], 2, *input_shape[1:])
+@keras.saving.register_keras_serializable(package="msrrn_tf")
+class MirroredPair(mirror.MirroredPair):
+    """``common.mirror.MirroredPair`` under MSRRN's registered name."""

@@ -402,7 +402,7 @@ def test_flip_test_of_a_mirror_symmetric_face(tiny_config):
 
 def test_switching_inference_options_changes_only_what_it_should(tiny_config, tmp_path):
     keras.utils.set_random_seed(4)
-    assert tiny_config.flip_test and tiny_config.confidence_source == "flip"  # defaults
+    assert not tiny_config.flip_test and tiny_config.confidence_source == "flip"  # defaults
     base = build_ccnn(tiny_config.replace(flip_test=False))
     assert not base.flip_test and base.confidence_source == "flip"
     assert base.with_inference_options() is base
@@ -439,7 +439,7 @@ def test_switching_inference_options_changes_only_what_it_should(tiny_config, tm
     old = {k: v for k, v in base.get_config().items()
            if k not in ("flip_test", "confidence_source")}
     older = CCNNCascade.from_config(old)
-    assert older.flip_test and older.confidence_source == "flip"
+    assert not older.flip_test and older.confidence_source == "flip"
     with pytest.raises(ValueError, match="confidence_source"):
         base.with_inference_options(confidence_source="learned")
     with pytest.raises(ValueError, match="confidence_source"):
