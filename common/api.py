@@ -52,11 +52,15 @@ class Prediction(NamedTuple):
         boxes: float32 ``[F, 4]`` face boxes (l, t, r, b) image pixels.
         scores: float32 ``[F]`` detector scores (NaN for given boxes or a detector
             without scores).
+        confidence: float32 ``[F]`` in [0, 1], how much the model trusts each fit
+            (``common.confidence``; low values predict failures); NaN for a model
+            without a confidence output (exports made before it).
     """
 
     landmarks: np.ndarray
     boxes: np.ndarray
     scores: np.ndarray
+    confidence: np.ndarray
 
 
 def as_rgb(image: Any, *, bgr: bool = False) -> np.ndarray:
@@ -285,16 +289,22 @@ class Predictor:
         faces = [(i, crop_box) for i, (found, _) in enumerate(per_image)
                  for crop_box in model.crop_boxes(found)]
         points = np.zeros((len(faces), model.num_landmarks, 2), np.float32)
+        confidence = np.full(len(faces), np.nan, np.float32)
         for start in range(0, len(faces), self.batch_size):
             chunk = faces[start:start + self.batch_size]
             crops = [model.crop_face(rgbs[i], crop_box) for i, crop_box in chunk]
             batch = {k: np.concatenate([c[k] for c in crops]) for k in crops[0]}
+            normalised, trust = model.run_crops_with_confidence(batch)
             points[start:start + len(chunk)] = model.to_image(
-                model.run_crops(batch), np.stack([c for _, c in chunk]))
+                normalised, np.stack([c for _, c in chunk]))
+            if trust is not None:
+                confidence[start:start + len(chunk)] = trust
         results, offset = [], 0
         for found, scores in per_image:
-            results.append(Prediction(points[offset:offset + len(found)], found, scores))
-            offset += len(found)
+            end = offset + len(found)
+            results.append(Prediction(points[offset:end], found, scores,
+                                      confidence[offset:end]))
+            offset = end
         return results
 
 

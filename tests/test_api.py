@@ -202,9 +202,11 @@ def test_predictor_inputs_and_boxes(runs, photo):
     detected = predictor(image)  # the pluggable detector
     np.testing.assert_allclose(detected.landmarks, from_path.landmarks, atol=1e-5)
     assert detected.scores.tolist() == pytest.approx([0.9])
-    points, boxes, scores = detected  # a NamedTuple
+    points, boxes, scores, confidence = detected  # a NamedTuple
     assert points is detected.landmarks and boxes is detected.boxes
-    assert scores is detected.scores
+    assert scores is detected.scores and confidence is detected.confidence
+    assert confidence.shape == (1,)
+    assert np.isnan(confidence).all() or ((confidence >= 0) & (confidence <= 1)).all()
     assert np.isnan(from_path.scores).all()
     # Batched across images: the same as one at a time.
     flipped = np.ascontiguousarray(image[:, ::-1])

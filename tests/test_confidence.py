@@ -70,6 +70,12 @@ def test_serving_default_passes_the_confidence_through(tmp_path):
     want = model(inputs, training=False)["confidence"].numpy()
     assert served["confidence"].shape == (2,)
     np.testing.assert_allclose(served["confidence"], want, atol=1e-5)
+    # The Python API hands it on, face by face.
+    from common.api import Predictor
+
+    predictor = Predictor.from_export(path)
+    result = predictor.predict_batch(list(images), [boxes[:1], boxes[1:]])
+    np.testing.assert_allclose([r.confidence[0] for r in result], want, atol=1e-5)
 
 
 @pytest.mark.slow
