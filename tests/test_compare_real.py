@@ -41,11 +41,23 @@ def _data(cache, num_points):
                                     cache_dir=str(cache / "cache"), progress=False)
 
 
-def _check_export(export_dir):
-    """The training run leaves an export in the one layout (common.export.write_export)."""
+def _check_export(export_dir, num_landmarks):
+    """The training run leaves an export in the one layout (common.export.write_export),
+    which the one loading code serves like the run's Keras model, for both models."""
+    import numpy as np
+
+    from common.api import Predictor
+    from common.synthetic import generate_face
+
     assert (export_dir / "saved_model" / "1" / "saved_model.pb").is_file()
     report = json.loads((export_dir / "export_report.json").read_text())
     assert len(report["weights_sha256"]) == 64 and report["parity"]
+    face = generate_face(3)
+    box = face.box.astype(np.float32)[None]
+    served = Predictor.from_export(str(export_dir))(face.image, boxes=box)
+    in_process = Predictor.from_run(str(export_dir.parent))(face.image, boxes=box)
+    assert served.landmarks.shape == (1, num_landmarks, 2)
+    np.testing.assert_allclose(served.landmarks, in_process.landmarks, atol=1e-3)
 
 
 def _check_report(report, output, family, methods):
@@ -81,7 +93,7 @@ def test_compare_msrrn_family(tmp_path, data_cache, monkeypatch):
     assert {"beats_dlib_ert", "beats_mean_shape"} <= set(written["checks"])
     assert written["peers"]["dlib_ert"]["options"] == TINY_DLIB
     assert "- ours, training speed: 2 steps in " in report["markdown"]
-    _check_export(output / "run" / "export")
+    _check_export(output / "run" / "export", 68)
     # The box-robustness table: every method under each box source, same faces.
     table = written["box_robustness"]
     assert {"stored", "landmark_square", "jitter_5", "jitter_10"} <= set(table["sources"])
@@ -139,7 +151,7 @@ def test_compare_ccnn_family(tmp_path, data_cache):
     assert ("- ours, training speed: stage 1: 2 steps in " in report["markdown"]
             and "; stage 3: 2 steps in " in report["markdown"])
     assert "CCNN (ours)" in written["box_robustness"]["nme"]
-    _check_export(output / "run" / "export")
+    _check_export(output / "run" / "export", 5)
 
 
 def test_expand_peers():
