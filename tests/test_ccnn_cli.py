@@ -145,10 +145,10 @@ def test_cli_train_evaluate_export(data, tmp_path):
     with open(os.path.join(out, "ccnn_val.md")) as f:
         markdown = f.read()
     assert "after each stage" in markdown and "Table 3" in markdown
-    # The flip test (on by default) switched off after training: other landmarks.
+    # The flip test (off by default) switched on after training: other landmarks.
     flipped = str(tmp_path / "eval_flip")
     _run("ccnn_tf.evaluate", f"--model={run_dir}", "--split=val", f"--output={flipped}",
-         "--timing_faces=2", "--noflip_test", "--confidence_source=pairs", cwd=str(tmp_path))
+         "--timing_faces=2", "--flip_test", "--confidence_source=pairs", cwd=str(tmp_path))
     with open(os.path.join(flipped, "ccnn_val.json")) as f:
         flip_results = json.load(f)
     assert flip_results["num_faces"] == 12
