@@ -519,10 +519,13 @@ def train_model(
             _append(history, val_step=step, val_wall_seconds=wall_seconds(), **val_logs)
             _write_scalars(writer, step, val_logs)
         if step % checkpoint_every == 0 or step == steps:
-            manager.save(checkpoint_number=step)
+            # History first: a kill between the two writes then leaves a history that
+            # runs ahead of the last checkpoint (trimmed on resume, _load_history), never
+            # a checkpoint whose history is missing its earlier steps.
             if chief:
                 atomic_write_text(_join(run_dir, "history.json"),
                                   json.dumps(history) + "\n")
+            manager.save(checkpoint_number=step)
         if progbar is not None:
             progbar.update(step, [("loss", mean_loss), ("lr", learning_rate),
                                   *val_logs.items()])
