@@ -345,6 +345,7 @@ def train_model(
     max_checkpoints: int = 3,
     init_checkpoint: str | None = None,
     save_final_model: bool = True,
+    data_info: Any = None,
     verbose: bool = True,
 ) -> TrainResult:
     """Trains a model for ``steps`` global steps, resuming from ``run_dir`` if possible.
@@ -392,6 +393,9 @@ def train_model(
         init_checkpoint: warm start: model weights (only) from this run dir,
             checkpoint dir or prefix, used when ``run_dir`` has no checkpoint yet.
         save_final_model: write ``run_dir/model.keras`` at the end.
+        data_info: JSON-ready description of the training data (e.g.
+            ``common.multidata.DataSpec.to_dict()``), written to ``config.json`` as
+            ``"data"``.
         verbose: show a progress bar.
 
     Returns:
@@ -449,6 +453,8 @@ def train_model(
     if chief:
         record = {"config": resolve_config(config), "training": settings,
                   "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
+        if data_info is not None:
+            record["data"] = _to_jsonable(data_info)
         atomic_write_text(_join(run_dir, "config.json"),
                           json.dumps(record, indent=2, sort_keys=True) + "\n")
     if latest:

@@ -43,7 +43,11 @@ def _define_flags() -> None:
     flags.DEFINE_string(
         "data", None,
         "TFRecord folder written by `python -m common.prepare` (e.g. 300-W: splits "
-        "train, common, challenging and the alias full). Default: the embedded "
+        "train, common, challenging and the alias full), or several, comma-separated, "
+        "each optionally with a sampling weight: data/ytf68,data/w300 (one training "
+        "set) or data/ytf68:0.7,data/w300v:0.3 (training faces drawn 70/30 whatever "
+        "the sizes). All must hold the same landmark scheme; --val_split is scored on "
+        "every folder that has it and on their union. Default: the embedded "
         "synthetic 68-point faces (common.synthetic), generated once into the cache.")
     flags.DEFINE_string("train_split", "train", "Split to train on.")
     flags.DEFINE_string("val_split", "val",
@@ -187,6 +191,13 @@ def main(argv: Sequence[str]) -> None:
               flush=True)
         data = ensure_synthetic_dataset(config.num_landmarks, splits,
                                         cache_dir=FLAGS.cache_dir, progress=True)
+    from common.multidata import DataSpec, check_landmark_scheme
+
+    try:
+        data = DataSpec.parse(data)
+        check_landmark_scheme(data, config.num_landmarks)
+    except (ValueError, FileNotFoundError) as error:  # DataError is a ValueError
+        raise SystemExit(f"error: --data: {error}") from None
     print(f"data: {data}", flush=True)
 
     common_args = {
