@@ -244,22 +244,21 @@ def predict_union(predict: Callable[[str, str], Any], spec: DataSpec | str,
     return parts.get(UNION) or next(iter(parts.values()))
 
 
-def per_dataset_report(parts: Mapping[str, Any], spec: DataSpec | str, split: str, *,
+def per_dataset_scores(parts: Mapping[str, Any], spec: DataSpec | str, *,
                        output: str = "landmarks", kinds: Sequence[str] = ("inter_pupil",),
-                       scheme=None) -> tuple[dict[str, Any], str]:
-    """The error of one output per data set and on their union, for one split.
+                       scheme=None) -> dict[str, Any]:
+    """The mean NME of one output per data set and on their union.
 
     Args:
         parts: :func:`predict_per_dataset`'s result.
         spec: the data spec (for the folder paths and weights).
-        split: the split's name (for the table title).
         output: the output scored (``"landmarks"``: the model's final shape).
-        kinds: normalisers.
+        kinds: normalisers (``common.metrics.NORMALIZER_KINDS``).
         scheme: landmark scheme (default ``scheme_for(L)``).
 
     Returns:
-        ``(json, markdown)``: ``{name: {"folder", "num_faces", "weight", kind: mean NME,
-        ...}}`` and a Markdown table with a row per data set and the union.
+        ``{name: {"folder", "num_faces", "weight" (normalised, or None), kind: mean
+        NME, ...}}`` in the order of ``parts``.
     """
     spec = DataSpec.parse(spec)
     folders = dict(zip(spec.names, spec.folders))
@@ -275,12 +274,26 @@ def per_dataset_report(parts: Mapping[str, Any], spec: DataSpec | str, split: st
                                  boxes=pred.boxes)
             row[kind] = float(np.mean(errors))
         table[name] = row
+    return table
+
+
+def per_dataset_markdown(table: Mapping[str, Mapping[str, Any]], split: str,
+                         kinds: Sequence[str], output: str = "landmarks") -> str:
+    """A Markdown table of :func:`per_dataset_scores`: a row per data set and the union."""
     header = ("| data set | faces | training weight | "
               + " | ".join(f"{k.replace('_', '-')} NME" for k in kinds) + " |")
     lines = [f"### Split {split!r} per data set ({output})", "", header,
              "|" + "---|" * (3 + len(kinds))]
     for name, row in table.items():
-        weight = "" if row["weight"] is None else f"{row['weight']:.2f}"
+        weight = "" if row.get("weight") is None else f"{row['weight']:.2f}"
         lines.append(f"| {name} | {row['num_faces']} | {weight} | "
                      + " | ".join(f"{100 * row[k]:.2f} %" for k in kinds) + " |")
-    return table, "\n".join(lines)
+    return "\n".join(lines)
+
+
+def per_dataset_report(parts: Mapping[str, Any], spec: DataSpec | str, split: str, *,
+                       output: str = "landmarks", kinds: Sequence[str] = ("inter_pupil",),
+                       scheme=None) -> tuple[dict[str, Any], str]:
+    """:func:`per_dataset_scores` and its :func:`per_dataset_markdown` table."""
+    table = per_dataset_scores(parts, spec, output=output, kinds=kinds, scheme=scheme)
+    return table, per_dataset_markdown(table, split, kinds, output)

@@ -160,3 +160,53 @@ def test_msrrn_refuses_folders_of_another_scheme(folders, tmp_path):
     with pytest.raises(DataError, match="five: faces with 5 landmarks"):
         train_msrrn(MSRRNConfig().replace(**TINY_MSRRN), data=f"{folders[0]},{five}",
                     run_dir=str(tmp_path / "run"), steps=1, export=False, verbose=False)
+
+
+def _cli(module, *args, cwd):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, check=False, timeout=600)
+
+
+@pytest.mark.slow
+def test_msrrn_cli_accepts_weighted_folders_and_refuses_a_scheme_mismatch(folders, tmp_path):
+    run = tmp_path / "run"
+    done = _cli("msrrn_tf.train", f"--data={folders[0]}:0.7,{folders[1]}:0.3",
+                f"--run_dir={run}", f"--config_json={json.dumps(TINY_MSRRN)}", "--steps=1",
+                "--noexport", "--eval_every=0", cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "final shape per data set" in done.stdout
+    assert list(json.loads((run / "eval" / "val.json").read_text())["per_dataset"]) == [
+        "alpha", "beta", "all"]
+    five = _folder(tmp_path, "five", num_points=5)
+    bad = _cli("msrrn_tf.train", f"--data={folders[0]},{five}", f"--run_dir={tmp_path / 'x'}",
+               "--steps=1", "--noexport", cwd=str(tmp_path))
+    assert bad.returncode != 0 and "five: faces with 5 landmarks" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_ccnn_cli_trains_on_two_weighted_folders_and_reports_each(tmp_path):
+    a = _folder(tmp_path, "five_a", num_points=5, seed=3, splits={"train": 16, "val": 4})
+    b = _folder(tmp_path, "five_b", num_points=5, seed=4, splits={"train": 8, "val": 2})
+    run = tmp_path / "run"
+    done = _cli("ccnn_tf.train", f"--data={a}:0.6,{b}:0.4", f"--run_dir={run}",
+                "--preset=tiny", "--steps=2", "--batch_size=8", "--checkpoint_every=2",
+                "--noexport", cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((run / "eval" / "ccnn_val.json").read_text())
+    per = results["per_dataset"]
+    assert list(per) == ["five_a", "five_b", "all"]
+    assert [per[k]["num_faces"] for k in per] == [4, 2, 6]
+    assert per["five_b"]["weight"] == pytest.approx(0.4)
+    assert "per data set" in (run / "eval" / "ccnn_val.md").read_text()
+    record = json.loads((run / "run.json").read_text())
+    assert record["data_spec"]["weights"] == [0.6, 0.4]
+    from ccnn_tf.runs import run_data
+
+    assert DataSpec.parse(run_data(str(run))).folders == (a, b)
