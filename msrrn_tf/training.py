@@ -473,7 +473,8 @@ def train_msrrn(config: MSRRNConfig, *, data: str | Sequence[str] | DataSpec, ru
                 mixed_precision: bool = False, jit_compile: bool = False,
                 schedule: str = "cosine", val_limit: int | None = None,
                 evaluate: bool = True, export: bool = True, parity_check: bool = True,
-                seed: int | None = None, verbose: bool = True) -> MSRRNTrainResult:
+                seed: int | None = None, verbose: bool = True,
+                init_from: str | None = None) -> MSRRNTrainResult:
     """Trains MSRRN (resuming from ``run_dir``), then evaluates and exports it.
 
     Holds the run directory's lock meanwhile (``common.training.locks_run_dir``): a
@@ -513,11 +514,21 @@ def train_msrrn(config: MSRRNConfig, *, data: str | Sequence[str] | DataSpec, ru
             random); a resumed run draws its batches from a stream seeded by the seed
             and its start step (``common.training.resume_seed``).
         verbose: show progress.
+        init_from: start from another run's weights (a run directory, its
+            ``checkpoints`` folder or a checkpoint prefix; e.g. a run pretrained on
+            the synthetic faces), mean shape and bias offsets included; the
+            optimiser and step start afresh. Ignored when ``run_dir`` already has a
+            checkpoint (resuming wins). The model's weights must have the same
+            shapes (:func:`check_init_from`).
 
     Returns:
         A :class:`MSRRNTrainResult`.
+
+    Raises:
+        ValueError: ``init_from``'s weights do not fit ``config``'s model.
     """
     start = time.perf_counter()
+    init_checkpoint = check_init_from(config, init_from) if init_from else None
     if isinstance(strategy, str):
         # Before any dataset op: multi-worker collectives are configured when the
         # eager context starts.
@@ -575,6 +586,7 @@ def train_msrrn(config: MSRRNConfig, *, data: str | Sequence[str] | DataSpec, ru
         steps=steps, run_dir=run_dir, val_dataset=val_dataset,
         checkpoint_every=checkpoint_every, eval_every=eval_every, log_every=log_every,
         strategy=strategy, config=config, data_info=data_info,
+        init_checkpoint=init_checkpoint,
         val_metric=evaluation.nme_val_metric("inter_pupil", scheme) if val_dataset else None,
         jit_compile=jit_compile, verbose=verbose,
         # With the bias correction, model.keras is written once, corrected, below.
@@ -634,6 +646,55 @@ def train_msrrn(config: MSRRNConfig, *, data: str | Sequence[str] | DataSpec, ru
                             history=result.history, evaluation=report,
                             export_dir=export_dir, seconds=time.perf_counter() - start,
                             loop_seconds=result.loop_seconds)
+
+
+def check_init_from(config: MSRRNConfig, init_from: str) -> str:
+    """The checkpoint of ``init_from`` after checking that it fits ``config``'s model.
+
+    The weights are restored into a throwaway model built from ``config``; a weight of
+    another shape (other widths, scales, patch size, number of landmarks) raises,
+    naming the weight and the config fields in which the source run (its
+    ``config.json``) differs.
+
+    Args:
+        config: the config of the model to train.
+        init_from: a run directory, its ``checkpoints`` folder or a prefix.
+
+    Returns:
+        The checkpoint prefix.
+
+    Raises:
+        FileNotFoundError: no checkpoint in ``init_from``.
+        ValueError: the shapes do not match.
+    """
+    prefix = training.resolve_init_checkpoint(init_from)
+    model = build_msrrn(config)
+    try:
+        training.restore_model_weights(model, prefix)
+    except (ValueError, tf.errors.InvalidArgumentError) as error:
+        differs = ""
+        source = _run_config_of(init_from)
+        if source is not None:
+            mine, theirs = config.to_dict(), source.to_dict()
+            fields = [k for k in mine if mine[k] != theirs.get(k)]
+            differs = (f"; its config.json differs in {', '.join(fields)}" if fields
+                       else "")
+        raise ValueError(f"--init_from {init_from}: its weights do not fit this model "
+                         f"({error}){differs}. Start from a run of the same architecture "
+                         "(scales, patch size, widths, landmarks)") from None
+    return prefix
+
+
+def _run_config_of(path: str) -> MSRRNConfig | None:
+    """The MSRRNConfig in the ``config.json`` of the run holding ``path``, if any."""
+    path = os.path.abspath(path)
+    for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+        record = os.path.join(candidate, "config.json")
+        if os.path.isfile(record):
+            with open(record) as f:
+                values = json.load(f).get("config", {}).get("values")
+            return MSRRNConfig.from_dict(values) if values else None
+    return None
 
 
 # --------------------------------------------------------------------------------------

@@ -210,3 +210,39 @@ def test_ccnn_cli_trains_on_two_weighted_folders_and_reports_each(tmp_path):
     from ccnn_tf.runs import run_data
 
     assert DataSpec.parse(run_data(str(run))).folders == (a, b)
+
+
+@pytest.mark.slow
+def test_msrrn_init_from_starts_from_another_runs_weights(folders, tmp_path):
+    from msrrn_tf.config import MSRRNConfig
+    from msrrn_tf.training import check_init_from, train_msrrn
+
+    config = MSRRNConfig().replace(**TINY_MSRRN)
+    source = train_msrrn(config, data=folders[0], run_dir=str(tmp_path / "pre"), steps=2,
+                         checkpoint_every=2, evaluate=False, export=False, seed=0,
+                         verbose=False)
+    fresh = train_msrrn(config, data=folders[1], run_dir=str(tmp_path / "fresh"), steps=0,
+                        evaluate=False, export=False, seed=1, verbose=False)
+    tuned = train_msrrn(config, data=folders[1], run_dir=str(tmp_path / "tuned"), steps=0,
+                        evaluate=False, export=False, seed=1, verbose=False,
+                        init_from=str(tmp_path / "pre"))
+    pairs = list(zip(source.model.trainable_weights, tuned.model.trainable_weights,
+                     fresh.model.trainable_weights))
+    assert pairs
+    for a, b, _ in pairs:
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert any(not np.array_equal(a.numpy(), c.numpy()) for a, _, c in pairs)
+    record = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert record["training"]["init_checkpoint"].startswith(str(tmp_path / "pre"))
+    # Another architecture: a clear error naming the weight and the differing field.
+    wider = config.replace(regression_fc_units=(24,))
+    with pytest.raises(ValueError, match=r"do not fit this model .*differs in "
+                                         r"regression_fc_units"):
+        check_init_from(wider, str(tmp_path / "pre"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        check_init_from(config, str(tmp_path / "nothing"))
+    done = _cli("msrrn_tf.train", f"--data={folders[1]}", f"--run_dir={tmp_path / 'x'}",
+                f"--config_json={json.dumps({**TINY_MSRRN, 'regression_fc_units': [24]})}",
+                f"--init_from={tmp_path / 'pre'}", "--steps=1", cwd=str(tmp_path))
+    assert done.returncode != 0 and "do not fit this model" in done.stderr
+    assert "Traceback" not in done.stderr
