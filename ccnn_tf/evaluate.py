@@ -40,7 +40,7 @@ from ccnn_tf.model import (
     transfer_stage_weights,
 )
 from ccnn_tf.runs import load_cascade, run_data
-from common import atomic, evaluation, metrics, plots
+from common import atomic, evaluation, metrics, multidata, plots
 from common.schemes import scheme_for
 
 KINDS = ("box_width", "inter_ocular")
@@ -104,7 +104,7 @@ class CascadeEvaluation:
     face_errors: dict[str, np.ndarray]
 
 
-def evaluate_cascade(model: keras.Model, data: str, split: str = "val", *,
+def evaluate_cascade(model: keras.Model, data, split: str = "val", *,
                      batch_size: int = 64, limit: int | None = None,
                      kinds: Sequence[str] = KINDS,
                      thresholds: Sequence[float] = THRESHOLDS,
@@ -113,7 +113,10 @@ def evaluate_cascade(model: keras.Model, data: str, split: str = "val", *,
 
     Args:
         model: a ``CCNNCascade`` (any number of stages).
-        data: TFRecord folder.
+        data: TFRecord folder, or several (``common.multidata.DataSpec``): scored on
+            the union of the folders that hold ``split``, and per folder
+            (``results["per_dataset"]``, the final output's NME per folder and
+            union).
         split: the split.
         batch_size: faces per forward pass.
         limit: evaluate the first ``limit`` faces only.
@@ -127,11 +130,22 @@ def evaluate_cascade(model: keras.Model, data: str, split: str = "val", *,
     """
     sizes, margin, num_points = model_geometry(model)
     scheme = scheme_for(num_points)
-    pred = evaluation.predict_split(model, data, split, sizes=sizes, margin=margin,
-                                    num_landmarks=num_points, batch_size=batch_size,
-                                    limit=limit)
+    spec = multidata.DataSpec.parse(data)
+    multidata.check_landmark_scheme(spec, num_points)
+
+    def predict(folder: str, name: str) -> evaluation.Predictions:
+        return evaluation.predict_split(model, folder, name, sizes=sizes, margin=margin,
+                                        num_landmarks=num_points, batch_size=batch_size,
+                                        limit=limit)
+
+    parts = multidata.predict_per_dataset(predict, spec, split)
+    pred = parts.get(multidata.UNION) or next(iter(parts.values()))
     results = evaluation.evaluate_outputs(pred, scheme, kinds, thresholds)
-    results.update(data=os.fspath(data), split=split,
+    if len(spec.folders) > 1:
+        results["data_spec"] = spec.to_dict()
+        results["per_dataset"] = multidata.per_dataset_scores(parts, spec, kinds=kinds,
+                                                              scheme=scheme)
+    results.update(data=",".join(spec.folders), split=split,
                    stages=stage_outputs(results["outputs"]),
                    point_names=list(scheme.point_names), point_labels=point_labels(num_points),
                    failure_threshold=FAILURE_THRESHOLD)
@@ -299,6 +313,9 @@ def write_cascade_report(evaluated: CascadeEvaluation, out_dir: str, name: str =
     """
     results = evaluated.results
     tables = [stage_table(results, kind) for kind in results["kinds"]]
+    if results.get("per_dataset"):
+        tables.append(multidata.per_dataset_markdown(results["per_dataset"], results["split"],
+                                                     results["kinds"]))
     if "cost" in results:
         tables.append(cost_table(results["cost"]))
     os.makedirs(out_dir, exist_ok=True)

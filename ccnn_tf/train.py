@@ -27,7 +27,10 @@ _STAGE = flags.DEFINE_enum("stage", "all", ["1", "2", "3", "all"],
                            "Stage to train, or all three in series.")
 _DATA = flags.DEFINE_string(
     "data", None, "TFRecord folder of 5-point faces (common.prepare output, e.g. the "
-    "CUHK/MTFL lists); default: the embedded synthetic 5-point faces.")
+    "CUHK/MTFL lists), or several, comma-separated, each optionally with a sampling "
+    "weight (data/a:0.7,data/b:0.3: training faces drawn 70/30 whatever the sizes); all "
+    "with the same landmarks; --val_split is scored per folder and on their union. "
+    "Default: the embedded synthetic 5-point faces.")
 _TRAIN_SPLIT = flags.DEFINE_string(
     "train_split", "train", "Split of --data to train on (e.g. tune_train of a "
     "`common.prepare --tune_fraction` folder).")
@@ -83,6 +86,7 @@ def main(argv: Sequence[str]) -> None:
                                    batch_size=_BATCH_SIZE.value, shake=_SHAKE.value,
                                    windows=_WINDOWS.value, seed=_SEED.value)
     data = _DATA.value or training.synthetic_data(_PRESET.value)
+    from common.records import DataError
     from common.training import RunDirLocked
 
     try:
@@ -94,6 +98,8 @@ def main(argv: Sequence[str]) -> None:
             val_split=_VAL_SPLIT.value)
     except RunDirLocked as error:  # a second training on the same --run_dir
         raise SystemExit(f"error: {error}") from None
+    except DataError as error:  # e.g. folders of two landmark schemes
+        raise SystemExit(f"error: --data: {error}") from None
 
 
 if __name__ == "__main__":

@@ -81,12 +81,12 @@ from ccnn_tf.runs import (  # the run layout, re-exported: callers know it from 
     stage_dir,
     weights_fingerprint,
 )
-from common import training
+from common import multidata, training
 from common.evaluation import nme_val_metric, save_architecture
+from common.multidata import DataSpec
 from common.pipeline import AugmentConfig, make_dataset
 from common.schemes import scheme_for
 from common.synthetic import ensure_synthetic_dataset
-from common.tfrecord import find_shards
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def _structural(config: CCNNConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in TRAINING_ONLY_FIELDS}
 
 
-def _record_run(run_dir: str, config: CCNNConfig, data: str) -> None:
+def _record_run(run_dir: str, config: CCNNConfig, data: DataSpec) -> None:
     """Writes ``run.json``; refuses a config whose cascade differs from the recorded."""
     previous = read_run(run_dir)
     if previous is not None:
@@ -344,7 +344,9 @@ def _record_run(run_dir: str, config: CCNNConfig, data: str) -> None:
                 f"{run_dir} holds a CCNN run with different {', '.join(changed)}; "
                 "use another --run_dir for a different cascade (e.g. an ablation)")
     tf.io.gfile.makedirs(run_dir)
-    record = {"config": config.to_dict(), "data": os.fspath(data)}
+    # "data" is what --data would be (ccnn_tf.runs.run_data); "data_spec" the details.
+    record = {"config": config.to_dict(), "data": str(_absolute(data)),
+              "data_spec": data.to_dict()}
     training.atomic_write_text(os.path.join(run_dir, RUN_FILE),
                                json.dumps(record, indent=2, sort_keys=True) + "\n")
 
@@ -354,7 +356,11 @@ def _record_run(run_dir: str, config: CCNNConfig, data: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _train_dataset_fn(data: str, config: CCNNConfig, batch_size: int,
+def _absolute(spec: DataSpec) -> DataSpec:
+    return DataSpec(tuple(os.path.abspath(f) for f in spec.folders), spec.weights)
+
+
+def _train_dataset_fn(data: DataSpec, config: CCNNConfig, batch_size: int,
                       shuffle_buffer: int | None, split: str = "train",
                       seed: int | None = None
                       ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
@@ -365,28 +371,33 @@ def _train_dataset_fn(data: str, config: CCNNConfig, batch_size: int,
     def make(context: tf.distribute.InputContext) -> tf.data.Dataset:
         pipelines = context.num_input_pipelines
         return make_dataset(
-            data, split, sizes=(config.input_size,), num_landmarks=config.num_landmarks,
+            data.data, split, sizes=(config.input_size,), num_landmarks=config.num_landmarks,
             margin=config.margin, batch_size=context.get_per_replica_batch_size(batch_size),
             training=True, augment=augment, seed=seed, shuffle_buffer=shuffle_buffer,
-            shard=(pipelines, context.input_pipeline_id) if pipelines > 1 else None)
+            shard=(pipelines, context.input_pipeline_id) if pipelines > 1 else None,
+            weights=data.weights)
 
     return make
 
 
-def validation_dataset(data: str, config: CCNNConfig, split: str = "val",
+def validation_dataset(data: str | DataSpec, config: CCNNConfig, split: str = "val",
                        batch_size: int = 64, limit: int | None = None
                        ) -> tf.data.Dataset | None:
     """The deterministic validation input with metadata, or ``None`` without the split.
 
     Args:
-        data: TFRecord folder.
+        data: TFRecord folder, or a data spec (the union of its folders that hold
+            ``split``).
         config: the configuration (input size, margin, landmarks).
         split: the split name.
         batch_size: faces per batch.
         limit: keep only the first ``limit`` faces.
     """
+    spec = DataSpec.parse(data).with_split(split)
+    if spec is None:
+        return None
     try:
-        dataset = make_dataset(data, split, sizes=(config.input_size,),
+        dataset = make_dataset(spec.data, split, sizes=(config.input_size,),
                                num_landmarks=config.num_landmarks, margin=config.margin,
                                batch_size=batch_size, training=False, with_meta=True,
                                cache=True)
@@ -397,15 +408,13 @@ def validation_dataset(data: str, config: CCNNConfig, split: str = "val",
     return dataset
 
 
-def has_split(data: str, split: str) -> bool:
-    """True when ``data`` holds TFRecord shards of ``split``."""
-    try:
-        return bool(find_shards(data, split))
-    except FileNotFoundError:
-        return False
+def has_split(data: str | DataSpec, split: str) -> bool:
+    """True when ``data`` (a folder, or any folder of a data spec) holds TFRecord shards
+    of ``split``."""
+    return DataSpec.parse(data).with_split(split) is not None
 
 
-def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
+def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str | DataSpec, run_dir: str,
                      steps: int | None = None, batch_size: int | None = None,
                      strategy: str | tf.distribute.Strategy = "default",
                      mixed_precision: bool | None = None, checkpoint_every: int = 500,
@@ -456,6 +465,8 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
         # First, before any TensorFlow op: collective ops (multi_worker) must be
         # configured at program start-up.
         strategy = training.select_strategy(strategy)
+    data = DataSpec.parse(data)
+    multidata.check_landmark_scheme(data, config.num_landmarks)
     _record_run(run_dir, config, data)
     if config.seed is not None:  # initial weights, dropout and augmentation repeatable
         keras.utils.set_random_seed(int(config.seed) + stage)
@@ -498,7 +509,7 @@ def train_ccnn_stage(config: CCNNConfig, stage: int, *, data: str, run_dir: str,
     train_data = _train_dataset_fn(data, config, batch_size, shuffle_buffer, train_split,
                                    seed=training.resume_seed(config.seed, directory))
     val_data = validation_dataset(data, config, val_split, limit=val_limit)
-    record = {"ccnn": config.to_dict(), "stage": stage, "data": os.fspath(data),
+    record = {"ccnn": config.to_dict(), "stage": stage, "data": data.to_dict(),
               "train_split": train_split,
               "batch_size": batch_size, "previous_stages": list(earlier),
               "previous_stages_fingerprint": fingerprint,
@@ -556,7 +567,7 @@ def parse_stages(stages: str | int | Sequence[int], num_stages: int) -> tuple[in
 
 @training.locks_run_dir
 def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
-               data: str, run_dir: str, steps: int | None = None,
+               data: str | DataSpec, run_dir: str, steps: int | None = None,
                batch_size: int | None = None,
                strategy: str | tf.distribute.Strategy = "default",
                mixed_precision: bool | None = None, checkpoint_every: int = 500,
@@ -571,7 +582,9 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
     Args:
         config: the configuration.
         stages: ``"all"``, one stage or several, trained in the given order.
-        data: TFRecord folder with ``train_split`` and ``val_split`` shards.
+        data: TFRecord folder with ``train_split`` and ``val_split`` shards, or
+            several (``common.multidata.DataSpec``, ``"a:0.7,b:0.3"``: training faces
+            drawn by the weights; evaluation per folder and on their union).
         run_dir: the CCNN run directory.
         steps: steps per stage; default ``config.steps_per_stage``.
         batch_size: global batch; default ``config.batch_size``.
@@ -622,19 +635,26 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
                   f"{consistent} stage(s), not exporting", flush=True)
     else:
         return summary
-    if evaluate and has_split(data, val_split):
+    spec = DataSpec.parse(data)
+    val_spec = spec.with_split(val_split)
+    if evaluate and val_spec is not None:
         evaluated = ccnn_evaluate.evaluate_cascade(
-            model, data, val_split, batch_size=batch_size or config.batch_size, cost=False)
+            model, spec, val_split, batch_size=batch_size or config.batch_size, cost=False)
         summary.evaluation = evaluated.results
         summary.report_paths = ccnn_evaluate.write_cascade_report(
             evaluated, os.path.join(run_dir, "eval"), name=f"ccnn_{val_split}",
-            title=f"CCNN on {val_split} ({os.path.basename(os.path.normpath(data))})")
+            title=f"CCNN on {val_split} ({', '.join(val_spec.names)})")
         if verbose:
             print(ccnn_evaluate.stage_table(evaluated.results), flush=True)
+            if evaluated.results.get("per_dataset"):
+                print(multidata.per_dataset_markdown(evaluated.results["per_dataset"],
+                                                     val_split, evaluated.results["kinds"]),
+                      flush=True)
     if export and complete:
         summary.export = ccnn_export.export_cascade(
-            model, os.path.join(run_dir, "export"), data=data, split=val_split,
-            extra_info={"training_data": os.path.abspath(data),
+            model, os.path.join(run_dir, "export"), data=(val_spec or spec).folders[0],
+            split=val_split if val_spec is not None else train_split,
+            extra_info={"training_data": str(_absolute(spec)), "data_spec": spec.to_dict(),
                         "run_dir": os.path.abspath(run_dir), "config": config.to_dict()})
         if verbose:
             print(ccnn_export.format_export_report(summary.export), flush=True)

@@ -264,7 +264,8 @@ def parse_data_spec(spec: str | Sequence[str]) -> tuple[list[str], list[float] |
     folders, weights = [], []
     for item in items:
         head, sep, tail = item.rpartition(":")
-        if sep and head and not os.path.exists(item):
+        # "gs://bucket/x" or "C:\\data" is a folder, not a weight.
+        if sep and head and not os.path.exists(item) and not {"/", "\\"} & set(tail):
             try:
                 weight = float(tail)
             except ValueError:

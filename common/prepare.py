@@ -9,12 +9,13 @@ What ends up in ``--output``:
 
 * ``{prefix}-{split}-{i:05d}-of-{n:05d}.tfrecord``: one set of shards per split.
   A reader that has splits keeps them (300-W: ``train``, ``common``,
-  ``challenging``); otherwise the records are split into ``train`` and ``val``
-  (``--split_by=identity|random``) or all go to ``--split_name``
-  (``--split_by=none``). With ``--tune_fraction`` the training faces are written as
-  ``tune_train`` and ``tune_val`` instead (a tuning split that shares no face, nor
-  with ``--split_by=identity`` any identity, with ``val``), and ``train`` is the
-  alias of the two.
+  ``challenging``); otherwise, or when the reader's splits are all ``train`` (a
+  300-W tree of only ``afw/`` and ``helen/trainset/``), the records are split into
+  ``train`` and ``val`` (``--split_by=identity|photo|random``; 300-W by photo) or
+  all go to ``--split_name`` (``--split_by=none``). With ``--tune_fraction`` the
+  training faces are written as ``tune_train`` and ``tune_val`` instead (a tuning
+  split that shares no face, nor with ``--split_by=identity`` any identity, with
+  ``val``), and ``train`` is the alias of the two.
 * ``dataset.json``: counts per split, split aliases (``"full": ["common",
   "challenging"]`` when both exist, see ``SPLIT_ALIASES``), format, input, number of
   landmarks, settings, box-source counts and the skipped records. It is written
@@ -74,7 +75,7 @@ SPLIT_ALIASES = {"full": ("common", "challenging"), "train": ("tune_train", "tun
 """Split names that stand for the union of other splits (300-W "full" test set; the
 training faces when a tuning split was carved from them, ``split_records``)."""
 
-SPLIT_BY = ("identity", "random", "none")
+SPLIT_BY = ("identity", "photo", "random", "none")
 ON_ERROR = ("skip", "fail")
 ON_DUPLICATE = ("drop", "fail")
 DATASET_JSON = "dataset.json"
@@ -168,12 +169,14 @@ def _carve(records: Sequence[FaceRecord], indices: Sequence[int], split_by: str,
         names = list(groups)
         target = min(max(round(target), 1), n - 1) if n > 1 else 0
     else:
+        # "identity" and "photo" group by the same name: 300-W's NAME_1.jpg, NAME_2.jpg
+        # (the faces of one photo) are the photo NAME, as ytf68's frames are a person.
         for i in indices:
             groups[identity_of(records[i].image_path)].append(i)
         names = sorted(groups)
     if len(names) < 2:
         _LOG.warning("only one %s: no held-out split",
-                     "image" if split_by == "random" else "identity")
+                     "image" if split_by == "random" else split_by)
         return set()
     chosen: set[int] = set()
     for k in rng.permutation(len(names))[:-1]:  # the last identity always trains
@@ -192,10 +195,17 @@ def split_records(records: Sequence[FaceRecord], split_by: str = "identity",
         records: the faces, in reading order.
         split_by: ``"identity"``: whole identities (``identity_of``) go to ``val``
             until it holds at least ``val_fraction`` of the records, so no identity
-            is in both splits; ``"random"``: seeded random images (all faces of an
-            image together) until ``val`` holds ``val_fraction`` of the records;
-            ``"none"``: every record gets ``split_name``. Records whose
-            reader gave them a split keep it, whatever ``split_by`` says.
+            is in both splits; ``"photo"``: the same grouping under the name that
+            fits 300-W, whose faces of one photo are ``NAME_1.jpg``, ``NAME_2.jpg``
+            (``identity_of`` gives ``NAME``); ``"random"``: seeded random images
+            (all faces of an image file together) until ``val`` holds
+            ``val_fraction`` of the records; ``"none"``: every record gets
+            ``split_name``. Records whose reader gave them a split keep it,
+            whatever ``split_by`` says; when those splits hold no evaluation split
+            (every record "train", e.g. a 300-W tree of only ``afw/`` and
+            ``helen/trainset/``), ``val`` is carved from them as from a list
+            without splits. A full 300-W tree (``common``, ``challenging``) keeps
+            the paper's splits and gets no ``val``.
         val_fraction: wanted fraction of records in ``val``, in [0, 1).
         seed: random seed (identity order or record order).
         split_name: the split of every record for ``split_by="none"``.
@@ -226,10 +236,12 @@ def split_records(records: Sequence[FaceRecord], split_by: str = "identity",
         splits = [split_name] * n
     else:
         splits = ["train"] * n
-        if val_fraction > 0.0 and n:
-            val = _carve(records, range(n), split_by, val_fraction,
-                         np.random.default_rng(seed))
-            splits = ["val" if i in val else "train" for i in range(n)]
+    if val_fraction > 0.0 and split_by != "none" and n and set(splits) == {"train"}:
+        # No evaluation split: none from the reader (e.g. a partial 300-W tree of
+        # only training subsets) or no reader splits at all.
+        train = range(n)
+        val = _carve(records, train, split_by, val_fraction, np.random.default_rng(seed))
+        splits = ["val" if i in val else "train" for i in train]
     if tune_fraction:
         train = [i for i, split in enumerate(splits) if split == "train"]
         tune = _carve(records, train, split_by, tune_fraction,
@@ -353,7 +365,8 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
         prefix: shard name prefix; default: the output folder's name.
         num_shards: shards per split (each split gets at most one per face).
         val_fraction: fraction of the faces for ``val`` (see ``split_records``).
-        split_by: ``"identity"``, ``"random"`` or ``"none"``.
+        split_by: ``"identity"``, ``"photo"``, ``"random"`` or ``"none"``
+            (``split_records``); a 300-W tree split ``"random"`` is split by photo.
         seed: seed of the train/val split.
         upsample: dlib's upsampling for faces without a box.
         on_error: ``"fail"``: stop at the first bad record; ``"skip"``: skip and
@@ -419,6 +432,13 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
     dropped = {repeat for repeat, _ in repeats}
     records = [r for i, r in enumerate(records) if i not in dropped]
     num_landmarks = records[0].landmarks.shape[0]
+    if result.format == "300w" and split_by == "random":
+        # 300-W crops every face of a photo into its own NAME_k image file: whole image
+        # files would put faces of one photo into train and val.
+        _LOG.warning("300-W: --split_by=random groups the faces of one photo "
+                     "(NAME_1, NAME_2, ...), i.e. --split_by=photo")
+        split_by = "photo"
+    settings["split_by_used"] = split_by
     splits = split_records(records, split_by, val_fraction, seed, split_name, tune_fraction)
     split_names = list(dict.fromkeys(splits))  # reading order, no repeats
 
@@ -580,11 +600,16 @@ def _define_flags() -> None:
     flags.DEFINE_string("prefix", None, "Shard name prefix (default: the output folder name).")
     flags.DEFINE_integer("num_shards", 1, "Shards per split.", lower_bound=1)
     flags.DEFINE_float("val_fraction", 0.1,
-                       "Fraction of faces for the val split when the format has no splits.",
+                       "Fraction of faces for the val split when the format has no "
+                       "evaluation split (no splits, or only train: a partial 300-W tree).",
                        lower_bound=0.0, upper_bound=0.99)
     flags.DEFINE_enum("split_by", "identity", list(SPLIT_BY),
                       "identity: whole identities (file name before the last _NN) go to val; "
-                      "random: seeded random faces; none: all faces in --split_name.")
+                      "photo: the same grouping, named for 300-W (NAME_1.jpg, NAME_2.jpg are "
+                      "faces of the photo NAME); random: seeded random image files (300-W: "
+                      "photos); none: all faces in --split_name. A reader's own splits are "
+                      "kept (a full 300-W tree: train, common, challenging); when they hold "
+                      "only train (a partial 300-W tree), val is carved from it.")
     flags.DEFINE_string("split_name", "train",
                         "Split of every face with --split_by=none (e.g. test).")
     flags.DEFINE_float("tune_fraction", 0.0,

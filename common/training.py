@@ -310,8 +310,13 @@ def resume_seed(seed: int | None, run_dir: str | os.PathLike) -> int | None:
     return int(np.random.SeedSequence([int(seed), step]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _resolve_init_checkpoint(path: str) -> str:
-    """A checkpoint prefix from a run dir, a checkpoints dir or a prefix."""
+def resolve_init_checkpoint(path: str) -> str:
+    """A checkpoint prefix from a run dir, a checkpoints dir or a prefix (the latest
+    checkpoint of a directory).
+
+    Raises:
+        FileNotFoundError: ``path`` holds no checkpoint.
+    """
     for candidate in (_join(path, "checkpoints"), path):
         if tf.io.gfile.isdir(candidate):
             latest = tf.train.latest_checkpoint(candidate)
@@ -320,6 +325,52 @@ def _resolve_init_checkpoint(path: str) -> str:
     if tf.io.gfile.exists(path + ".index"):
         return path
     raise FileNotFoundError(f"init_checkpoint {path!r}: no checkpoint found")
+
+
+_OPTIMIZER_WEIGHT = "optimizer/_trainable_variables/{}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def restore_model_weights(model: keras.Model, prefix: str) -> int:
+    """Warm start: a runner checkpoint's model weights (not its optimiser state).
+
+    ``tf.train.Checkpoint(model=model)`` alone does not reach the weights of layers a
+    Keras 3 model keeps in Python lists (MSRRN's conv blocks and hidden layers): in
+    the runner's checkpoints those weights are saved under the optimiser, as its
+    ``_trainable_variables`` in the order of ``model.trainable_variables``. They are
+    restored from there (checked one by one for shape), everything else through the
+    model's own object graph.
+
+    Args:
+        model: the built model (the same architecture as the checkpoint's).
+        prefix: a checkpoint prefix (``resolve_init_checkpoint``).
+
+    Returns:
+        The number of trainable weights restored through the optimiser's list.
+
+    Raises:
+        ValueError: another number of trainable weights, or a weight of another
+            shape, naming the weight.
+    """
+    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    reader = tf.train.load_checkpoint(prefix)
+    names = reader.get_variable_to_shape_map()
+    count = 0
+    while _OPTIMIZER_WEIGHT.format(count) in names:
+        count += 1
+    variables = model.trainable_variables
+    if not count:
+        return 0
+    if count != len(variables):
+        raise ValueError(f"{prefix}: {count} trainable weights, the model has "
+                         f"{len(variables)}")
+    for i, variable in enumerate(variables):
+        value = reader.get_tensor(_OPTIMIZER_WEIGHT.format(i))
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(f"{prefix}: trainable weight {i} "
+                             f"({getattr(variable, 'path', variable.name)}) has shape "
+                             f"{tuple(value.shape)} there, {tuple(variable.shape)} here")
+        variable.assign(value)
+    return count
 
 
 @locks_run_dir
@@ -345,6 +396,7 @@ def train_model(
     max_checkpoints: int = 3,
     init_checkpoint: str | None = None,
     save_final_model: bool = True,
+    data_info: Any = None,
     verbose: bool = True,
 ) -> TrainResult:
     """Trains a model for ``steps`` global steps, resuming from ``run_dir`` if possible.
@@ -390,8 +442,12 @@ def train_model(
         steps_per_loop: training steps per ``tf.function`` call (raise it on TPU).
         max_checkpoints: number of checkpoints kept.
         init_checkpoint: warm start: model weights (only) from this run dir,
-            checkpoint dir or prefix, used when ``run_dir`` has no checkpoint yet.
+            checkpoint dir or prefix, used when ``run_dir`` has no checkpoint yet
+            (:func:`restore_model_weights`).
         save_final_model: write ``run_dir/model.keras`` at the end.
+        data_info: JSON-ready description of the training data (e.g.
+            ``common.multidata.DataSpec.to_dict()``), written to ``config.json`` as
+            ``"data"``.
         verbose: show a progress bar.
 
     Returns:
@@ -432,8 +488,8 @@ def train_model(
         if latest:
             checkpoint.restore(latest).assert_existing_objects_matched()
         elif init_checkpoint:
-            source = _resolve_init_checkpoint(init_checkpoint)
-            tf.train.Checkpoint(model=model).restore(source).expect_partial()
+            source = resolve_init_checkpoint(init_checkpoint)
+            restore_model_weights(model, source)
             logger.info("warm start from %s", source)
 
     initial_step = int(step_var.numpy())
@@ -449,6 +505,8 @@ def train_model(
     if chief:
         record = {"config": resolve_config(config), "training": settings,
                   "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
+        if data_info is not None:
+            record["data"] = _to_jsonable(data_info)
         atomic_write_text(_join(run_dir, "config.json"),
                           json.dumps(record, indent=2, sort_keys=True) + "\n")
     if latest:

@@ -210,13 +210,60 @@ def _check_same_faces(pred, faces: Sequence[Any]) -> None:
                              "landmarks or boxes)")
 
 
+def per_dataset_section(parts: Mapping[str, Any], spec, combined, methods: Sequence[str],
+                        kinds: Sequence[str], scheme, split: str
+                        ) -> tuple[dict[str, Any], str]:
+    """Every method's error per data set (the faces of each folder, in the union's
+    order) and on the union: JSON and a Markdown table (headline normaliser).
+
+    Args:
+        parts: ``common.multidata.predict_per_dataset``'s result for our model (its
+            folder parts give each folder's faces; ``UNION`` is all of them).
+        spec: the data spec.
+        combined: predictions of the union with every method's ``outputs_px``.
+        methods: the methods (keys of ``combined.outputs_px``) to score.
+        kinds: normalisers; the first is the table's.
+        scheme: landmark scheme.
+        split: the scored split (for the title).
+    """
+    from common import metrics, multidata
+    from common.metrics import results_markdown
+
+    bounds, start = {}, 0
+    for name, part in parts.items():
+        if name != multidata.UNION:
+            bounds[name] = slice(start, start + part.num_faces)
+            start += part.num_faces
+    bounds[multidata.UNION] = slice(0, start)
+    folders = dict(zip(spec.names, spec.folders))
+    section: dict[str, Any] = {}
+    table: dict[str, dict[str, float]] = {}
+    for name, rows in bounds.items():
+        entry: dict[str, Any] = {
+            "folder": os.path.abspath(folders[name]) if name in folders else None,
+            "num_faces": rows.stop - rows.start, "methods": {}}
+        for method in methods:
+            entry["methods"][method] = {
+                kind: float(np.mean(metrics.nme(
+                    combined.outputs_px[method][rows], combined.true_px[rows], kind,
+                    scheme=scheme, boxes=combined.boxes[rows]))) for kind in kinds}
+        section[name] = entry
+        table[f"{name} ({entry['num_faces']} faces)"] = {
+            method_label(m): entry["methods"][m][kinds[0]] for m in methods}
+    columns = {method_label(m): method_label(m) for m in methods}
+    markdown = results_markdown(table, columns,
+                                f"Per data set ({split!r}): {KIND_LABELS[kinds[0]]} NME",
+                                row_header="data set")
+    return section, markdown
+
+
 def _stage_keys(outputs: Sequence[str]) -> list[str]:
     return sorted((o for o in outputs if o.startswith("stage_") and o[6:].isdigit()),
                   key=lambda o: int(o[6:]))
 
 
 
-def compare(family: str, data: str, *, output: str, train_split: str = "train",
+def compare(family: str, data, *, output: str, train_split: str = "train",
             eval_split: str = "val", model_path: str | None = None,
             steps: int | None = None, preset: str | None = None,
             batch_size: int | None = None,
@@ -233,7 +280,12 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
 
     Args:
         family: ``"msrrn"`` (68 points) or ``"ccnn"`` (5 points).
-        data: TFRecord folder of ``common.prepare`` / ``common.synthetic``.
+        data: TFRecord folder of ``common.prepare`` / ``common.synthetic``, or
+            several (``common.multidata.DataSpec``: ``"a,b"`` or ``"a:0.7,b:0.3"``):
+            our model trains on their training faces drawn by the weights, the
+            trained peers on the union of the training faces (no weights), and every
+            method is scored on the union of the folders' ``eval_split`` faces and
+            per folder (``per_dataset``: a row per folder plus the union).
         output: report folder (also holds ``run/`` and ``peers/`` by default).
         train_split: split our model and the trained peers learn from.
         eval_split: split every method is scored on.
@@ -265,10 +317,14 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
         ``{"results": the JSON written, "markdown": the Markdown written, "paths":
         files}``.
     """
-    from common import atomic, evaluation, plots
+    from common import atomic, evaluation, multidata, plots
     from common.metrics import results_markdown
     from common.schemes import scheme_for
     from experiments import peers as peer_lib
+
+    spec = multidata.DataSpec.parse(data)
+    multidata.check_landmark_scheme(spec)
+    data_name = ", ".join(spec.names)
 
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -305,14 +361,14 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
     child = None
     if trained and parallel_peers and not model_path:
         child = multiprocessing.get_context("spawn").Process(
-            target=fit_trained_peers, args=(data, train_split, trained, cache_dir),
+            target=fit_trained_peers, args=(str(spec), train_split, trained, cache_dir),
             kwargs={**peer_kwargs, "reuse": reuse_peers}, name="compare_real-peers")
         child.start()
         log(f"fitting {', '.join(trained)} on {train_split!r} in child process "
             f"{child.pid}")
     try:
         log(f"our model: {'loading ' + model_path if model_path else 'training'}")
-        ours = train_or_load_ours(family, data, train_split=train_split,
+        ours = train_or_load_ours(family, spec, train_split=train_split,
                                   eval_split=eval_split, run_dir=run_dir,
                                   model_path=model_path, steps=steps, preset=preset,
                                   batch_size=batch_size,
@@ -326,7 +382,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
                 raise RuntimeError(f"fitting the peers failed in the child process "
                                    f"(exit code {child.exitcode})")
         # Reads what the child fitted (or fits here, sequentially).
-        records = fit_trained_peers(data, train_split, trained, cache_dir, **peer_kwargs,
+        records = fit_trained_peers(str(spec), train_split, trained, cache_dir, **peer_kwargs,
                                     reuse=reuse_peers or child is not None) if trained else {}
     finally:
         if child is not None and child.is_alive():
@@ -343,12 +399,16 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
     if family == "msrrn":
         from msrrn_tf.training import predict_msrrn
 
-        pred = predict_msrrn(ours.model, data, eval_split, margin=ours.margin, limit=limit)
+        def predict(folder: str, split: str):
+            return predict_msrrn(ours.model, folder, split, margin=ours.margin, limit=limit)
     else:
-        pred = evaluation.predict_split(ours.model, data, eval_split, sizes=ours.sizes,
-                                        margin=ours.margin,
-                                        num_landmarks=ours.num_landmarks, limit=limit)
-    faces = list(peer_lib.iterate_faces(data, eval_split, limit))
+        def predict(folder: str, split: str):
+            return evaluation.predict_split(ours.model, folder, split, sizes=ours.sizes,
+                                            margin=ours.margin,
+                                            num_landmarks=ours.num_landmarks, limit=limit)
+    parts = multidata.predict_per_dataset(predict, spec, eval_split)
+    pred = parts.get(multidata.UNION) or next(iter(parts.values()))
+    faces = list(peer_lib.iterate_faces(str(spec), eval_split, limit))
     _check_same_faces(pred, faces)
     log(f"our model evaluated on {pred.num_faces} {eval_split!r} faces")
 
@@ -403,7 +463,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
     final_methods = [family, *[m for m in methods if m in outputs]]
 
     results: dict[str, Any] = {
-        "family": family, "data": os.path.abspath(data), "train_split": train_split,
+        "family": family, "data": ",".join(os.path.abspath(f) for f in spec.folders),
+        "data_spec": spec.to_dict(), "train_split": train_split,
         "eval_split": eval_split, "num_faces": pred.num_faces,
         "kinds": list(kinds), "thresholds": list(thresholds),
         "ours": {**ours.info, "batched_seconds_per_face": pred.seconds_per_face,
@@ -421,8 +482,12 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
              for m in final_methods}
     tables.append(results_markdown(
         table, summary_columns(kinds, thresholds),
-        f"{pred.num_faces} {eval_split!r} faces of {os.path.basename(os.path.abspath(data))}"
+        f"{pred.num_faces} {eval_split!r} faces of {data_name}"
         f", errors in % of the {NORMALISERS[kinds[0]]} (and {NORMALISERS[kinds[1]]})"))
+    if len(spec.folders) > 1:
+        results["per_dataset"], per_dataset_md = per_dataset_section(
+            parts, spec, combined, final_methods, kinds, scheme, eval_split)
+        tables.append(per_dataset_md)
     stage_keys = [k for k in outputs if k.startswith(f"{family}:")]
     stage_table = {}
     for key in stage_keys:
@@ -506,8 +571,7 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
            for m in final_methods}
     paths.update(evaluation.write_report(
         results, output, name, ced,
-        f"{family.upper()} vs peers on {os.path.basename(os.path.abspath(data))} "
-        f"({eval_split})", tables,
+        f"{family.upper()} vs peers on {data_name} ({eval_split})", tables,
         ced_xlabel=f"NME (normalised by the {NORMALISERS[headline]})",
         ced_max_threshold=settings["ced_max"], notes="\n\n".join(notes)))
     with open(paths["markdown"]) as f:
@@ -532,7 +596,11 @@ def _define_flags() -> None:
                       "msrrn: 68 points, ours = MSRRN; ccnn: 5 points, ours = CCNN.",
                       required=True)
     flags.DEFINE_string("data", None, "TFRecord folder written by `python -m "
-                        "common.prepare` (e.g. /tmp/data/ytf68, /tmp/data/sun5).",
+                        "common.prepare` (e.g. /tmp/data/ytf68, /tmp/data/sun5), or "
+                        "several, comma-separated, optionally weighted "
+                        "(data/ytf68:0.7,data/w300v:0.3): ours trains on the weighted "
+                        "mix, the trained peers on the union of the training faces; every "
+                        "method is scored per folder and on the union of --eval_split.",
                         required=True)
     flags.DEFINE_string("train_split", "train",
                         "Split our model and the trained peers (dlib ERT, mean shape) "

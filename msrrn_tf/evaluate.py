@@ -35,7 +35,7 @@ FLAGS = flags.FLAGS
 REPORT_NAME = "msrrn_eval"
 
 
-def evaluate_msrrn(model, data: str, splits: Sequence[str], *, margin: float, out_dir: str,
+def evaluate_msrrn(model, data, splits: Sequence[str], *, margin: float, out_dir: str,
                    ablation_models: Mapping[int, Any] | None = None,
                    kinds: Sequence[str] = ("inter_pupil", "inter_ocular"),
                    limit: int | None = None, batch_size: int = 64,
@@ -44,7 +44,10 @@ def evaluate_msrrn(model, data: str, splits: Sequence[str], *, margin: float, ou
 
     Args:
         model: the MSRRN model (T stages).
-        data: TFRecord folder.
+        data: TFRecord folder, or several (``common.multidata.DataSpec``, e.g.
+            ``"data/ytf68,data/w300v"``): each split is scored on the union of the
+            folders that have it and per folder (``"per_dataset"``, a table row per
+            folder and the union).
         splits: split names or aliases ("common", "challenging", "full", "val").
         margin: the crop margin the models were trained with.
         out_dir: report folder.
@@ -60,31 +63,38 @@ def evaluate_msrrn(model, data: str, splits: Sequence[str], *, margin: float, ou
         summary}}}, "files": {...}}``; summaries are ``common.metrics.summarize``
         dicts (fractions).
     """
-    from common import evaluation
+    from common import evaluation, multidata
     from common.schemes import scheme_for
-    from msrrn_tf.training import predict_msrrn, stage_ablation_report, stage_rows
+    from msrrn_tf.training import evaluate_split, predict_msrrn, stage_rows
 
     scheme = scheme_for(model.num_landmarks)
+    spec = multidata.DataSpec.parse(data)
+    multidata.check_landmark_scheme(spec, model.num_landmarks)
     models = {int(t): m for t, m in (ablation_models or {}).items()}
     models[model.num_stages] = model
-    summary: dict[str, Any] = {"data": os.path.abspath(data), "margin": margin,
-                               "kinds": list(kinds), "splits": {}}
+    summary: dict[str, Any] = {
+        "data": ",".join(os.path.abspath(f) for f in spec.folders), "margin": margin,
+        "kinds": list(kinds), "splits": {}}
+    if len(spec.folders) > 1:
+        summary["data_spec"] = spec.to_dict()
     tables: list[str] = []
     ced = {}
     files: dict[str, Any] = {}
     for split in splits:
-        pred = predict_msrrn(model, data, split, margin=margin, batch_size=batch_size,
-                             limit=limit)
-        report = stage_ablation_report(
-            pred, model.num_stages, out_dir, split, scheme=scheme, kinds=kinds,
-            title=f"MSRRN stage ablation (Table 2), split {split!r}",
-            extra={"split": split, "data": os.path.abspath(data)})
+        split_spec = spec.with_split(split)
+        if split_spec is None:
+            raise FileNotFoundError(f"no folder of {str(spec)!r} has split {split!r}")
+        pred, report = evaluate_split(model, spec, split, margin=margin, out_dir=out_dir,
+                                      scheme=scheme, kinds=kinds, limit=limit,
+                                      batch_size=batch_size)
         files[split] = report["paths"]
         results = report["results"]
         rows = stage_rows(model.num_stages)
         entry = {"num_faces": pred.num_faces, "seconds_per_face": pred.seconds_per_face,
                  "stages": {label: _strip(results["outputs"][output])
                             for label, output in rows.items()}}
+        if report["per_dataset"]:
+            entry["per_dataset"] = report["per_dataset"]
         ced[f"{split} ({pred.num_faces} faces)"] = evaluation.face_errors(
             pred, "landmarks", kinds[0], scheme)
         for kind in kinds:
@@ -96,7 +106,8 @@ def evaluate_msrrn(model, data: str, splits: Sequence[str], *, margin: float, ou
             ablation = {"mean shape": entry["stages"]["mean shape"]}
             for t in sorted(models):
                 other = pred if models[t] is model else predict_msrrn(
-                    models[t], data, split, margin=margin, batch_size=batch_size, limit=limit)
+                    models[t], split_spec, split, margin=margin, batch_size=batch_size,
+                    limit=limit)
                 scored = evaluation.evaluate_outputs(other, scheme, kinds=kinds)
                 ablation[f"T={t} model"] = _strip(scored["outputs"]["landmarks"])
             entry["ablation"] = ablation
@@ -107,6 +118,10 @@ def evaluate_msrrn(model, data: str, splits: Sequence[str], *, margin: float, ou
         summary["splits"][split] = entry
         if verbose:
             print("\n".join(tables[-len(kinds) * (2 if len(models) > 1 else 1):]), flush=True)
+        if report["per_dataset"]:
+            tables.append(report["per_dataset_table"])
+            if verbose:
+                print(report["per_dataset_table"], flush=True)
 
     files["summary"] = evaluation.write_report(
         summary, out_dir, REPORT_NAME, ced, "MSRRN evaluation", tables,
@@ -170,7 +185,10 @@ def _define_flags() -> None:
     flags.DEFINE_string("model", None, "A .keras model, or a run directory of "
                         "`python -m msrrn_tf.train` (its model.keras, else its latest "
                         "checkpoint).", required=True)
-    flags.DEFINE_string("data", None, "TFRecord folder (`python -m common.prepare`). "
+    flags.DEFINE_string("data", None, "TFRecord folder (`python -m common.prepare`), or "
+                        "several, comma-separated (data/ytf68,data/w300v; weights "
+                        "FOLDER:W are accepted and ignored): every split is scored per "
+                        "folder and on their union. "
                         "Default: the quick preset's synthetic data set.")
     flags.DEFINE_list("splits", None, "Splits to evaluate. Default: common, challenging "
                       "and full on 300-W data, else every split but train.")
@@ -208,7 +226,14 @@ def main(argv: Sequence[str]) -> None:
 
         data = ensure_synthetic_dataset(model.num_landmarks, synthetic_splits("quick"),
                                         cache_dir=FLAGS.cache_dir, progress=True)
-    splits = FLAGS.splits or evaluation.default_eval_splits(data)
+    from common.multidata import DataSpec
+
+    try:
+        spec = DataSpec.parse(data)
+    except ValueError as error:
+        raise SystemExit(f"error: --data: {error}") from None
+    splits = FLAGS.splits or list(dict.fromkeys(
+        s for folder in spec.folders for s in evaluation.default_eval_splits(folder)))
     model_dir = (FLAGS.model if os.path.isdir(FLAGS.model)
                  else os.path.dirname(os.path.abspath(FLAGS.model)))
     out_dir = FLAGS.output or os.path.join(model_dir, "eval")

@@ -43,7 +43,11 @@ def _define_flags() -> None:
     flags.DEFINE_string(
         "data", None,
         "TFRecord folder written by `python -m common.prepare` (e.g. 300-W: splits "
-        "train, common, challenging and the alias full). Default: the embedded "
+        "train, common, challenging and the alias full), or several, comma-separated, "
+        "each optionally with a sampling weight: data/ytf68,data/w300 (one training "
+        "set) or data/ytf68:0.7,data/w300v:0.3 (training faces drawn 70/30 whatever "
+        "the sizes). All must hold the same landmark scheme; --val_split is scored on "
+        "every folder that has it and on their union. Default: the embedded "
         "synthetic 68-point faces (common.synthetic), generated once into the cache.")
     flags.DEFINE_string("train_split", "train", "Split to train on.")
     flags.DEFINE_string("val_split", "val",
@@ -105,6 +109,14 @@ def _define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the data order, augmentation and weight "
                          "initialisation: the same command trains the same model; another "
                          "value gives an independent training.")
+    flags.DEFINE_string(
+        "init_from", None,
+        "Start from another run's weights (its run directory, checkpoints folder or a "
+        "checkpoint prefix), e.g. a run pretrained on the synthetic faces, then train "
+        "on --data: same architecture required (scales, patch size, widths, "
+        "landmarks; a clear error otherwise); the mean shape and bias offsets come "
+        "with the weights, the optimiser and step start afresh. Ignored when "
+        "--run_dir already has a checkpoint (it resumes).")
     flags.DEFINE_string("cache_dir", None, "Cache folder for the synthetic data (default: "
                         "$FACE_ALIGN_CACHE or ~/.cache/face_align_tf).")
 
@@ -187,6 +199,13 @@ def main(argv: Sequence[str]) -> None:
               flush=True)
         data = ensure_synthetic_dataset(config.num_landmarks, splits,
                                         cache_dir=FLAGS.cache_dir, progress=True)
+    from common.multidata import DataSpec, check_landmark_scheme
+
+    try:
+        data = DataSpec.parse(data)
+        check_landmark_scheme(data, config.num_landmarks)
+    except (ValueError, FileNotFoundError) as error:  # DataError is a ValueError
+        raise SystemExit(f"error: --data: {error}") from None
     print(f"data: {data}", flush=True)
 
     common_args = {
@@ -197,9 +216,16 @@ def main(argv: Sequence[str]) -> None:
         "schedule": FLAGS.schedule, "val_limit": FLAGS.val_limit, "seed": FLAGS.seed}
     from common.training import RunDirLocked
 
+    if FLAGS.init_from:  # before any training: a source that does not fit stops here
+        try:
+            training.check_init_from(config, FLAGS.init_from)
+        except (ValueError, FileNotFoundError) as error:
+            raise SystemExit(f"error: {error}") from None
+        print(f"init from: {FLAGS.init_from}", flush=True)
+
     try:
         result = training.train_msrrn(config, run_dir=run_dir, export=FLAGS.export,
-                                      **common_args)
+                                      init_from=FLAGS.init_from, **common_args)
     except RunDirLocked as error:  # a second training on the same --run_dir
         raise SystemExit(f"error: {error}") from None
     print(f"trained {result.steps_done} steps (from step {result.initial_step}) in "

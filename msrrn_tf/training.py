@@ -25,7 +25,9 @@
    hold the uncorrected one);
 5. evaluates the validation split (``common.evaluation``): the stage ablation of
    Table 2 from the one model, a CED plot, JSON and Markdown, under
-   ``run_dir/eval``;
+   ``run_dir/eval``; with several data folders (``common.multidata``: ``data`` as
+   ``"a:0.7,b:0.3"``, the training faces drawn by these weights) on the union of
+   their val faces, with the error of each folder beside it;
 6. exports the model (``common.export.write_export``: ``saved_model/1/`` and
    ``export_report.json``) to ``run_dir/export``.
 
@@ -61,8 +63,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import evaluation, training
+from common import evaluation, multidata, training
 from common.geometry import crop_boxes_from_face_boxes, image_to_crop
+from common.multidata import DataSpec
 from common.pipeline import make_dataset
 from common.schemes import LandmarkScheme, scheme_for
 from common.tfrecord import find_shards, parse_face
@@ -159,7 +162,8 @@ def stage_losses(num_stages: int, init: str) -> dict[str, Any]:
     return {f"stage_{t}": squared_shape_error for t in range(first, num_stages + 1)}
 
 
-def training_mean_shape(data: str, split: str, *, margin: float, num_landmarks: int,
+def training_mean_shape(data: str | Sequence[str] | DataSpec, split: str, *, margin: float,
+                        num_landmarks: int,
                         flip_permutation: Sequence[int] | None = None,
                         limit: int | None = None) -> np.ndarray:
     """Mean training shape in normalised crop coordinates (S^0 of MSRRN).
@@ -170,35 +174,45 @@ def training_mean_shape(data: str, split: str, *, margin: float, num_landmarks: 
     with ``flip(u, v) = (1 - u, v)`` and the points permuted, as the flip
     augmentation makes the mirrored faces part of the training distribution.
 
+    With several data folders (``common.multidata.DataSpec``) the mean of each is
+    weighted by its sampling weight (the faces training draws), or by its number of
+    faces without weights.
+
     Args:
-        data: TFRecord folder, glob or file.
+        data: TFRecord folder, glob or file, or a data spec of several.
         split: the training split.
         margin: crop margin.
         num_landmarks: L.
         flip_permutation: the scheme's flip permutation, or ``None`` (no flips).
-        limit: use only the first ``limit`` faces.
+        limit: use only the first ``limit`` faces (of each folder).
 
     Returns:
         float32 ``[L, 2]``.
     """
-    files = find_shards(data, split) if os.path.isdir(data) else find_shards(data)
-    dataset = tf.data.TFRecordDataset(files)
-    if limit:
-        dataset = dataset.take(limit)
+    spec = DataSpec.parse(data)
 
     def normalised(serialized):
         face = parse_face(serialized, num_landmarks)
         crop_box = crop_boxes_from_face_boxes(face["box"][None], margin)
         return image_to_crop(face["landmarks"][None], crop_box)[0]
 
-    shapes = dataset.map(normalised, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
-    total, count = np.zeros((num_landmarks, 2)), 0
-    for batch in shapes:
-        total += batch.numpy().sum(axis=0)
-        count += int(batch.shape[0])
-    if count == 0:
-        raise ValueError(f"split {split!r} of {data!r} holds no faces")
-    mean = total / count
+    means, counts = [], []
+    for folder in spec.folders:
+        files = find_shards(folder, split) if os.path.isdir(folder) else find_shards(folder)
+        dataset = tf.data.TFRecordDataset(files)
+        if limit:
+            dataset = dataset.take(limit)
+        shapes = dataset.map(normalised, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+        total, count = np.zeros((num_landmarks, 2)), 0
+        for batch in shapes:
+            total += batch.numpy().sum(axis=0)
+            count += int(batch.shape[0])
+        if count == 0:
+            raise ValueError(f"split {split!r} of {folder!r} holds no faces")
+        means.append(total / count)
+        counts.append(count)
+    shares = np.asarray(spec.weights if spec.weights is not None else counts, np.float64)
+    mean = np.tensordot(shares / shares.sum(), np.stack(means), axes=1)
     if flip_permutation is not None:
         mirrored = np.stack([1.0 - mean[:, 0], mean[:, 1]], axis=-1)[list(flip_permutation)]
         mean = 0.5 * (mean + mirrored)
@@ -209,7 +223,8 @@ BIAS_CORRECTION_FILE = "bias_correction.json"
 """Where ``train_msrrn`` records the fitted offsets in a run directory."""
 
 
-def fit_bias_correction(model: MSRRN, data: str, split: str, *, margin: float,
+def fit_bias_correction(model: MSRRN, data: str | Sequence[str] | DataSpec, split: str, *,
+                        margin: float,
                         limit: int | None = None, batch_size: int = 64) -> dict[str, Any]:
     """Fits the per-stage, per-landmark offsets of ``model`` on training faces.
 
@@ -221,7 +236,7 @@ def fit_bias_correction(model: MSRRN, data: str, split: str, *, margin: float,
 
     Args:
         model: an MSRRN built with ``bias_correction=True``.
-        data: TFRecord folder.
+        data: TFRecord folder, or a data spec of several (their union).
         split: the training split.
         margin: the crop margin the model was trained with.
         limit: use only the first ``limit`` faces.
@@ -267,35 +282,90 @@ def stage_rows(num_stages: int) -> dict[str, str]:
     return rows
 
 
-def predict_msrrn(model: MSRRN, data: str, split: str, *, margin: float,
-                  batch_size: int = 64, limit: int | None = None
+def predict_msrrn(model: MSRRN, data: str | Sequence[str] | DataSpec, split: str, *,
+                  margin: float, batch_size: int = 64, limit: int | None = None
                   ) -> evaluation.Predictions:
     """``common.evaluation.predict_split`` for MSRRN, plus the ``"mean_shape"``
     baseline (the model's mean shape in every crop box).
 
     Args:
         model: the MSRRN model.
-        data: TFRecord folder.
+        data: TFRecord folder, or a data spec of several (the union of the
+            folders that hold ``split``, ``common.multidata.predict_union``).
         split: split name (or ``dataset.json`` alias).
         margin: the crop margin the model was trained with.
         batch_size: faces per forward pass.
-        limit: evaluate only the first ``limit`` faces.
+        limit: evaluate only the first ``limit`` faces (of each folder).
 
     Returns:
         Predictions with outputs ``mean_shape``, ``stage_0`` .. ``stage_T``,
         ``landmarks``.
     """
-    pred = evaluation.predict_split(model, data, split, sizes=model.input_sizes,
-                                    margin=margin, num_landmarks=model.num_landmarks,
-                                    batch_size=batch_size, limit=limit)
-    return evaluation.add_constant_shape(pred, "mean_shape", model.mean_shape)
+    return multidata.predict_union(_msrrn_predictor(model, margin, batch_size, limit),
+                                   data, split)
+
+
+def _msrrn_predictor(model: MSRRN, margin: float, batch_size: int, limit: int | None):
+    """``(folder, split) -> Predictions`` of one folder (``predict_msrrn``)."""
+
+    def predict(folder: str, split: str) -> evaluation.Predictions:
+        pred = evaluation.predict_split(model, folder, split, sizes=model.input_sizes,
+                                        margin=margin, num_landmarks=model.num_landmarks,
+                                        batch_size=batch_size, limit=limit)
+        return evaluation.add_constant_shape(pred, "mean_shape", model.mean_shape)
+
+    return predict
+
+
+def evaluate_split(model: MSRRN, data: str | Sequence[str] | DataSpec, split: str, *,
+                   margin: float, out_dir: str, scheme: LandmarkScheme | None = None,
+                   kinds: Sequence[str] = evaluation.DEFAULT_KINDS,
+                   limit: int | None = None, batch_size: int = 64,
+                   extra: Mapping[str, Any] | None = None
+                   ) -> tuple[evaluation.Predictions, dict[str, Any]]:
+    """The Table 2 report of one split (``stage_ablation_report``), per data set too.
+
+    With several data folders the report is on the union of their ``split`` faces
+    and also holds ``"per_dataset"`` (the final shape's NME of every folder and of
+    the union, ``common.multidata.per_dataset_report``), in the JSON and as a
+    Markdown table.
+
+    Returns:
+        ``(predictions of the union, report)``; the report is
+        ``stage_ablation_report``'s plus ``"per_dataset"`` (JSON rows) and
+        ``"per_dataset_table"`` (Markdown), both ``None`` for one folder.
+    """
+    spec = DataSpec.parse(data)
+    parts = multidata.predict_per_dataset(
+        _msrrn_predictor(model, margin, batch_size, limit), spec, split)
+    pred = parts.get(multidata.UNION) or next(iter(parts.values()))
+    extra = {"split": split, "data": str(_absolute(spec)), **(extra or {})}
+    tables: list[str] = []
+    per_dataset = table = None
+    if len(spec.folders) > 1:
+        per_dataset, table = multidata.per_dataset_report(parts, spec, split, kinds=kinds,
+                                                          scheme=scheme)
+        extra.update(data_spec=spec.to_dict(), per_dataset=per_dataset)
+        tables.append(table)
+    report = stage_ablation_report(
+        pred, model.num_stages, out_dir, split, scheme=scheme, kinds=kinds,
+        title=f"MSRRN stage ablation (Table 2), split {split!r}", extra=extra,
+        extra_tables=tables)
+    report["per_dataset"] = per_dataset
+    report["per_dataset_table"] = table
+    return pred, report
+
+
+def _absolute(spec: DataSpec) -> DataSpec:
+    return DataSpec(tuple(os.path.abspath(f) for f in spec.folders), spec.weights)
 
 
 def stage_ablation_report(pred: evaluation.Predictions, num_stages: int, out_dir: str,
                           name: str, *, scheme: LandmarkScheme | None = None,
                           title: str = "MSRRN stage ablation (Table 2)",
                           kinds: Sequence[str] = evaluation.DEFAULT_KINDS,
-                          extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                          extra: Mapping[str, Any] | None = None,
+                          extra_tables: Sequence[str] = ()) -> dict[str, Any]:
     """Scores the stages of one model and writes the Table 2 report.
 
     Args:
@@ -307,6 +377,8 @@ def stage_ablation_report(pred: evaluation.Predictions, num_stages: int, out_dir
         title: report title.
         kinds: normalisers (the first one is plotted in the CED).
         extra: entries added to the JSON (e.g. the run settings).
+        extra_tables: Markdown tables written after the stage tables (e.g. the
+            error per data set).
 
     Returns:
         ``{"results": evaluate_outputs(...) (+ extra), "table2": {row: mean NME per
@@ -320,7 +392,7 @@ def stage_ablation_report(pred: evaluation.Predictions, num_stages: int, out_dir
     results.update(extra or {})
     tables = [evaluation.results_table(results, rows, kind,
                                        title=f"{kind.replace('_', '-')} NME")
-              for kind in kinds]
+              for kind in kinds] + list(extra_tables)
     ced = {label: evaluation.face_errors(pred, output, kinds[0], scheme)
            for label, output in rows.items()}
     paths = evaluation.write_report(
@@ -393,7 +465,7 @@ def _momentum_sgd(config: MSRRNConfig, steps: int, schedule: str
 
 
 @training.locks_run_dir
-def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
+def train_msrrn(config: MSRRNConfig, *, data: str | Sequence[str] | DataSpec, run_dir: str,
                 steps: int | None = None, train_split: str = "train",
                 val_split: str | None = "val", checkpoint_every: int = 500,
                 eval_every: int | None = None, log_every: int = 50,
@@ -401,7 +473,8 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
                 mixed_precision: bool = False, jit_compile: bool = False,
                 schedule: str = "cosine", val_limit: int | None = None,
                 evaluate: bool = True, export: bool = True, parity_check: bool = True,
-                seed: int | None = None, verbose: bool = True) -> MSRRNTrainResult:
+                seed: int | None = None, verbose: bool = True,
+                init_from: str | None = None) -> MSRRNTrainResult:
     """Trains MSRRN (resuming from ``run_dir``), then evaluates and exports it.
 
     Holds the run directory's lock meanwhile (``common.training.locks_run_dir``): a
@@ -410,7 +483,14 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
     Args:
         config: the hyper-parameters (``config.batch_size`` is the global batch,
             ``config.learning_rate`` the initial learning rate).
-        data: TFRecord folder with the ``train_split`` and ``val_split`` shards.
+        data: TFRecord folder with the ``train_split`` and ``val_split`` shards, or
+            several (``common.multidata.DataSpec``, e.g. ``"a:0.7,b:0.3"``): every
+            folder must have ``train_split`` and the model's number of landmarks;
+            with weights each training face is drawn from a folder with its weight's
+            probability, without them the folders are one set. Validation and the
+            final report use the folders that have ``val_split`` (their union, and
+            in the report each folder too). The spec is recorded in
+            ``config.json`` (``data``), the report and the export report.
         run_dir: run directory; rerunning with the same one resumes.
         steps: total training steps; default ``config.iterations``.
         train_split: training split name.
@@ -434,11 +514,21 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
             random); a resumed run draws its batches from a stream seeded by the seed
             and its start step (``common.training.resume_seed``).
         verbose: show progress.
+        init_from: start from another run's weights (a run directory, its
+            ``checkpoints`` folder or a checkpoint prefix; e.g. a run pretrained on
+            the synthetic faces), mean shape and bias offsets included; the
+            optimiser and step start afresh. Ignored when ``run_dir`` already has a
+            checkpoint (resuming wins). The model's weights must have the same
+            shapes (:func:`check_init_from`).
 
     Returns:
         A :class:`MSRRNTrainResult`.
+
+    Raises:
+        ValueError: ``init_from``'s weights do not fit ``config``'s model.
     """
     start = time.perf_counter()
+    init_checkpoint = check_init_from(config, init_from) if init_from else None
     if isinstance(strategy, str):
         # Before any dataset op: multi-worker collectives are configured when the
         # eager context starts.
@@ -446,6 +536,9 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
     steps = config.iterations if steps is None else int(steps)
     scheme = scheme_for(config.num_landmarks)
     flip_permutation = scheme.flip_permutation if config.flip else None
+    spec = DataSpec.parse(data)
+    multidata.check_landmark_scheme(spec, config.num_landmarks)
+    data_info = spec.to_dict()
     if seed is not None:
         keras.utils.set_random_seed(seed)
     data_seed = training.resume_seed(seed, run_dir)  # a resumed run: unseen batches
@@ -453,22 +546,27 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
     def train_dataset(context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
         context = context or tf.distribute.InputContext()
         return make_dataset(
-            data, train_split, sizes=config.scales, num_landmarks=config.num_landmarks,
+            spec.data, train_split, sizes=config.scales, num_landmarks=config.num_landmarks,
             margin=config.margin,
             batch_size=context.get_per_replica_batch_size(config.batch_size),
             training=True, augment=config.augment_config(),
             flip_permutation=flip_permutation, seed=data_seed, cache=True,
-            shard=(context.num_input_pipelines, context.input_pipeline_id))
+            shard=(context.num_input_pipelines, context.input_pipeline_id),
+            weights=spec.weights)
 
     val_dataset = None
+    val_spec = spec.with_split(val_split) if val_split else None
+    if val_split and val_spec is None:
+        raise FileNotFoundError(f"no folder of --data {str(spec)!r} has shards of the "
+                                f"validation split {val_split!r}")
     if val_split:
-        val_dataset = make_dataset(data, val_split, sizes=config.scales,
+        val_dataset = make_dataset(val_spec.data, val_split, sizes=config.scales,
                                    num_landmarks=config.num_landmarks, margin=config.margin,
                                    batch_size=64, training=False, cache=True)
         if val_limit:
             val_dataset = val_dataset.unbatch().take(val_limit).batch(64).cache()
 
-    mean_shape = training_mean_shape(data, train_split, margin=config.margin,
+    mean_shape = training_mean_shape(spec, train_split, margin=config.margin,
                                      num_landmarks=config.num_landmarks,
                                      flip_permutation=flip_permutation)
 
@@ -487,7 +585,8 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
         train_dataset=train_dataset,
         steps=steps, run_dir=run_dir, val_dataset=val_dataset,
         checkpoint_every=checkpoint_every, eval_every=eval_every, log_every=log_every,
-        strategy=strategy, config=config,
+        strategy=strategy, config=config, data_info=data_info,
+        init_checkpoint=init_checkpoint,
         val_metric=evaluation.nme_val_metric("inter_pupil", scheme) if val_dataset else None,
         jit_compile=jit_compile, verbose=verbose,
         # With the bias correction, model.keras is written once, corrected, below.
@@ -497,7 +596,7 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
         training.configure_precision(False)
 
     if config.bias_correction:
-        correction = fit_bias_correction(model, data, train_split, margin=config.margin,
+        correction = fit_bias_correction(model, spec, train_split, margin=config.margin,
                                          limit=config.bias_correction_faces)
         if training.is_chief(strategy):
             # The run directory may be an object store: the runner's gfile writers.
@@ -514,25 +613,31 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
 
     report = None
     if evaluate and val_split:
-        pred = predict_msrrn(model, data, val_split, margin=config.margin, limit=val_limit)
-        report = stage_ablation_report(
-            pred, config.num_stages, os.path.join(run_dir, "eval"), val_split,
-            scheme=scheme, title=f"MSRRN stage ablation (Table 2), split {val_split!r}",
-            extra={"split": val_split, "data": os.path.abspath(data),
-                   "steps": result.steps_done, "config": config.to_dict(),
+        pred, report = evaluate_split(
+            model, val_spec, val_split, margin=config.margin,
+            out_dir=os.path.join(run_dir, "eval"), scheme=scheme, limit=val_limit,
+            extra={"training_data": data_info, "steps": result.steps_done,
+                   "config": config.to_dict(),
                    "training_loop_seconds": result.loop_seconds,
                    "steps_per_second": result.steps_per_second})
         if verbose:
             print(f"Table 2 on {val_split!r} ({pred.num_faces} faces), inter-pupil NME:\n"
                   + format_table2(report["table2"]), flush=True)
+            if report["per_dataset"]:
+                print("final shape per data set, inter-pupil NME:\n" + "\n".join(
+                    f"  {name:<20s} {100 * row['inter_pupil']:6.2f} %  "
+                    f"({row['num_faces']} faces)"
+                    for name, row in report["per_dataset"].items()), flush=True)
 
     export_dir = None
     if export:
+        check_data = (val_spec or spec).folders[0]
         export_dir = export_msrrn(model, os.path.join(run_dir, "export"), margin=config.margin,
-                                  data=data, split=val_split or train_split,
+                                  data=check_data, split=val_split or train_split,
                                   parity_check=parity_check, fresh_process=False,
                                   verbose=verbose,
-                                  info={"training_data": os.path.abspath(data),
+                                  info={"training_data": str(_absolute(spec)),
+                                        "data_spec": data_info,
                                         "run_dir": os.path.abspath(run_dir),
                                         "steps": result.steps_done,
                                         "config": config.to_dict()})
@@ -541,6 +646,55 @@ def train_msrrn(config: MSRRNConfig, *, data: str, run_dir: str,
                             history=result.history, evaluation=report,
                             export_dir=export_dir, seconds=time.perf_counter() - start,
                             loop_seconds=result.loop_seconds)
+
+
+def check_init_from(config: MSRRNConfig, init_from: str) -> str:
+    """The checkpoint of ``init_from`` after checking that it fits ``config``'s model.
+
+    The weights are restored into a throwaway model built from ``config``; a weight of
+    another shape (other widths, scales, patch size, number of landmarks) raises,
+    naming the weight and the config fields in which the source run (its
+    ``config.json``) differs.
+
+    Args:
+        config: the config of the model to train.
+        init_from: a run directory, its ``checkpoints`` folder or a prefix.
+
+    Returns:
+        The checkpoint prefix.
+
+    Raises:
+        FileNotFoundError: no checkpoint in ``init_from``.
+        ValueError: the shapes do not match.
+    """
+    prefix = training.resolve_init_checkpoint(init_from)
+    model = build_msrrn(config)
+    try:
+        training.restore_model_weights(model, prefix)
+    except (ValueError, tf.errors.InvalidArgumentError) as error:
+        differs = ""
+        source = _run_config_of(init_from)
+        if source is not None:
+            mine, theirs = config.to_dict(), source.to_dict()
+            fields = [k for k in mine if mine[k] != theirs.get(k)]
+            differs = (f"; its config.json differs in {', '.join(fields)}" if fields
+                       else "")
+        raise ValueError(f"--init_from {init_from}: its weights do not fit this model "
+                         f"({error}){differs}. Start from a run of the same architecture "
+                         "(scales, patch size, widths, landmarks)") from None
+    return prefix
+
+
+def _run_config_of(path: str) -> MSRRNConfig | None:
+    """The MSRRNConfig in the ``config.json`` of the run holding ``path``, if any."""
+    path = os.path.abspath(path)
+    for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+        record = os.path.join(candidate, "config.json")
+        if os.path.isfile(record):
+            with open(record) as f:
+                values = json.load(f).get("config", {}).get("values")
+            return MSRRNConfig.from_dict(values) if values else None
+    return None
 
 
 # --------------------------------------------------------------------------------------

@@ -239,3 +239,38 @@ def test_a_registered_pretrained_peer_needs_no_edit_here(monkeypatch):
     assert compare_real.method_label("mtcnn_box") == "MTCNN (ONet on our box)"
     assert compare_real.five_point_peer("toy_five") and compare_real.five_point_peer("mtcnn")
     assert not any(compare_real.five_point_peer(m) for m in ("dlib_ert", "lbf", "mean_shape"))
+
+
+@pytest.mark.slow
+def test_compare_on_two_weighted_folders_reports_each_and_the_union(tmp_path, data_cache):
+    """Ours trains on the 0.7 / 0.3 mix, dlib ERT on the union of the training faces;
+    every method is scored per folder and on the union of the val faces."""
+    from common.synthetic import write_synthetic_tfrecords
+
+    first = _data(data_cache, 68)
+    second = str(tmp_path / "second")
+    write_synthetic_tfrecords(second, 68, {"train": 12, "val": 4}, seed=7, progress=False)
+    output = tmp_path / "multi"
+    report = compare_real.compare(
+        "msrrn", f"{first}:0.7,{second}:0.3", output=str(output), steps=2,
+        config_overrides=TINY_MSRRN, peers=["dlib_ert", "mean_shape"],
+        dlib_options=TINY_DLIB, dlib_threads=1, parallel_peers=False, timing_faces=2,
+        verbose=False, box_faces=0)
+    written = json.loads((output / "compare_msrrn.json").read_text())
+    assert written["num_faces"] == 12
+    assert written["data_spec"]["weights"] == [0.7, 0.3]
+    per = written["per_dataset"]
+    names = list(per)
+    assert names[-1] == "all" and [per[n]["num_faces"] for n in names] == [8, 4, 12]
+    for method in ("msrrn", "dlib_ert", "mean_shape"):
+        folders = [per[n]["methods"][method]["inter_pupil"] for n in names[:2]]
+        union = (8 * folders[0] + 4 * folders[1]) / 12
+        assert per["all"]["methods"][method]["inter_pupil"] == pytest.approx(union, rel=1e-5)
+        assert per["all"]["methods"][method]["inter_pupil"] == pytest.approx(
+            written["methods"][method]["inter_pupil"]["mean"], rel=1e-5)
+    assert "Per data set ('val')" in report["markdown"]
+    # dlib learnt the union of the training faces (24 + 12), both folders in its key.
+    key = json.loads((output / "peers" / "dlib_ert.json").read_text())["key"]
+    assert len(key["data"]) == 2 and len(key["shards"]) == 2
+    record = json.loads((output / "run" / "config.json").read_text())
+    assert record["data"]["weights"] == [0.7, 0.3]

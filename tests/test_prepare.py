@@ -352,6 +352,76 @@ def test_prepare_300w_tree_writes_reader_splits_and_full_alias(tmp_path):
     assert meta["num_landmarks"] == 68
 
 
+def _write_300w_faces(root, sub, names, rng):
+    (root / sub).mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        _write_image(root / sub / f"{name}.jpg", seed=i)
+        points = rng.uniform(10, 50, size=(68, 2)) + 1.0
+        body = "\n".join(f"{x:.3f} {y:.3f}" for x, y in points)
+        (root / sub / f"{name}.pts").write_text(f"version: 1\nn_points: 68\n{{\n{body}\n}}\n")
+
+
+def _photo_faces(photos, seed):
+    """300-W names: photo P with k faces gives P_1 .. P_k (k from 1 to 3)."""
+    rng = np.random.default_rng(seed)
+    return [f"{p}_{k}" for p in photos for k in range(1, int(rng.integers(1, 4)) + 1)]
+
+
+@pytest.mark.parametrize("split_by", ["photo", "identity", "random"])
+def test_prepare_partial_300w_tree_carves_val_and_tuning_split_by_photo(tmp_path, split_by):
+    from common.evaluation import default_eval_splits
+
+    root = tmp_path / "w300"
+    rng = np.random.default_rng(4)
+    afw = _photo_faces([f"{1000 + i}" for i in range(8)], seed=1)
+    helen = _photo_faces([f"{2000 + i}" for i in range(8)], seed=2)
+    _write_300w_faces(root, "afw", afw, rng)
+    _write_300w_faces(root, "helen/trainset", helen, rng)
+    out = str(tmp_path / "out")
+    summary = prepare.prepare_dataset(str(root), out, split_by=split_by, val_fraction=0.25,
+                                      tune_fraction=0.25, seed=1, progress=False,
+                                      finder=_NoFaces())
+    total = len(afw) + len(helen)
+    assert set(summary.written) == {"val", "tune_train", "tune_val"}
+    assert sum(summary.written.values()) == total
+    assert 0.25 * total <= summary.written["val"] < 0.25 * total + 3  # whole photos
+    by_photo = {}
+    for split in summary.written:
+        for face in _read_all(tfrecord.find_shards(out, split)):
+            stem = os.path.basename(face["source_path"].decode().split(" (")[0])
+            by_photo.setdefault(stem.rsplit("_", 1)[0], set()).add(split)
+    assert len(by_photo) == 16
+    assert all(len(splits) == 1 for splits in by_photo.values()), by_photo
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert meta["aliases"] == {"train": ["tune_train", "tune_val"]}
+    assert meta["settings"]["split_by_used"] == ("identity" if split_by == "identity"
+                                                 else "photo")
+    assert default_eval_splits(out) == ["val"]
+    # The same command gives the same split.
+    again = prepare.prepare_dataset(str(root), str(tmp_path / "again"), split_by=split_by,
+                                    val_fraction=0.25, tune_fraction=0.25, seed=1,
+                                    progress=False, finder=_NoFaces())
+    assert again.written == summary.written
+
+
+def test_prepare_300w_tree_with_a_test_subset_keeps_the_papers_splits(tmp_path):
+    from common.evaluation import default_eval_splits
+
+    root = tmp_path / "w300"
+    rng = np.random.default_rng(5)
+    _write_300w_faces(root, "afw", _photo_faces(["11", "12", "13"], seed=3), rng)
+    _write_300w_faces(root, "helen/testset", ["21_1", "22_1"], rng)
+    _write_300w_faces(root, "ibug", ["31_1"], rng)
+    out = str(tmp_path / "out")
+    summary = prepare.prepare_dataset(str(root), out, val_fraction=0.5, tune_fraction=0.4,
+                                      progress=False, finder=_NoFaces())
+    # No val carved (the reader gives evaluation splits); the tuning split still is.
+    assert "val" not in summary.written and "train" not in summary.written
+    assert summary.written["common"] == 2 and summary.written["challenging"] == 1
+    assert set(summary.written) == {"tune_train", "tune_val", "common", "challenging"}
+    assert default_eval_splits(out) == ["common", "challenging", "full"]
+
+
 # --- real data -----------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -21,19 +21,32 @@ PEER_CACHE_VERSION = 1
 
 def _shard_signature(data: str, split: str) -> list[list[Any]]:
     """``[[file name, bytes, mtime], ...]`` of the split's shards: the cache key of the
-    training data (a re-prepared folder invalidates trained peers)."""
+    training data (a re-prepared folder invalidates trained peers); for several
+    folders (``common.multidata.DataSpec``) those of each folder holding the split."""
+    from common.multidata import DataSpec
     from common.tfrecord import find_shards
 
+    spec = DataSpec.parse(data)
+    folders = spec.folders if len(spec.folders) == 1 else spec.with_split(split).folders
     return [[os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f))]
-            for f in sorted(find_shards(data, split))]
+            for folder in folders for f in sorted(find_shards(folder, split))]
 
 
-def peer_cache_key(name: str, data: str, split: str,
+def _real_data(data) -> str | list[str]:
+    """The folder resolved through symbolic links, or the list of several folders."""
+    from common.multidata import DataSpec
+
+    folders = [os.path.realpath(f) for f in DataSpec.parse(data).folders]
+    return folders[0] if len(folders) == 1 else folders
+
+
+def peer_cache_key(name: str, data, split: str,
                    options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a trained peer depends on: its name, the training shards and options.
     The folder is resolved through symbolic links, so a linked or relative path to
-    the same converted data reuses the fit."""
-    return {"version": PEER_CACHE_VERSION, "peer": name, "data": os.path.realpath(data),
+    the same converted data reuses the fit. Several folders (``"a,b"``): the peer
+    learns the union of their training faces (sampling weights do not apply)."""
+    return {"version": PEER_CACHE_VERSION, "peer": name, "data": _real_data(data),
             "split": split, "shards": _shard_signature(data, split),
             "options": dict(options or {})}
 

@@ -20,14 +20,17 @@ from common.schemes import LandmarkScheme
 from experiments.peers.base import Face, Peer
 
 
-def iterate_faces(data: str, split: str, limit: int | None = None) -> Iterator[Face]:
+def iterate_faces(data, split: str, limit: int | None = None) -> Iterator[Face]:
     """Reads the faces of a split from TFRecord shards, in file order, unaugmented.
 
     Args:
-        data: a folder of shards (``common.tfrecord.find_shards``), a glob or a file.
+        data: a folder of shards (``common.tfrecord.find_shards``), a glob or a file;
+            or several folders (``common.multidata.DataSpec``, ``"a,b"``): the faces
+            of every folder that holds ``split``, folder after folder (the order of
+            ``common.multidata.predict_per_dataset``; weights are ignored).
         split: split name in the shard file names ("train", "val", "common", ...) or
             an alias of the folder's ``dataset.json``.
-        limit: read at most this many faces; ``None`` for all.
+        limit: read at most this many faces (of each folder); ``None`` for all.
 
     Yields:
         ``Face(image, landmarks, box, source_path)`` with NumPy arrays.
@@ -37,9 +40,18 @@ def iterate_faces(data: str, split: str, limit: int | None = None) -> Iterator[F
     """
     import tensorflow as tf
 
+    from common.multidata import DataSpec
     from common.tfrecord import find_shards, parse_face
 
-    dataset = tf.data.TFRecordDataset(find_shards(data, split))
+    spec = DataSpec.parse(data)
+    if len(spec.folders) > 1:
+        present = spec.with_split(split)
+        if present is None:
+            raise FileNotFoundError(f"no folder of {str(spec)!r} has split {split!r}")
+        for folder in present.folders:
+            yield from iterate_faces(folder, split, limit)
+        return
+    dataset = tf.data.TFRecordDataset(find_shards(spec.folders[0], split))
     if limit is not None:
         dataset = dataset.take(int(limit))
     dataset = dataset.map(parse_face, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
