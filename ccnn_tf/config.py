@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from common.box_perturbation import BoxRanges
 from common.schemes import CUHK_5
 
 _ALL_POINTS = CUHK_5.point_names
@@ -134,6 +135,19 @@ class CCNNConfig:
             about its centre, with the landmarks rotated alike (formula 8).
         flip: horizontal flip augmentation (section 4.1); with the three angles it
             turns 10,000 training faces into 60,000.
+        box_shift_x, box_shift_y: (low, high) training shifts of the face box centre,
+            fractions of the box width / height (``common.pipeline.AugmentConfig``).
+            Not in the paper (section 4.1 lists rotations and flips only): ``(0, 0)``
+            here, so ``CCNNConfig()`` (the ``paper`` preset) has the paper's
+            augmentation only. The ``quick`` preset sets the detector variance of
+            ``common.box_perturbation.DETECTOR_RANGES_CUHK5`` (``(-0.12, 0.10)`` and
+            ``(-0.14, 0.05)``, dlib's and MTCNN's boxes against the CUHK boxes).
+            ``[0, 0]`` in ``--config_json`` switches a shift off.
+        box_scale_range: (low, high) training factor of the box sides (the crop
+            side). ``(1, 1)``: off (paper); ``quick``: ``(0.95, 1.57)``.
+        box_aspect_range: (low, high) training factor of the box's height/width;
+            ``(1, 1)`` (off) in every preset: the square crop on the longer side turns
+            an aspect change into a scale change.
         seed: seed of the initial weights, dropout and the shake random generator
             (None: nondeterministic).
         flip_test: at inference, also run the cascade on the mirrored crop and report
@@ -188,6 +202,10 @@ class CCNNConfig:
 
     rotation_angles_deg: tuple[float, ...] = (0.0, -15.0, 12.0)
     flip: bool = True
+    box_shift_x: tuple[float, float] = (0.0, 0.0)
+    box_shift_y: tuple[float, float] = (0.0, 0.0)
+    box_scale_range: tuple[float, float] = (1.0, 1.0)
+    box_aspect_range: tuple[float, float] = (1.0, 1.0)
     seed: int | None = None
 
     flip_test: bool = False
@@ -215,6 +233,17 @@ class CCNNConfig:
         if self.confidence_source not in ("flip", "pairs"):
             raise ValueError(f"confidence_source must be 'flip' or 'pairs', got "
                              f"{self.confidence_source!r}")
+        self.box_ranges  # noqa: B018 (validates the ranges)
+
+    @property
+    def box_ranges(self) -> BoxRanges:
+        """The training face-box perturbation of the ``box_*`` fields.
+
+        Raises:
+            ValueError: a ``box_*`` field is not a valid ``(low, high)`` range.
+        """
+        return BoxRanges(shift_x=self.box_shift_x, shift_y=self.box_shift_y,
+                         scale=self.box_scale_range, aspect=self.box_aspect_range)
 
     @property
     def stage_half_sizes(self) -> tuple[tuple[tuple[float, float], ...], ...]:

@@ -40,8 +40,11 @@ _RUN_DIR = flags.DEFINE_string("run_dir", "runs/ccnn", "Run directory (stage1/, 
                                "stage3/, eval/, export/).")
 _PRESET = flags.DEFINE_enum(
     "preset", "quick", ["quick", "paper", "tiny"],
-    "quick: 500 steps per stage with a faster SGD (minutes on a CPU); paper: the "
-    "paper's SGD schedule and 5000 steps per stage; tiny: very small networks, for "
+    "quick: 500 steps per stage with a faster SGD (minutes on a CPU), the paper's "
+    "augmentation plus a face-box perturbation over the measured detector variance "
+    "(common.box_perturbation; the box_* config fields); paper: the paper's SGD "
+    "schedule, 5000 steps per stage and the paper's augmentation only (rotations "
+    "0/-15/+12 degrees, flips; no box perturbation); tiny: very small networks, for "
     "smoke tests only.")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps per stage (default: the "
                               "preset's).", lower_bound=0)

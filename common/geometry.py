@@ -138,29 +138,45 @@ def crop_boxes_from_face_boxes(boxes, margin: float) -> tf.Tensor:
 
 
 def jitter_boxes(boxes, scale_range: tuple[float, float], shift_range: tuple[float, float],
-                 seed) -> tf.Tensor:
+                 seed, *, shift_y_range: tuple[float, float] | None = None,
+                 aspect_range: tuple[float, float] = (1.0, 1.0)) -> tf.Tensor:
     """Randomly scales and shifts face boxes (training augmentation).
 
-    Each box keeps its aspect ratio: its width and height are multiplied by one factor
-    drawn uniformly from ``scale_range``; its centre moves by ``dx * w`` and ``dy * h``
-    with ``dx``, ``dy`` drawn independently and uniformly from ``shift_range``.
+    Per box, with its width ``w``, height ``h`` and centre ``(cx, cy)``: the centre
+    moves to ``(cx + dx * w, cy + dy * h)``; both sides are multiplied by one factor
+    ``s``; when ``aspect_range`` is not ``(1, 1)``, the height is further multiplied and
+    the width divided by ``sqrt(a)`` (the ratio h/w changes by ``a``, ``sqrt(w h)``
+    does not). ``dx``, ``dy``, ``s`` and ``a`` are drawn independently and uniformly
+    from ``shift_range``, ``shift_y_range`` (default: ``shift_range``), ``scale_range``
+    and ``aspect_range``. The shift is relative to the box before scaling, so the
+    ranges read like the measured differences between box sources
+    (``common.box_perturbation``).
 
     Args:
         boxes: float ``[N, 4]`` boxes (l, t, r, b).
         scale_range: (low, high) size factors, e.g. ``(0.9, 1.1)``.
         shift_range: (low, high) centre shifts as fractions of the box size, e.g.
-            ``(-0.05, 0.05)``.
+            ``(-0.05, 0.05)``; of the width only when ``shift_y_range`` is given.
         seed: int ``[2]`` seed of the stateless random ops (the result is a pure
             function of the arguments).
+        shift_y_range: (low, high) vertical centre shifts as fractions of the box
+            height; ``None``: ``shift_range``.
+        aspect_range: (low, high) factors of the height/width ratio.
 
     Returns:
         float32 ``[N, 4]`` jittered boxes.
     """
     boxes = tf.convert_to_tensor(boxes, tf.float32)
-    seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int64), 2)
+    seed = tf.convert_to_tensor(seed, tf.int64)
+    seeds = tf.random.experimental.stateless_split(seed, 2)
     n = tf.shape(boxes)[0]
     factor = tf.random.stateless_uniform([n], seeds[0], scale_range[0], scale_range[1])
-    shift = tf.random.stateless_uniform([n, 2], seeds[1], shift_range[0], shift_range[1])
+    if shift_y_range is None:
+        shift_y_range = shift_range
+    low = tf.constant([shift_range[0], shift_y_range[0]], tf.float32)
+    high = tf.constant([shift_range[1], shift_y_range[1]], tf.float32)
+    # u * (high - low) + low: the same numbers as stateless_uniform(low, high) per axis.
+    shift = tf.random.stateless_uniform([n, 2], seeds[1]) * (high - low) + low
     left, top, right, bottom = tf.unstack(boxes, axis=-1)
     w = right - left
     h = bottom - top
@@ -168,6 +184,13 @@ def jitter_boxes(boxes, scale_range: tuple[float, float], shift_range: tuple[flo
     cy = 0.5 * (top + bottom) + shift[:, 1] * h
     half_w = 0.5 * w * factor
     half_h = 0.5 * h * factor
+    if tuple(aspect_range) != (1.0, 1.0):
+        # A third, separate stream keeps the draws above those of earlier versions.
+        aspect_seed = tf.random.experimental.stateless_fold_in(seed, 2)
+        root = tf.sqrt(tf.random.stateless_uniform([n], aspect_seed, aspect_range[0],
+                                                   aspect_range[1]))
+        half_w = half_w / root
+        half_h = half_h * root
     return tf.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
 
 

@@ -10,7 +10,9 @@ arguments. Each example's random draws come from a stateless seed
 ``(seed, position in the shuffled, repeated stream)``, so a run with a fixed ``seed``
 is reproducible and every epoch still sees new draws. Per example, in order:
 
-1. box jitter of the face box (``jitter_boxes``), then the crop box
+1. box jitter of the face box (``jitter_boxes``: centre shift, scale and aspect over
+   the ranges of ``AugmentConfig.box_ranges``, e.g. the detector variance of
+   ``common.box_perturbation``), then the crop box
    (``crop_boxes_from_face_boxes``);
 2. one resampling of the crop at the largest size with a random rotation and flip
    (``crop_faces``); the landmarks get the same rotation/flip and a flipped face's
@@ -31,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import geometry
+from common.box_perturbation import BoxRanges
 from common.schemes import scheme_for
 from common.tfrecord import find_shards, parse_face
 
@@ -57,9 +60,22 @@ class AugmentConfig:
         contrast: (low, high) contrast factor, uniform; pixel values are scaled about
             the crop's per-channel mean.
         box_shift: largest shift of the face box centre, a fraction of the box width
-            (x) and height (y), uniform and independent per axis.
+            (x) and height (y), uniform and independent per axis: the symmetric
+            shorthand of ``box_shift_x = box_shift_y = (-box_shift, box_shift)``.
         box_scale: largest relative change of the face box size: the factor is
-            uniform in ``[1 - box_scale, 1 + box_scale]``.
+            uniform in ``[1 - box_scale, 1 + box_scale]``; the symmetric shorthand of
+            ``box_scale_range``.
+        box_shift_x: (low, high) shift of the face box centre, a fraction of the box
+            width, positive to the right (the ranges of ``common.box_perturbation``).
+            ``(0, 0)``: ``box_shift`` decides.
+        box_shift_y: (low, high) shift of the centre, a fraction of the box height,
+            positive downwards. ``(0, 0)``: ``box_shift`` decides.
+        box_scale_range: (low, high) factor of both box sides (so of the square crop's
+            side). ``(1, 1)``: ``box_scale`` decides.
+        box_aspect_range: (low, high) factor of the box's height/width ratio.
+
+    A shorthand and its explicit range cannot both be set. Every range is uniform and
+    relative to the stored face box; ``box_ranges`` gives the ranges in effect.
     """
 
     rotation_deg: tuple[float, float] = (0.0, 0.0)
@@ -70,10 +86,15 @@ class AugmentConfig:
     contrast: tuple[float, float] = (1.0, 1.0)
     box_shift: float = 0.0
     box_scale: float = 0.0
+    box_shift_x: tuple[float, float] = (0.0, 0.0)
+    box_shift_y: tuple[float, float] = (0.0, 0.0)
+    box_scale_range: tuple[float, float] = (1.0, 1.0)
+    box_aspect_range: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self):
         # Lists (e.g. from JSON) become tuples so that configs compare and hash.
-        for name in ("rotation_deg", "contrast", "rotation_choices_deg"):
+        for name in ("rotation_deg", "contrast", "rotation_choices_deg", "box_shift_x",
+                     "box_shift_y", "box_scale_range", "box_aspect_range"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         for name in ("rotation_deg", "contrast"):
             if len(getattr(self, name)) != 2:
@@ -91,12 +112,35 @@ class AugmentConfig:
                 raise ValueError(f"AugmentConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.box_scale < 1.0:
             raise ValueError(f"AugmentConfig.box_scale must be in [0, 1), got {self.box_scale}")
+        if self.box_shift and (self.box_shift_x != (0.0, 0.0) or self.box_shift_y != (0.0, 0.0)):
+            raise ValueError("AugmentConfig: set box_shift or box_shift_x/box_shift_y, not both")
+        if self.box_scale and self.box_scale_range != (1.0, 1.0):
+            raise ValueError("AugmentConfig: set box_scale or box_scale_range, not both")
+        self.box_ranges  # noqa: B018 (validates the ranges)
+
+    @property
+    def box_ranges(self) -> BoxRanges:
+        """The face-box perturbation in effect (shorthands expanded), validated.
+
+        Raises:
+            ValueError: a range is not ``(low, high)`` or a factor is not positive.
+        """
+        symmetric = (-self.box_shift, self.box_shift)
+        try:
+            return BoxRanges(
+                shift_x=self.box_shift_x if self.box_shift_x != (0.0, 0.0) else symmetric,
+                shift_y=self.box_shift_y if self.box_shift_y != (0.0, 0.0) else symmetric,
+                scale=(self.box_scale_range if self.box_scale_range != (1.0, 1.0)
+                       else (1.0 - self.box_scale, 1.0 + self.box_scale)),
+                aspect=self.box_aspect_range)
+        except ValueError as error:
+            raise ValueError(f"AugmentConfig box ranges: {error}") from None
 
     @property
     def is_identity(self) -> bool:
         """True when this configuration changes nothing."""
         return not (self.rotates or self.flip_prob or self.noise_sigma or self.brightness
-                    or self.contrast != (1.0, 1.0) or self.box_shift or self.box_scale)
+                    or self.contrast != (1.0, 1.0) or not self.box_ranges.is_identity)
 
     @property
     def rotates(self) -> bool:
@@ -136,9 +180,10 @@ def _augment_example(image: tf.Tensor, box: tf.Tensor, landmarks: tf.Tensor,
     """
     seeds = tf.random.experimental.stateless_split(seed, 7)
     n = tf.shape(image)[0]
-    if augment.box_shift > 0.0 or augment.box_scale > 0.0:
-        box = geometry.jitter_boxes(box, (1.0 - augment.box_scale, 1.0 + augment.box_scale),
-                                    (-augment.box_shift, augment.box_shift), seeds[0])
+    ranges = augment.box_ranges
+    if not ranges.is_identity:
+        box = geometry.jitter_boxes(box, ranges.scale, ranges.shift_x, seeds[0],
+                                    shift_y_range=ranges.shift_y, aspect_range=ranges.aspect)
     crop_boxes = geometry.crop_boxes_from_face_boxes(box, margin)
     angles = None
     if augment.rotates and augment.rotation_choices_deg:

@@ -64,6 +64,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import evaluation, multidata, training
+from common.box_perturbation import DETECTOR_RANGES_68
 from common.geometry import crop_boxes_from_face_boxes, image_to_crop
 from common.multidata import DataSpec
 from common.pipeline import make_dataset
@@ -84,10 +85,11 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "batch_size": 32,
     "learning_rate": 0.01,
     "iterations": 2500,
+    **DETECTOR_RANGES_68.as_fields(),
 }
 """``MSRRNConfig`` fields changed by the ``"quick"`` preset (tuned on two shared CPU
-cores; the stages, augmentation, loss, optimiser, margin and weight decay stay the
-paper's):
+cores; the stages, loss, optimiser, margin and weight decay stay the paper's, and the
+paper's augmentation gets a face-box perturbation on top):
 
 * the paper's geometry scaled by 0.64: crops of 32, 64 and 128 px with 8-px patches
   cover the same fractions of the crop at every stage (25 %, 12.5 %, 6.25 %) as
@@ -100,7 +102,12 @@ paper's):
 * 2,500 iterations of 32 faces (40 epochs of the 2,000 synthetic training faces)
   with a cosine decay from 0.01. Measured on the synthetic val split (inter-pupil
   NME after 3 stages): 5.5 % after 1,500 or 2,000 steps, 5.0 % after 2,500; a
-  learning rate of 0.02 trained worse (6.4 % at 2,000 steps).
+  learning rate of 0.02 trained worse (6.4 % at 2,000 steps);
+* the face-box perturbation ``common.box_perturbation.DETECTOR_RANGES_68`` (centre
+  shifts of -15..+17 % of the box width and -15..+19 % of its height, crop side x0.83
+  to x1.37: the measured differences between dlib's, MTCNN's and the landmark-extent
+  boxes), so that the model does not depend on one detector's boxes. The ``"paper"``
+  preset has none (the paper's augmentation only).
 """
 
 QUICK_SYNTHETIC_SPLITS = {"train": 2000, "val": 200}
@@ -119,8 +126,9 @@ def preset_config(preset: str) -> MSRRNConfig:
     """Returns the config of a preset.
 
     Args:
-        preset: ``"paper"`` (``MSRRNConfig()`` defaults) or ``"quick"``
-            (``QUICK_OVERRIDES``).
+        preset: ``"paper"`` (``MSRRNConfig()`` defaults: the paper's augmentation
+            only, no box perturbation) or ``"quick"`` (``QUICK_OVERRIDES``, with the
+            measured face-box perturbation).
 
     Returns:
         The config.

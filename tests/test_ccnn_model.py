@@ -44,6 +44,35 @@ def tiny_config() -> CCNNConfig:
 
 # --- Config --------------------------------------------------------------------------
 
+def test_box_perturbation_on_in_quick_off_in_paper():
+    from ccnn_tf.training import TRAINING_ONLY_FIELDS, augment_config, preset_config
+    from common.box_perturbation import DETECTOR_RANGES_CUHK5
+
+    quick = preset_config("quick")
+    assert quick.box_ranges == DETECTOR_RANGES_CUHK5 and not quick.box_ranges.is_identity
+    ranges = augment_config(quick).box_ranges
+    assert (ranges.shift_x, ranges.shift_y, ranges.scale) == (
+        (-0.12, 0.10), (-0.14, 0.05), (0.95, 1.57))
+    for name in ("paper", "tiny"):
+        assert augment_config(preset_config(name)).box_ranges.is_identity
+    assert preset_config("paper") == CCNNConfig()
+    # The fields switch it off (e.g. compare_real --config_json) and only train.
+    off = quick.replace(box_shift_x=[0, 0], box_shift_y=[0, 0], box_scale_range=[1, 1])
+    assert augment_config(off).box_ranges.is_identity
+    assert {"box_shift_x", "box_shift_y", "box_scale_range",
+            "box_aspect_range"} <= TRAINING_ONLY_FIELDS
+    with pytest.raises(ValueError, match="shift_y"):
+        CCNNConfig(box_shift_y=(0.1, -0.1))
+
+
+def test_config_of_an_earlier_run_loads_without_box_perturbation():
+    values = json.loads(json.dumps(CCNNConfig().to_dict()))
+    for name in ("box_shift_x", "box_shift_y", "box_scale_range", "box_aspect_range"):
+        del values[name]
+    config = CCNNConfig.from_dict(values)
+    assert config == CCNNConfig() and config.box_ranges.is_identity
+
+
 def test_config_round_trip_and_replace():
     config = CCNNConfig()
     restored = CCNNConfig.from_dict(json.loads(json.dumps(config.to_dict())))

@@ -104,6 +104,30 @@ def test_jitter_boxes_ranges_and_determinism():
     assert not np.allclose(other, jittered)
 
 
+def test_jitter_boxes_per_axis_shift_and_aspect():
+    boxes = tf.tile(tf.constant([[100.0, 100.0, 200.0, 150.0]]), [2000, 1])
+    seed = tf.constant([7, 8], tf.int64)
+    # Without shift_y_range or aspect the draws are those of the symmetric call.
+    np.testing.assert_array_equal(
+        geometry.jitter_boxes(boxes, (0.8, 1.2), (-0.1, 0.1), seed),
+        geometry.jitter_boxes(boxes, (0.8, 1.2), (-0.1, 0.1), seed,
+                              shift_y_range=(-0.1, 0.1)))
+    out = geometry.jitter_boxes(boxes, (0.9, 1.3), (0.05, 0.15), seed,
+                                shift_y_range=(-0.3, -0.2), aspect_range=(1.0, 1.5)).numpy()
+    w, h = out[:, 2] - out[:, 0], out[:, 3] - out[:, 1]
+    dx = ((out[:, 0] + out[:, 2]) / 2 - 150) / 100
+    dy = ((out[:, 1] + out[:, 3]) / 2 - 125) / 50
+    aspect = (h / w) / 0.5
+    size = np.sqrt(w * h) / np.sqrt(100 * 50)
+    for values, low, high in ((dx, 0.05, 0.15), (dy, -0.3, -0.2), (aspect, 1.0, 1.5),
+                              (size, 0.9, 1.3)):
+        assert low - 1e-4 <= values.min() < low + 0.02, (low, values.min())
+        assert high - 0.02 < values.max() <= high + 1e-4, (high, values.max())
+    # Independent draws: no correlation between the four quantities.
+    corr = np.corrcoef(np.stack([dx, dy, aspect, size]))
+    assert np.abs(corr[np.triu_indices(4, 1)]).max() < 0.1
+
+
 # ---------------------------------------------------------------- coordinate maps
 
 def test_crop_uncrop_identity():

@@ -62,6 +62,43 @@ def test_config_augmentation():
     ).is_identity
 
 
+BOX_FIELDS = ("box_shift_x", "box_shift_y", "box_scale_range", "box_aspect_range")
+
+
+def test_box_perturbation_on_in_quick_off_in_paper():
+    from common.box_perturbation import DETECTOR_RANGES_68
+    from msrrn_tf.training import preset_config
+
+    quick = preset_config("quick")
+    assert quick.box_ranges == DETECTOR_RANGES_68 and not quick.box_ranges.is_identity
+    ranges = quick.augment_config().box_ranges
+    assert (ranges.shift_x, ranges.shift_y, ranges.scale) == (
+        (-0.15, 0.17), (-0.15, 0.19), (0.83, 1.37))
+    paper = preset_config("paper")
+    assert paper == MSRRNConfig() and paper.augment_config().box_ranges.is_identity
+    # --config_json switches it off.
+    off = quick.replace(**json.loads(
+        '{"box_shift_x": [0, 0], "box_shift_y": [0, 0], "box_scale_range": [1, 1]}'))
+    assert off.augment_config().box_ranges.is_identity
+    with pytest.raises(ValueError, match="box_scale_range|scale"):
+        MSRRNConfig(box_scale_range=(1.2, 0.8))
+
+
+def test_config_json_of_an_earlier_run_loads_without_box_perturbation():
+    # A run saved before the box fields existed was trained without box perturbation;
+    # its config.json still loads and says so.
+    values = MSRRNConfig().replace(**QUICK_VALUES).to_dict()
+    for name in BOX_FIELDS:
+        del values[name]
+    config = MSRRNConfig.from_json(json.dumps(values))
+    assert config.box_ranges.is_identity and config.scales == (32, 64, 128)
+    assert MSRRNConfig.from_dict(config.to_dict()) == config
+
+
+QUICK_VALUES = {"scales": (32, 64, 128), "patch_size": 8, "batch_size": 32,
+                "iterations": 2500}
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown MSRRNConfig field"):
         MSRRNConfig().replace(num_stage=2)

@@ -122,6 +122,63 @@ def test_dots_found_through_augmented_pipeline(data_dir):
     assert flipped == {True, False}
 
 
+def test_box_perturbation_moves_landmarks_with_the_box(data_dir):
+    # Asymmetric ranges (everything right, up and mostly larger): the dots drawn at the
+    # landmarks are found in the crop of the perturbed box within 1 px of the returned
+    # normalised landmarks, and the crop box moved as the ranges say.
+    augment = AugmentConfig(box_shift_x=(0.10, 0.20), box_shift_y=(-0.20, -0.10),
+                            box_scale_range=(0.8, 1.4))
+    margin = 0.2
+    ds = make_dataset(data_dir, "train", sizes=SIZES, num_landmarks=5, margin=margin,
+                      batch_size=3, training=True, augment=augment, seed=5,
+                      with_meta=True)
+    scales = []
+    for inputs, targets, meta in collect(ds, 3 * NUM_FACES):
+        box, crop_box = meta["box"], meta["crop_box"]
+        w, h = box[2] - box[0], box[3] - box[1]
+        dx = ((crop_box[0] + crop_box[2]) - (box[0] + box[2])) / 2 / w
+        dy = ((crop_box[1] + crop_box[3]) - (box[1] + box[3])) / 2 / h
+        scale = (crop_box[2] - crop_box[0]) / (max(w, h) * (1 + 2 * margin))
+        assert 0.10 - 1e-4 <= dx <= 0.20 + 1e-4 and -0.20 - 1e-4 <= dy <= -0.10 + 1e-4
+        assert 0.8 - 1e-4 <= scale <= 1.4 + 1e-4
+        scales.append(scale)
+        unperturbed = geometry.image_to_crop(
+            meta["landmarks_px"][None],
+            geometry.crop_boxes_from_face_boxes(box[None], margin)).numpy()[0]
+        assert np.abs(targets["landmarks"] - unperturbed).max() > 0.03  # it did move
+        for size in SIZES:
+            test_geometry.assert_dots_found(inputs[f"image_{size}"], targets["landmarks"],
+                                            range(5), tol=1.0)
+    assert np.ptp(scales) > 0.2  # drawn, not fixed
+
+
+def test_augment_config_box_ranges():
+    # The symmetric shorthands of earlier configs expand to explicit ranges.
+    old = AugmentConfig(box_shift=0.05, box_scale=0.1).box_ranges
+    assert old.shift_x == old.shift_y == (-0.05, 0.05)
+    assert old.scale == pytest.approx((0.9, 1.1))
+    assert old.aspect == (1.0, 1.0)
+    explicit = AugmentConfig(box_shift_x=[-0.15, 0.17], box_shift_y=(-0.15, 0.19),
+                             box_scale_range=(0.83, 1.37), box_aspect_range=(0.9, 1.2))
+    ranges = explicit.box_ranges
+    assert (ranges.shift_x, ranges.shift_y) == ((-0.15, 0.17), (-0.15, 0.19))
+    assert (ranges.scale, ranges.aspect) == ((0.83, 1.37), (0.9, 1.2))
+    assert not explicit.is_identity
+    assert not AugmentConfig(box_aspect_range=(0.9, 1.1)).is_identity
+    assert AugmentConfig().box_ranges.is_identity
+    # An augmentation dict of an earlier run (no explicit ranges) still loads.
+    assert AugmentConfig(**{"box_scale": 0.0, "box_shift": 0.0, "flip_prob": 0.5}).box_ranges \
+        .is_identity
+    with pytest.raises(ValueError, match="not both"):
+        AugmentConfig(box_shift=0.05, box_shift_x=(-0.1, 0.1))
+    with pytest.raises(ValueError, match="not both"):
+        AugmentConfig(box_scale=0.1, box_scale_range=(0.9, 1.2))
+    for bad in ({"box_shift_x": (0.2, 0.1)}, {"box_scale_range": (0.0, 1.2)},
+                {"box_aspect_range": (1.0,)}, {"box_shift_y": (-1.5, 0.0)}):
+        with pytest.raises(ValueError, match="box ranges"):
+            AugmentConfig(**bad)
+
+
 def test_training_augmentation_varies_and_is_reproducible(data_dir):
     augment = AugmentConfig(rotation_deg=(-15, 15), flip_prob=0.5, noise_sigma=0.5,
                             brightness=10.0, contrast=(0.8, 1.2), box_shift=0.05,
