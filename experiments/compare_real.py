@@ -340,14 +340,8 @@ def compare(family: str, data: str, *, output: str, train_split: str = "train",
 
     # 3. Our predictions on the eval split (every stage).
     scheme = scheme_for(ours.num_landmarks)
-    if family == "msrrn":
-        from msrrn_tf.training import predict_msrrn
-
-        pred = predict_msrrn(ours.model, data, eval_split, margin=ours.margin, limit=limit)
-    else:
-        pred = evaluation.predict_split(ours.model, data, eval_split, sizes=ours.sizes,
-                                        margin=ours.margin,
-                                        num_landmarks=ours.num_landmarks, limit=limit)
+    pred = evaluation.predict_model(ours.model, data, eval_split, margin=ours.margin,
+                                    limit=limit)
     faces = list(peer_lib.iterate_faces(data, eval_split, limit))
     _check_same_faces(pred, faces)
     log(f"our model evaluated on {pred.num_faces} {eval_split!r} faces")

@@ -561,7 +561,7 @@ TFLITE_FLOAT32 = "model_float32.tflite"
 
 def export_msrrn(model: MSRRN, export_dir: str, *, margin: float, data: str | None = None,
                  split: str = "val", parity_check: bool = True, tflite: bool = False,
-                 atol: float = 1e-4, fresh_process: bool = True, verbose: bool = True,
+                 atol: float | None = None, fresh_process: bool = True, verbose: bool = True,
                  info: Mapping[str, Any] | None = None) -> str:
     """Exports MSRRN (``common.export.write_export``: one unit) and checks parity.
 
@@ -576,7 +576,9 @@ def export_msrrn(model: MSRRN, export_dir: str, *, margin: float, data: str | No
         parity_check: compare the SavedModel with the Keras model (the TFLite file is
             always checked).
         tflite: also write a float32 TFLite file of ``serving_cropped``.
-        atol: parity tolerance (pixels, resp. normalised units).
+        atol: parity tolerance in normalised crop units (pixels: the same fraction
+            of the smallest test crop side, ``common.export.check_export``); ``None``:
+            the model's ``export_hooks().tolerance`` (1e-4).
         fresh_process: load the exports in a new Python process for the checks (so
             nothing of this process, e.g. registered classes, helps them).
         verbose: print the parity results.
@@ -599,22 +601,18 @@ def export_msrrn(model: MSRRN, export_dir: str, *, margin: float, data: str | No
         boxes = np.array([[20, 15, 80, 75], [30, 10, 100, 80]], np.float32)
 
     def check(name: str, path: str) -> dict[str, Any]:
-        if name == "saved_model":
-            if not parity_check:
-                return {}
-            report = common_export.check_parity(path, model, images, boxes, atol=atol,
-                                                fresh_process=fresh_process)
-            _print_parity("SavedModel", report, atol, fresh_process, verbose)
-        else:
-            report = common_export.check_tflite_parity(path, model, images, boxes,
-                                                       margin=margin, atol=atol,
-                                                       fresh_process=fresh_process)
-            _print_parity("TFLite", report, atol, fresh_process, verbose)
-        return {**report, "atol": atol, "fresh_process": fresh_process}
+        if name == "saved_model" and not parity_check:
+            return {}
+        tolerance = model.export_hooks().tolerance(name) if atol is None else atol
+        report = common_export.check_export(name, path, model, images, boxes,
+                                            margin=margin, tolerance=tolerance,
+                                            fresh_process=fresh_process)
+        _print_parity("SavedModel" if name == "saved_model" else "TFLite", report,
+                      verbose)
+        return report
 
-    variants = [common_export.TFLiteVariant(
-        "tflite_float32", TFLITE_FLOAT32,
-        lambda saved, path: common_export.export_tflite(saved, path))] if tflite else []
+    variants = [common_export.tflite_variant(model, "tflite_float32", TFLITE_FLOAT32)
+                ] if tflite else []
     common_export.write_export(
         model, export_dir, sizes=model.input_sizes, margin=margin,
         num_landmarks=model.num_landmarks, tflite=variants, check=check,
@@ -627,14 +625,15 @@ def export_msrrn(model: MSRRN, export_dir: str, *, margin: float, data: str | No
     return export_dir
 
 
-def _print_parity(what: str, report: Mapping[str, float], atol: float, fresh_process: bool,
-                  verbose: bool) -> None:
+def _print_parity(what: str, report: Mapping[str, Any], verbose: bool) -> None:
     if not verbose:
         return
-    worst = {k: v for k, v in report.items() if k != "num_faces"}
-    where = "fresh process" if fresh_process else "this process"
-    print(f"{what} parity ({where}, {int(report['num_faces'])} faces, atol {atol:g}): "
-          + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()) + " -> OK", flush=True)
+    where = "fresh process" if report["fresh_process"] else "this process"
+    print(f"{what} parity ({where}, {report['num_faces']} faces, tolerance "
+          f"{report['tolerance_normalised']:g} normalised / "
+          f"{report['tolerance_pixels']:.3g} px): "
+          + ", ".join(f"{k} {v:.2e}" for k, v in report["per_output"].items()) + " -> OK",
+          flush=True)
 
 
 def default_run_dir(root: str = "runs", prefix: str = "msrrn") -> str:
