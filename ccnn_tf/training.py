@@ -103,34 +103,15 @@ PRESETS = ("paper", "quick", "tiny")
 
 
 def preset_config(name: str) -> CCNNConfig:
-    """The configuration of a named preset.
+    """``CCNNConfig.preset(name)`` (the presets are defined there): ``"paper"``,
+    ``"quick"`` or ``"tiny"``.
 
-    * ``"paper"``: ``CCNNConfig()``, the paper's values (plain SGD at 5e-3, 5000 steps
-      per stage).
-    * ``"quick"``: the paper's networks, windows, shake, augmentation and decay
-      schedule (x0.9 every 100 steps), trained for 500 steps per stage with SGD at
-      3e-2 with momentum 0.9, so that all three stages train in a few minutes on two
-      CPU cores and the stage-wise error decrease of Experiment 1 shows. The learning
-      rate and momentum are not the paper's: with 500 steps plain SGD at 5e-3 barely
-      leaves the mean shape (measured on the synthetic faces: stage-1 error 9.1 % of
-      the box width after 500 steps at 5e-3 with momentum, 6.5 % at 3e-2).
-
-    * ``"tiny"``: ``CCNNConfig.tiny()``, networks of a few hundred parameters, for
-      tests and smoke runs only.
-
-    Args:
-        name: ``"paper"``, ``"quick"`` or ``"tiny"``.
-
-    Returns:
-        The configuration.
+    Raises:
+        ValueError: an unknown preset.
     """
-    if name == "tiny":
-        return CCNNConfig.tiny()
-    if name == "paper":
-        return CCNNConfig()
-    if name == "quick":
-        return CCNNConfig(steps_per_stage=500, learning_rate=0.03, momentum=0.9, seed=0)
-    raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
+    return CCNNConfig.preset(name)
 
 
 def build_config(preset: str = "quick", *, steps: int | None = None,

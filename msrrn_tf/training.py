@@ -66,39 +66,11 @@ from common.geometry import crop_boxes_from_face_boxes, image_to_crop
 from common.pipeline import make_dataset
 from common.schemes import LandmarkScheme, scheme_for
 from common.tfrecord import find_shards, parse_face
-from msrrn_tf.config import MSRRNConfig
+from msrrn_tf.config import QUICK_OVERRIDES, MSRRNConfig  # noqa: F401  (re-exported)
 from msrrn_tf.model import MSRRN, build_msrrn
 
 PRESETS = ("paper", "quick")
-
-QUICK_OVERRIDES: dict[str, Any] = {
-    "scales": (32, 64, 128),
-    "patch_size": 8,
-    "regression_conv_filters": (16, 16),
-    "regression_fc_units": (128,),
-    "init_conv_filters": (8, 16, 32),
-    "init_fc_units": (128,),
-    "batch_size": 32,
-    "learning_rate": 0.01,
-    "iterations": 2500,
-}
-"""``MSRRNConfig`` fields changed by the ``"quick"`` preset (tuned on two shared CPU
-cores; the stages, augmentation, loss, optimiser, margin and weight decay stay the
-paper's):
-
-* the paper's geometry scaled by 0.64: crops of 32, 64 and 128 px with 8-px patches
-  cover the same fractions of the crop at every stage (25 %, 12.5 %, 6.25 %) as
-  50, 100 and 200 px with 12-px patches. The synthetic faces are about 85-120 px
-  across their crop, so 128 px keeps all their detail, and the crops cost a quarter
-  of the 200-px ones (on two cores the 200-px pipeline alone took as long as the
-  training step);
-* about half the paper's widths (the regression convs, FC layers and the
-  initial-shape CNN);
-* 2,500 iterations of 32 faces (40 epochs of the 2,000 synthetic training faces)
-  with a cosine decay from 0.01. Measured on the synthetic val split (inter-pupil
-  NME after 3 stages): 5.5 % after 1,500 or 2,000 steps, 5.0 % after 2,500; a
-  learning rate of 0.02 trained worse (6.4 % at 2,000 steps).
-"""
+"""The training presets of ``python -m msrrn_tf.train`` (``MSRRNConfig.preset``)."""
 
 QUICK_SYNTHETIC_SPLITS = {"train": 2000, "val": 200}
 """Faces per split of the embedded synthetic data set used by the ``"quick"`` preset
@@ -117,16 +89,14 @@ def preset_config(preset: str) -> MSRRNConfig:
 
     Args:
         preset: ``"paper"`` (``MSRRNConfig()`` defaults) or ``"quick"``
-            (``QUICK_OVERRIDES``).
+            (``msrrn_tf.config.QUICK_OVERRIDES``); ``MSRRNConfig.preset`` defines them.
 
     Returns:
         The config.
     """
-    if preset == "paper":
-        return MSRRNConfig()
-    if preset == "quick":
-        return MSRRNConfig().replace(**QUICK_OVERRIDES)
-    raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    return MSRRNConfig.preset(preset)
 
 
 def synthetic_splits(preset: str) -> dict[str, int]:

@@ -146,3 +146,27 @@ def test_ccnn_num_landmarks_and_the_old_num_points_name(tmp_path):
     assert CCNNCascade.from_config(old).num_landmarks == 5
     with pytest.raises(ValueError, match="num_points 4 != num_landmarks 5"):
         CCNNCascade.from_config({**model.get_config(), "num_points": 4})
+
+
+def test_presets_are_defined_next_to_the_configs_and_keep_their_values():
+    from ccnn_tf import training as ccnn_training
+    from ccnn_tf.config import CCNNConfig
+    from msrrn_tf import training as msrrn_training
+    from msrrn_tf.config import MSRRNConfig
+
+    quick = MSRRNConfig().replace(
+        scales=(32, 64, 128), patch_size=8, regression_conv_filters=(16, 16),
+        regression_fc_units=(128,), init_conv_filters=(8, 16, 32), init_fc_units=(128,),
+        batch_size=32, learning_rate=0.01, iterations=2500)
+    assert MSRRNConfig.preset("quick") == msrrn_training.preset_config("quick") == quick
+    assert MSRRNConfig.preset("paper") == MSRRNConfig()
+    assert MSRRNConfig.small(batch_size=4) == MSRRNConfig().replace(
+        regression_conv_filters=(8, 8), regression_fc_units=(64,),
+        init_conv_filters=(8, 8, 16), init_fc_units=(64,), batch_size=4, iterations=200)
+    assert CCNNConfig.preset("quick") == ccnn_training.preset_config("quick") == CCNNConfig(
+        steps_per_stage=500, learning_rate=0.03, momentum=0.9, seed=0)
+    assert CCNNConfig.tiny(seed=3) == CCNNConfig.preset("tiny", seed=3)
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        MSRRNConfig.preset("fast")
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        ccnn_training.preset_config("fast")
