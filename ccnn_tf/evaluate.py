@@ -67,9 +67,9 @@ mean test error after stages 1-3 (Experiment 1, LFPW)."""
 
 
 def model_geometry(model: keras.Model) -> tuple[tuple[int, ...], float, int]:
-    """``(sizes, margin, num_landmarks)`` of a ``CCNNCascade``."""
-    config = model.get_config()
-    return (int(config["input_size"]),), float(config["margin"]), int(config["num_points"])
+    """``(sizes, margin, num_landmarks)`` of a ``CCNNCascade`` (its
+    ``common.landmark_model`` contract)."""
+    return tuple(model.input_sizes), float(model.margin), int(model.num_landmarks)
 
 
 def point_labels(num_points: int = 5) -> list[str]:

@@ -85,8 +85,6 @@ crop side among the test faces):
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import tempfile
 import warnings
@@ -97,18 +95,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ccnn_tf import model as model_lib
-from ccnn_tf import windows as win
+from ccnn_tf.export_hooks import (  # noqa: F401  (re-exported)
+    TOLERANCES,
+    crop_windows_matmul,
+    export_hooks,
+    float32_cascade,
+    tflite_compatible_crops,
+)
 from common import atomic, geometry
 from common import export as common_export
 
 QUANTIZATIONS = ("dynamic", "int8")
 """TFLite quantisation variants: dynamic range (int8 weights, float activations) and
 int8 networks (int8 weights and activations in the networks, float32 geometry)."""
-
-TOLERANCES = {"saved_model": 1e-4, "tflite_float32": 1e-3, "tflite_dynamic": 0.01,
-              "tflite_int8": 0.02}
-"""Parity tolerances in normalised crop units (module docstring)."""
 
 REPORT_FILE = common_export.REPORT_FILE
 
@@ -118,152 +117,16 @@ TFLITE_FILES = {"tflite_float32": "model_float32.tflite",
 """File names of the TFLite variants in an export (``common.export.write_export``)."""
 
 
-# --------------------------------------------------------------------------------------
-# TFLite-compatible window cropping
-# --------------------------------------------------------------------------------------
-
-
-def _tent_weights(low: tf.Tensor, high: tf.Tensor, count: int, extent: int
-                  ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Bilinear sampling weights ``[..., count, extent]`` along one axis and validity.
-
-    Sample ``i`` of the interval ``[low, high]`` (normalised) sits at pixel position
-    ``p = (low + (i + 0.5) (high - low) / count) * extent - 0.5``; its weight on pixel
-    ``x`` is ``max(0, 1 - |p - x|)``, which are exactly linear interpolation's weights
-    inside ``[0, extent - 1]``. Samples outside are invalid (``crop_and_resize``
-    extrapolates them).
-    """
-    step = (high - low) / count
-    offsets = tf.range(count, dtype=tf.float32) + 0.5
-    positions = (low[..., None] + offsets * step[..., None]) * float(extent) - 0.5
-    grid = tf.range(extent, dtype=tf.float32)
-    weights = tf.nn.relu(1.0 - tf.abs(positions[..., None] - grid))
-    valid = tf.cast((positions >= 0.0) & (positions <= float(extent - 1)), tf.float32)
-    return weights * valid[..., None], valid
-
-
-def crop_windows_matmul(images: tf.Tensor, windows: tf.Tensor,
-                        size: int | Sequence[int] = 15,
-                        extrapolation_value: float = 0.0) -> tf.Tensor:
-    """``ccnn_tf.windows.crop_windows`` as matrix products (TFLite builtins only).
-
-    Same contract and sampling positions as ``crop_windows`` (bilinear, output pixel
-    ``i`` centred at ``l + (i + 0.5) (r - l) / size``, ``extrapolation_value`` outside
-    the image); the images need a static height and width.
-
-    Args:
-        images: float ``[N, H, W, C]``.
-        windows: float ``[N, K, 4]`` or ``[N, 4]`` (l, t, r, b) normalised windows.
-        size: output side, or (height, width).
-        extrapolation_value: value of samples outside the image.
-
-    Returns:
-        float32 ``[N, K, size_h, size_w, C]`` (or ``[N, size_h, size_w, C]``).
-    """
-    size_h, size_w = (size, size) if isinstance(size, int) else tuple(size)
-    images = tf.cast(tf.convert_to_tensor(images), tf.float32)
-    windows = tf.convert_to_tensor(windows, tf.float32)
-    one_per_image = windows.shape.rank == 2
-    if one_per_image:
-        windows = windows[:, None, :]
-    _, height, width, channels = images.shape
-    if height is None or width is None or channels is None:
-        raise ValueError("crop_windows_matmul needs images of static height, width and "
-                         f"channels, got {images.shape}")
-    n = tf.shape(images)[0]
-    k = tf.shape(windows)[1]
-    flat_windows = tf.reshape(windows, [-1, 4])  # [N*K, 4]
-    left, top, right, bottom = tf.unstack(flat_windows, axis=-1)
-    weights_y, valid_y = _tent_weights(top, bottom, size_h, height)   # [NK, sh, H]
-    weights_x, valid_x = _tent_weights(left, right, size_w, width)    # [NK, sw, W]
-    # Rows: [NK, sh, H] @ [NK, H, W*C].
-    repeated = tf.repeat(tf.reshape(images, [n, height, width * channels]), k, axis=0)
-    rows = tf.matmul(weights_y, repeated)                              # [NK, sh, W*C]
-    rows = tf.reshape(rows, [-1, size_h, width, channels])
-    rows = tf.reshape(tf.transpose(rows, [0, 2, 1, 3]), [-1, width, size_h * channels])
-    # Columns: [NK, sw, W] @ [NK, W, sh*C].
-    crops = tf.matmul(weights_x, rows)                                 # [NK, sw, sh*C]
-    crops = tf.transpose(tf.reshape(crops, [-1, size_w, size_h, channels]), [0, 2, 1, 3])
-    if extrapolation_value:
-        inside = valid_y[:, :, None, None] * valid_x[:, None, :, None]
-        crops += (1.0 - inside) * extrapolation_value
-    crops = tf.reshape(crops, [n, k, size_h, size_w, channels])
-    return crops[:, 0] if one_per_image else crops
-
-
-@contextlib.contextmanager
-def tflite_compatible_crops() -> Iterator[None]:
-    """Within this context the CCNN stages crop with :func:`crop_windows_matmul`.
-
-    The stages look ``crop_windows`` up in ``ccnn_tf.windows`` at call time, so a
-    model traced inside the context (e.g. for the TFLite converter) has no
-    ``CropAndResize`` op. The Keras model and other traces are unaffected.
-    """
-    original = win.crop_windows
-    win.crop_windows = crop_windows_matmul
-    try:
-        yield
-    finally:
-        win.crop_windows = original
-
-
-class _SingleFaceModule(tf.Module):
-    """``serving_cropped`` for one face (batch 1), for the TFLite converter.
-
-    With a dynamic batch the converter gives the formula-4 averaging (an ``einsum`` in
-    ``ccnn_tf.model``) a tensor of static shape ``[-1, 2, 5]``, which the TFLite
-    runtime rejects ("BytesRequired number of elements overflowed"); with batch 1
-    every shape is static. On-device inference runs face by face anyway. Like
-    ``common.export.LandmarkServingModule`` it tracks the backing variables, not the
-    Keras model, so that the converter freezes them.
-    """
-
-    def __init__(self, model: keras.Model, size: int):
-        super().__init__(name="ccnn_single_face")
-        self._call_model = functools.partial(model.__call__, training=False)
-        self.model_variables = [getattr(v, "value", v) for v in model.variables]
-        self._size = int(size)
-        self.serving_cropped = tf.function(self._serve, input_signature=[
-            tf.TensorSpec([1, size, size, 3], tf.float32, name=f"image_{size}")])
-
-    def _serve(self, *images: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = self._call_model({f"image_{self._size}": images[0]})
-        return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
-
-
 INT8_OPS = frozenset({"CONV_2D", "MAX_POOL_2D"})
 """TFLite ops that the int8 variant quantises: the networks' layers (their fully
 connected layers are 1x1 convolutions, ``ccnn_tf.model.run_networks``)."""
 
 
-def float32_cascade(model: keras.Model) -> keras.Model:
-    """The cascade itself, or a float32 copy of a mixed-precision one.
-
-    A cascade built under the ``mixed_float16`` policy computes its networks in
-    float16; served on a CPU that is slower and less exact than float32, and float16
-    rounding of the inputs makes serving parity depend on ULP-level differences of the
-    crop. Exports therefore rebuild it under ``float32`` with the same weights (the
-    variables are float32 in both).
-    """
-    dtypes = {layer.compute_dtype for k in range(1, model.num_stages + 1)
-              for network in model.stage_layer(k).networks for layer in network.layers}
-    if dtypes <= {"float32"}:
-        return model
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        copy = type(model).from_config(model.get_config())
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def export_saved_model(model: keras.Model, export_dir: str) -> str:
     """``common.export.export_saved_model`` of the cascade in float32.
 
-    ``common.export`` traces the serving functions in the cascade's
-    ``serving_trace_options`` (weights frozen into the graph): each stage's grouped
+    ``common.export`` traces the serving functions in the cascade's export hooks'
+    context (:func:`export_hooks`: weights frozen into the graph): each stage's grouped
     kernels are then constants that graph optimisation builds once, instead of
     concatenating 23 networks' weights on every call (about half of the model's time
     for one face). The variables are saved too, but the signatures do not read them.
@@ -318,11 +181,9 @@ def export_tflite(model: keras.Model, path: str, *, quantize: bool = False,
                   representative_data: Sequence[np.ndarray] | None = None) -> str:
     """Converts the cascade to TFLite with builtin ops only (batch 1).
 
-    The cascade is traced with :func:`crop_windows_matmul` for its windows
-    (:func:`tflite_compatible_crops`), one convolution per network
-    (``network_trace_options(grouped=False)``: TFLite's builtin kernels have grouped
-    convolutions only on their slow reference path) and a batch of one face
-    (``_SingleFaceModule``), then converted.
+    The cascade is traced by ``common.export.save_for_tflite`` in its export hooks'
+    TFLite context (:func:`export_hooks`: :func:`crop_windows_matmul` for its
+    windows, one convolution per network, a batch of one face), then converted.
 
     Args:
         model: the ``CCNNCascade`` (a mixed-precision one is exported in float32).
@@ -341,12 +202,8 @@ def export_tflite(model: keras.Model, path: str, *, quantize: bool = False,
         raise ValueError("representative_data is only used with quantize=True")
     model = float32_cascade(model)
     size, _, _ = _geometry(model)
-    with (tempfile.TemporaryDirectory() as tmp, tflite_compatible_crops(),
-          model_lib.network_trace_options(grouped=False)):
-        module = _SingleFaceModule(model, size)
-        saved = os.path.join(tmp, "saved_model")
-        tf.saved_model.save(module, saved, signatures={
-            common_export.CROPPED_SIGNATURE: module.serving_cropped.get_concrete_function()})
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = common_export.save_for_tflite(model, os.path.join(tmp, "saved_model"))
         if representative_data is None:
             return common_export.export_tflite(saved, path, quantize=quantize)
         crops = [np.asarray(crop, np.float32)[None] for crop in representative_data]
@@ -412,27 +269,8 @@ def synthetic_check_faces(count: int = 8, seed: int = 0) -> tuple[np.ndarray, np
 
 
 def _geometry(model: keras.Model) -> tuple[int, float, int]:
-    config = model.get_config()
-    return int(config["input_size"]), float(config["margin"]), int(config["num_points"])
-
-
-def _check(name: str, diffs: dict[str, float], tolerance: float, crop_side: float
-           ) -> dict[str, Any]:
-    """Checks ``check_*_parity`` differences against a normalised tolerance."""
-    normalised = {k: v for k, v in diffs.items() if k.startswith("cropped/")}
-    worst_normalised = max(normalised.values()) if normalised else 0.0
-    worst_pixels = float(diffs["landmarks"])
-    entry = {"max_abs_diff_pixels": worst_pixels,
-             "max_abs_diff_normalised": float(worst_normalised),
-             "per_output": {k: float(v) for k, v in diffs.items() if k != "num_faces"},
-             "tolerance_normalised": tolerance,
-             "tolerance_pixels": tolerance * crop_side,
-             "num_faces": int(diffs.get("num_faces", 0))}
-    if worst_normalised > tolerance or worst_pixels > tolerance * crop_side:
-        raise common_export.ParityError(
-            f"{name}: max difference {worst_normalised:.3g} (normalised) / "
-            f"{worst_pixels:.3g} px exceeds {tolerance:g} / {tolerance * crop_side:.3g} px")
-    return entry
+    (size,) = model.input_sizes
+    return int(size), float(model.margin), int(model.num_landmarks)
 
 
 def _tflite_converter(model: keras.Model, options: dict[str, Any]
@@ -490,9 +328,6 @@ def export_cascade(model: keras.Model, output_dir: str, *, data: str | None = No
         images, boxes = load_faces(data, split, num_faces)
     else:
         images, boxes = synthetic_check_faces(num_faces)
-    crop_boxes = geometry.crop_boxes_from_face_boxes(boxes, margin).numpy()
-    crop_side = float(np.min(crop_boxes[:, 2] - crop_boxes[:, 0]))
-
     info: dict[str, Any] = {"input_size": size, "tolerances": dict(TOLERANCES),
                             "check_data": data,
                             "check_split": split if data is not None else None,
@@ -512,15 +347,15 @@ def export_cascade(model: keras.Model, output_dir: str, *, data: str | None = No
                                                 _tflite_converter(model, kwargs))
                     for name, kwargs in options.items()]
 
+    hooks = export_hooks(model)
+
     def parity(name: str, path: str) -> dict[str, Any]:
         if not check:
             return {}
-        if name == "saved_model":
-            diffs = common_export.check_parity(path, model, images, boxes, atol=np.inf)
-            return _check("SavedModel", diffs, TOLERANCES[name], crop_side)
-        diffs = common_export.check_tflite_parity(path, model, images, boxes, margin=margin,
-                                                  atol=np.inf)
-        return _check(name, diffs, TOLERANCES[name], crop_side)
+        entry = common_export.check_export(name, path, model, images, boxes, margin=margin,
+                                           tolerance=hooks.tolerance(name))
+        del entry["fresh_process"]  # always (the report's fields as before)
+        return entry
 
     report = common_export.write_export(model, output_dir, sizes=(size,), margin=margin,
                                         num_landmarks=num_points, tflite=variants,

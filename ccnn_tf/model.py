@@ -34,8 +34,9 @@ Speed. A stage runs its networks as one graph (``run_networks``): each layer of 
 networks is one grouped convolution (the fully connected layers are 1x1 ones), instead
 of one small op per network and layer. The weights stay those of the separate networks
 (same variables, names and saved files); exports trace with
-``network_trace_options(frozen_weights=True)`` so that the grouped kernels are built
-once. On a CPU this took the exported cascade for one face from ~6 to ~2.5 ms.
+``CCNNCascade.trace_options(frozen_weights=True)`` (the cascade's export hooks) so
+that the grouped kernels are built once. On a CPU this took the exported cascade for
+one face from ~6 to ~2.5 ms.
 
 Precision. Under the ``mixed_float16`` policy the networks compute in float16 and
 keep float32 variables; images, window geometry, crops, the per-crop standardisation
@@ -45,7 +46,8 @@ and every output stay float32 (the stages take float32 inputs, ``input_dtype``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import keras
@@ -56,13 +58,15 @@ from keras import layers
 from ccnn_tf import windows as win
 from ccnn_tf.config import CCNNConfig
 from ccnn_tf.networks import (  # noqa: F401 (re-exported: ccnn_tf.model's public names)
+    DEFAULT_TRACE_OPTIONS,
     PerImageStandardization,
+    TraceOptions,
     build_lightweight_cnn,
-    network_trace_options,
     run_networks,
     standardize,
 )
 from common.confidence import ShapeAgreementConfidence
+from common.landmark_model import LandmarkModelMixin
 from common.mirror import MergeMirrored, MirrorBatch, MirroredPair, PlainHalf
 from common.schemes import CUHK_5, scheme_for
 
@@ -191,6 +195,7 @@ class CCNNStage1(layers.Layer):
         self._averaging = averaging_matrix(self.estimate_point_indices, self.num_points)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_jit = False  # XLA has no CropAndResize kernel
+        self.trace_options = DEFAULT_TRACE_OPTIONS  # an export's (CCNNCascade.trace_options)
         self.networks = [
             build_lightweight_cnn(self.input_size, 2 * len(idx), self.conv_filters,
                                   self.kernel_sizes, self.fc_units, self.dropout,
@@ -224,13 +229,15 @@ class CCNNStage1(layers.Layer):
     def call(self, images, training=None):
         training = bool(training) and self.trainable
         windows = self.windows(tf.shape(images)[0], training)
-        crops = win.crop_windows(images, windows, self.input_size)
+        trace = self.trace_options
+        crops = (trace.crop_windows or win.crop_windows)(images, windows, self.input_size)
         # Grouped convolutions save hundreds of small ops per call; for training, TF's
         # CPU gradient of stage 1's larger grouped convolutions is slower than that
         # of separate ones (measured: ~20 % per step), unlike the refinement stages'.
         outputs = run_networks(self.networks, crops, training=training,
                                dropout=self.dropout, seed=self.seed_generator,
-                               grouped=not training)
+                               grouped=not training and trace.grouped,
+                               frozen_weights=trace.frozen_weights)
         # Network r's outputs are outputs[:, r, :2 * len(point_indices[r])].
         width = outputs.shape[-1]
         columns = [r * width + c for r, indices in enumerate(self.point_indices)
@@ -315,6 +322,7 @@ class CCNNRefineStage(layers.Layer):
         self._averaging = averaging_matrix(self.estimate_point_indices, self.num_points)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_jit = False  # XLA has no CropAndResize kernel
+        self.trace_options = DEFAULT_TRACE_OPTIONS  # an export's (CCNNCascade.trace_options)
         self.networks = [
             build_lightweight_cnn(self.input_size, 2, self.conv_filters, self.kernel_sizes,
                                   self.fc_units, self.dropout, self.weight_decay,
@@ -345,10 +353,12 @@ class CCNNRefineStage(layers.Layer):
     def call(self, images, anchors, training=None):
         training = bool(training) and self.trainable
         windows = self.windows(anchors, training)
-        crops = win.crop_windows(images, windows, self.input_size)
+        trace = self.trace_options
+        crops = (trace.crop_windows or win.crop_windows)(images, windows, self.input_size)
         estimates = run_networks(  # [N, K, 2] window-relative
             self.networks, crops, training=training, dropout=self.dropout,
-            seed=self.seed_generator)
+            seed=self.seed_generator, grouped=trace.grouped,
+            frozen_weights=trace.frozen_weights)
         estimates = win.from_window(estimates, windows)
         points = tf.einsum("pj,njc->npc", tf.constant(self._averaging), estimates)
         return points, estimates
@@ -366,8 +376,13 @@ class CCNNRefineStage(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class CCNNCascade(keras.Model):
+class CCNNCascade(LandmarkModelMixin, keras.Model):
     """The CCNN cascade as a functional model (sections 3.1-3.3).
+
+    A ``common.landmark_model.LandmarkModel`` of family ``"ccnn"``: ``input_sizes``
+    (``(input_size,)``), ``margin``, ``num_landmarks`` (also readable as ``num_points``,
+    the name of cascades saved before, which still load), ``stage_names``
+    (``"stage_1"`` ..) and its export hooks (``export_hooks``).
 
     Inputs: ``{"image_{input_size}": float32 [N, S, S, 3]}`` in 0..255, the face crop
     from ``common.geometry.preprocess_faces`` with ``margin``. Outputs: ``"landmarks"``
@@ -396,7 +411,7 @@ class CCNNCascade(keras.Model):
         input_size: side of the input crop.
         margin: crop margin of the input (fraction of the face box per side).
         num_stages: 1, 2 or 3.
-        num_points: number of landmarks.
+        num_landmarks: number of landmarks (``num_points``: the same, the older name).
         stage1_point_indices, stage1_regions, stage1_network_names, stage1_windows,
         stage1_input_size, stage1_conv_filters, stage1_kernel_sizes, stage1_fc_units:
             stage 1 (``CCNNStage1``).
@@ -412,7 +427,10 @@ class CCNNCascade(keras.Model):
         confidence_source: ``"flip"`` or ``"pairs"`` (``CONFIDENCE_SOURCES``).
     """
 
-    def __init__(self, *, input_size: int, margin: float, num_stages: int, num_points: int,
+    family = "ccnn"
+
+    def __init__(self, *, input_size: int, margin: float, num_stages: int,
+                 num_landmarks: int | None = None,
                  stage1_point_indices: Sequence[Sequence[int]],
                  stage1_regions: Sequence[Sequence[float]],
                  stage1_network_names: Sequence[str], stage1_windows: bool,
@@ -424,7 +442,14 @@ class CCNNCascade(keras.Model):
                  shake_stddevs: Sequence[float], dropout: float, weight_decay: float,
                  frozen_stages: Iterable[int] = (), network_outputs: bool = False,
                  seed: int | None = None, flip_test: bool = False,
-                 confidence_source: str = "flip", **kwargs):
+                 confidence_source: str = "flip", num_points: int | None = None,
+                 **kwargs):
+        if num_landmarks is None:  # cascades saved before the contract: "num_points"
+            num_landmarks = num_points
+        elif num_points is not None and int(num_points) != int(num_landmarks):
+            raise ValueError(f"num_points {num_points} != num_landmarks {num_landmarks}")
+        if num_landmarks is None:
+            raise ValueError("CCNNCascade needs num_landmarks")
         if not 1 <= num_stages <= 1 + len(refine_half_sizes):
             raise ValueError(f"num_stages must be in 1..{1 + len(refine_half_sizes)}, "
                              f"got {num_stages}")
@@ -435,7 +460,7 @@ class CCNNCascade(keras.Model):
             "input_size": int(input_size),
             "margin": float(margin),
             "num_stages": int(num_stages),
-            "num_points": int(num_points),
+            "num_landmarks": int(num_landmarks),
             "stage1_point_indices": _as_tuples(stage1_point_indices),
             "stage1_regions": _as_tuples(stage1_regions),
             "stage1_network_names": tuple(stage1_network_names),
@@ -466,7 +491,7 @@ class CCNNCascade(keras.Model):
         inputs = images = keras.Input((input_size, input_size, 3), name=image_key)
         mirrored = args["flip_test"] or args["confidence_source"] == "flip"
         if mirrored:
-            permutation = scheme_for(args["num_points"]).flip_permutation
+            permutation = scheme_for(args["num_landmarks"]).flip_permutation
             images = MirrorBatch(dtype="float32", name="mirror_batch")(images)
             # Stage outputs as reported: the mean shape, or the plain face's.
             report = (MergeMirrored(permutation, name="merge_mirrored") if args["flip_test"]
@@ -481,7 +506,7 @@ class CCNNCascade(keras.Model):
         # --- Stage 1: global coarse positioning (section 3.1.1) -------------------
         stage1 = CCNNStage1(
             args["stage1_input_size"], args["stage1_point_indices"], args["stage1_regions"],
-            args["stage1_network_names"], args["num_points"], args["stage1_conv_filters"],
+            args["stage1_network_names"], args["num_landmarks"], args["stage1_conv_filters"],
             args["stage1_kernel_sizes"], args["stage1_fc_units"], args["dropout"],
             args["weight_decay"], args["margin"], shake_stddev=args["shake_stddevs"][0],
             use_windows=args["stage1_windows"], seed=stage_seed(1), name="stage_1")
@@ -493,7 +518,7 @@ class CCNNCascade(keras.Model):
         for k in range(2, args["num_stages"] + 1):
             stage = CCNNRefineStage(
                 args["refine_half_sizes"][k - 2], args["refine_input_size"],
-                args["num_points"], args["refine_conv_filters"],
+                args["num_landmarks"], args["refine_conv_filters"],
                 args["refine_kernel_sizes"], args["refine_fc_units"], args["dropout"],
                 args["weight_decay"], args["margin"], shake_stddev=args["shake_stddevs"][k - 1],
                 stage_index=k, seed=stage_seed(k), name=f"stage_{k}")
@@ -511,13 +536,22 @@ class CCNNCascade(keras.Model):
             # The agreement of the last stage's two networks per point (their windows
             # differ), point-major [N, P * W, 2] -> [N, W, P, 2] (common.confidence).
             windows_per_point = len(args["refine_half_sizes"][args["num_stages"] - 2])
-            pairs = layers.Reshape((args["num_points"], windows_per_point, 2),
+            pairs = layers.Reshape((args["num_landmarks"], windows_per_point, 2),
                                    name="network_estimates")(reported(estimates, plain))
             pairs = layers.Permute((2, 1, 3), name="estimates_per_window")(pairs)
             outputs["confidence"] = ShapeAgreementConfidence(name="confidence")(pairs)
         super().__init__(inputs={image_key: inputs}, outputs=outputs, **kwargs)
         self._args = args
+        self.num_landmarks = args["num_landmarks"]
+        self.input_sizes = (args["input_size"],)
+        self.margin = args["margin"]
+        self.stage_names = tuple(f"stage_{k}" for k in range(1, args["num_stages"] + 1))
         self.set_frozen_stages(frozen_stages)
+
+    @property
+    def num_points(self) -> int:
+        """``num_landmarks`` under its older name."""
+        return self.num_landmarks
 
     @property
     def num_stages(self) -> int:
@@ -591,11 +625,30 @@ class CCNNCascade(keras.Model):
         """Freezes every stage but ``stage`` ("serial between groups", section 3.3)."""
         self.set_frozen_stages(k for k in range(1, self.num_stages + 1) if k != stage)
 
-    def serving_trace_options(self) -> contextlib.AbstractContextManager:
-        """The context ``common.export.LandmarkServingModule`` traces the serving
-        functions in: weights frozen into the graph (``network_trace_options``), so
-        every export and every timing of the serving path runs the fast graph."""
-        return network_trace_options(frozen_weights=True)
+    @contextlib.contextmanager
+    def trace_options(self, **changes: Any) -> Iterator[None]:
+        """Within this context, this cascade's stages trace with ``changes`` applied
+        to their ``TraceOptions`` (``frozen_weights``, ``grouped``, ``crop_windows``).
+
+        Only this cascade changes (no module state); its export hooks
+        (:meth:`export_hooks`) use it for the serving and TFLite traces.
+        """
+        stages = [self.stage_layer(k) for k in range(1, self.num_stages + 1)]
+        previous = [stage.trace_options for stage in stages]
+        for stage in stages:
+            stage.trace_options = dataclasses.replace(stage.trace_options, **changes)
+        try:
+            yield
+        finally:
+            for stage, options in zip(stages, previous):
+                stage.trace_options = options
+
+    def export_hooks(self):
+        """The ``common.landmark_model.ExportHooks`` of the cascade
+        (``ccnn_tf.export_hooks.export_hooks``)."""
+        from ccnn_tf.export_hooks import export_hooks
+
+        return export_hooks(self)
 
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "trainable": self.trainable, **self._args,
@@ -627,7 +680,7 @@ def build_ccnn(config: CCNNConfig, *, num_stages: int | None = None,
     return CCNNCascade(
         input_size=config.input_size, margin=config.margin,
         num_stages=config.num_stages if num_stages is None else num_stages,
-        num_points=config.num_landmarks,
+        num_landmarks=config.num_landmarks,
         stage1_point_indices=[[index[n] for n in names] for names in config.stage1_points],
         stage1_regions=config.stage1_regions,
         stage1_network_names=config.stage1_network_names,

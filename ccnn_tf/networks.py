@@ -5,17 +5,17 @@
   starting with the per-crop standardisation (``PerImageStandardization``).
 * ``run_networks`` runs the networks of a stage as one graph: each layer of its
   networks is one grouped convolution (the fully connected layers are 1x1 ones),
-  instead of one small op per network and layer; ``network_trace_options`` sets how
-  the stages trace them (for export).
+  instead of one small op per network and layer; ``TraceOptions`` (per stage,
+  ``CCNNCascade.trace_options``) sets how the stages trace them (for export).
 
 Part of ``ccnn_tf.model``, which re-exports these names.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -115,35 +115,38 @@ def build_lightweight_cnn(input_size: int, num_outputs: int, conv_filters: Seque
     return keras.Model(inputs, outputs, name=name)
 
 
-_TRACE_OPTIONS = {"frozen_weights": False, "grouped": True}
+@dataclasses.dataclass(frozen=True)
+class TraceOptions:
+    """How a stage traces its networks and crops its windows (an export's choice).
 
+    Each stage layer holds its own (``stage.trace_options``); ``CCNNCascade.
+    trace_options(...)`` changes them for one cascade within a context, which is how
+    the export hooks (``ccnn_tf.export.export_hooks``) trace the serving graph and the
+    TFLite graph. No module state: other cascades and traces are unaffected.
 
-@contextlib.contextmanager
-def network_trace_options(*, frozen_weights: bool | None = None,
-                          grouped: bool | None = None) -> Iterator[None]:
-    """How the stages trace their networks within this context (for export).
-
-    Args:
+    Attributes:
         frozen_weights: read the networks' weights as constants. A function traced
-            inside the context (e.g. an export's serving signature) then holds the
-            weights of that moment instead of reading the variables, so that graph
-            optimisation builds the grouped kernels of ``run_networks`` once (and
-            oneDNN keeps their reordered copies) instead of concatenating the
-            weights of a stage's networks on every call. Later weight changes do
-            not reach such a function: for export only, never during training.
+            with it (e.g. an export's serving signature) then holds the weights of
+            that moment instead of reading the variables, so that graph optimisation
+            builds the grouped kernels of ``run_networks`` once (and oneDNN keeps
+            their reordered copies) instead of concatenating the weights of a stage's
+            networks on every call. Later weight changes do not reach such a
+            function: for export only, never during training.
         grouped: one grouped convolution per layer and stage (default), or one
             convolution per network (what TFLite's builtin kernels run fast: they
             have grouped convolutions only on their slow reference path, and the
             per-network weights quantise like the networks' own).
-        ``None`` keeps the current setting.
+        crop_windows: the window crop, ``crop_windows(images, windows, size)``;
+            ``None``: ``ccnn_tf.windows.crop_windows`` (``tf.image.crop_and_resize``).
+            The TFLite trace uses ``ccnn_tf.export.crop_windows_matmul`` (builtin ops).
     """
-    previous = dict(_TRACE_OPTIONS)
-    changes = {"frozen_weights": frozen_weights, "grouped": grouped}
-    _TRACE_OPTIONS.update({k: bool(v) for k, v in changes.items() if v is not None})
-    try:
-        yield
-    finally:
-        _TRACE_OPTIONS.update(previous)
+
+    frozen_weights: bool = False
+    grouped: bool = True
+    crop_windows: Callable[..., Any] | None = None
+
+
+DEFAULT_TRACE_OPTIONS = TraceOptions()
 
 
 def _layers_of(network: keras.Model, kind: type) -> list[layers.Layer]:
@@ -152,7 +155,8 @@ def _layers_of(network: keras.Model, kind: type) -> list[layers.Layer]:
 
 def run_networks(networks: Sequence[keras.Model], crops: tf.Tensor, *, training: bool = False,
                  dropout: float = 0.0, seed: keras.random.SeedGenerator | None = None,
-                 compute_dtype: str | None = None, grouped: bool = True) -> tf.Tensor:
+                 compute_dtype: str | None = None, grouped: bool = True,
+                 frozen_weights: bool = False) -> tf.Tensor:
     """Runs K networks of one structure, each on its own input, as one graph.
 
     The same function as calling ``networks[k](crops[:, k])`` for every ``k``, but
@@ -162,9 +166,8 @@ def run_networks(networks: Sequence[keras.Model], crops: tf.Tensor, *, training:
     (read from its layers at call time, so the variables, their names and the saved
     files are those of the K separate networks); only the op count changes, which is
     what most of the small CCNN networks' time went to (hundreds of tiny ops per
-    face). With ``grouped=False``, under mixed precision or within
-    ``network_trace_options(grouped=False)`` each layer is one convolution per network
-    instead (same results).
+    face). With ``grouped=False`` or under mixed precision each layer is one
+    convolution per network instead (same results).
 
     Args:
         networks: K networks built by ``build_lightweight_cnn`` with the same input
@@ -177,8 +180,8 @@ def run_networks(networks: Sequence[keras.Model], crops: tf.Tensor, *, training:
         compute_dtype: dtype of the convolutions and products; default: the compute
             dtype the networks were built with (``"float16"`` under the
             ``mixed_float16`` policy). The standardisation runs in float32.
-        grouped: use grouped convolutions (when the dtype and the trace options
-            allow).
+        grouped: use grouped convolutions (when the dtype allows).
+        frozen_weights: read the weights as constants (``TraceOptions``).
 
     Returns:
         float32 ``[N, K, max outputs]``; network k's outputs are
@@ -193,7 +196,7 @@ def run_networks(networks: Sequence[keras.Model], crops: tf.Tensor, *, training:
     compute_dtype = compute_dtype or convs[0][0].compute_dtype
 
     def weight(variable: Any) -> tf.Tensor:
-        if _TRACE_OPTIONS["frozen_weights"]:
+        if frozen_weights:
             with tf.init_scope():  # read the current value eagerly, also while tracing
                 value = keras.ops.convert_to_numpy(variable)
             return tf.constant(value, compute_dtype)
@@ -209,7 +212,7 @@ def run_networks(networks: Sequence[keras.Model], crops: tf.Tensor, *, training:
     # one tensor per network. TensorFlow's CPU kernels have no float16 gradient of a
     # grouped convolution ("Gradients for grouped convolutions are not supported on
     # CPU"), so under mixed precision every network convolves separately.
-    grouped = grouped and _TRACE_OPTIONS["grouped"] and compute_dtype != "float16"
+    grouped = grouped and compute_dtype != "float16"
 
     def conv(xs: list[tf.Tensor], kernels: Sequence[tf.Tensor], biases: Sequence[tf.Tensor],
              strides: Any = 1, padding: str = "VALID") -> list[tf.Tensor]:

@@ -82,7 +82,6 @@ from ccnn_tf.runs import (  # the run layout, re-exported: callers know it from 
     weights_fingerprint,
 )
 from common import multidata, training
-from common.box_perturbation import DETECTOR_RANGES_CUHK5
 from common.evaluation import nme_val_metric, save_architecture
 from common.multidata import DataSpec
 from common.pipeline import AugmentConfig, make_dataset
@@ -105,41 +104,15 @@ PRESETS = ("paper", "quick", "tiny")
 
 
 def preset_config(name: str) -> CCNNConfig:
-    """The configuration of a named preset.
+    """``CCNNConfig.preset(name)`` (the presets are defined there): ``"paper"``,
+    ``"quick"`` or ``"tiny"``.
 
-    * ``"paper"``: ``CCNNConfig()``, the paper's values (plain SGD at 5e-3, 5000 steps
-      per stage) and the paper's augmentation only (rotations 0/-15/+12 degrees and
-      flips, section 4.1; no box perturbation).
-    * ``"quick"``: the paper's networks, windows, shake, augmentation and decay
-      schedule (x0.9 every 100 steps), trained for 500 steps per stage with SGD at
-      3e-2 with momentum 0.9, so that all three stages train in a few minutes on two
-      CPU cores and the stage-wise error decrease of Experiment 1 shows. The learning
-      rate and momentum are not the paper's: with 500 steps plain SGD at 5e-3 barely
-      leaves the mean shape (measured on the synthetic faces: stage-1 error 9.1 % of
-      the box width after 500 steps at 5e-3 with momentum, 6.5 % at 3e-2). On top of
-      the paper's augmentation it perturbs the face box over the measured detector
-      variance (``common.box_perturbation.DETECTOR_RANGES_CUHK5``: centre shifts of
-      -12..+10 % of the box width and -14..+5 % of its height, crop side x0.95 to
-      x1.57), so that the cascade takes dlib's or MTCNN's boxes as well as the CUHK
-      ones.
-
-    * ``"tiny"``: ``CCNNConfig.tiny()``, networks of a few hundred parameters, for
-      tests and smoke runs only.
-
-    Args:
-        name: ``"paper"``, ``"quick"`` or ``"tiny"``.
-
-    Returns:
-        The configuration.
+    Raises:
+        ValueError: an unknown preset.
     """
-    if name == "tiny":
-        return CCNNConfig.tiny()
-    if name == "paper":
-        return CCNNConfig()
-    if name == "quick":
-        return CCNNConfig(steps_per_stage=500, learning_rate=0.03, momentum=0.9, seed=0,
-                          **DETECTOR_RANGES_CUHK5.as_fields())
-    raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
+    return CCNNConfig.preset(name)
 
 
 def build_config(preset: str = "quick", *, steps: int | None = None,

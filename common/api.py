@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from common.boxes import DETECT_MAX_SIDE
-from common.model_path import ModelPath, ModelPathError, resolve_model_path, run_config
+from common.model_path import ModelPath, ModelPathError, resolve_model_path
 
 __all__ = ["ModelPath", "ModelPathError", "Prediction", "Predictor", "load_model",
            "resolve_model_path"]
@@ -190,16 +190,12 @@ class Predictor:
         Returns:
             The predictor.
         """
-        from common.predict_batching import LandmarkPredictor, _sizes_from_config
+        from common.landmark_model import complete_margin
+        from common.predict_batching import LandmarkPredictor
 
         run_dir = os.path.abspath(os.fspath(run_dir))
-        values = run_config(run_dir)
-        if values.get("margin") is None:
-            raise ValueError(f"{run_dir}: no run config (config.json/run.json) with 'margin'")
-        model = load_model(run_dir)
-        predictor = LandmarkPredictor.from_keras(
-            model, margin=float(values["margin"]), sizes=_sizes_from_config(values),
-            source=run_dir)
+        model = complete_margin(load_model(run_dir), run_dir)  # the model's, else its run's
+        predictor = LandmarkPredictor.from_keras(model, source=run_dir)
         return cls(predictor, detector, **kwargs)
 
     # ---- properties ------------------------------------------------------------------

@@ -38,7 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import atomic, geometry, metrics, plots
+from common import atomic, geometry, landmark_model, metrics, plots
 from common.pipeline import make_dataset
 from common.schemes import LandmarkScheme
 from common.tfrecord import find_shards, split_aliases
@@ -238,6 +238,26 @@ def predict_split(model: Callable, data: str, split: str, *, sizes: Sequence[int
         seconds_per_face=seconds / max(timed_faces, 1),
         crop_boxes=np.concatenate(crop_boxes).astype(np.float32),
         per_face={k: np.concatenate(v) for k, v in per_face.items()})
+
+
+def predict_model(model: Any, data: str, split: str, *, batch_size: int = 64,
+                  limit: int | None = None, margin: float | None = None) -> Predictions:
+    """:func:`predict_split` of a ``common.landmark_model.LandmarkModel``: its input
+    sizes, margin (or ``margin``) and ``L`` from the contract, plus its baseline
+    shapes (``baseline_shapes()``, e.g. MSRRN's ``"mean_shape"``).
+
+    Raises:
+        ValueError: the model's margin is unknown and ``margin`` not given.
+    """
+    margin = landmark_model.margin_of(model) if margin is None else float(margin)
+    if margin is None:
+        raise ValueError(f"the crop margin of {type(model).__name__} is unknown; pass margin=")
+    pred = predict_split(model, data, split, sizes=landmark_model.input_sizes_of(model),
+                         margin=margin, num_landmarks=landmark_model.num_landmarks_of(model),
+                         batch_size=batch_size, limit=limit)
+    for name, shape in landmark_model.baseline_shapes_of(model).items():
+        pred = add_constant_shape(pred, name, np.asarray(shape, np.float32))
+    return pred
 
 
 def add_constant_shape(pred: Predictions, name: str, shape_norm: np.ndarray) -> Predictions:
@@ -606,6 +626,19 @@ def save_architecture(model: keras.Model, run_dir: str) -> str:
 
 def load_model(path: str, *, build_model: Callable[[], keras.Model] | None = None,
                prefer_checkpoint: bool = False) -> keras.Model:
+    """Loads a model (:func:`_load_model`); a model of the ``common.landmark_model``
+    contract saved before it stored its crop margin gets its run's (when known)."""
+    model = _load_model(path, build_model=build_model, prefer_checkpoint=prefer_checkpoint)
+    if hasattr(model, "margin") and model.margin is None:
+        try:
+            landmark_model.complete_margin(model, path)
+        except ValueError:
+            pass  # unknown here: the caller's loader decides (an error, or a default)
+    return model
+
+
+def _load_model(path: str, *, build_model: Callable[[], keras.Model] | None = None,
+                prefer_checkpoint: bool = False) -> keras.Model:
     """Loads a model from a ``.keras`` file or a run directory.
 
     In a run directory, ``model.keras`` (the finished model) is used when present

@@ -49,7 +49,6 @@ the JSON readers).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -69,7 +68,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import atomic, geometry, model_path
+from common import atomic, geometry, landmark_model, model_path
 
 # The parts of the exporter, re-exported here so that ``common.export.X`` keeps working.
 from common.export_check import (  # noqa: F401
@@ -77,6 +76,7 @@ from common.export_check import (  # noqa: F401
     _interpreter,
     _quiet_lite_deprecation,
     _run_fresh,
+    check_export,
     check_parity,
     check_tflite_parity,
     main,
@@ -107,6 +107,10 @@ from common.tfrecord import find_shards, parse_face  # noqa: F401
 class LandmarkServingModule(tf.Module):
     """The ``tf.Module`` saved by :func:`export_saved_model`.
 
+    The model is traced in its export hooks' context for ``target``
+    (``common.landmark_model.ExportHooks.trace``: e.g. CCNN freezes its weights into
+    the serving graph, and crops its windows with TFLite builtins for the converter).
+
     Args:
         model: the Keras model, ``{f"image_{s}"} -> {"landmarks", ...}``.
         sizes: the model's input sides.
@@ -114,20 +118,25 @@ class LandmarkServingModule(tf.Module):
         num_landmarks: ``L``, checked against the model output when tracing
             (``None``: not checked).
         output_key: the model output holding the final normalised landmarks.
+        target: ``landmark_model.SAVED_MODEL_TARGET`` or ``TFLITE_TARGET``.
+        batch_size: static batch of ``serving_cropped`` (``None``: dynamic), e.g. the
+            hooks' ``tflite_trace_batch``.
     """
 
     def __init__(self, model: keras.Model, sizes: Sequence[int], margin: float,
-                 num_landmarks: int | None, output_key: str = "landmarks"):
+                 num_landmarks: int | None, output_key: str = "landmarks", *,
+                 target: str = landmark_model.SAVED_MODEL_TARGET,
+                 batch_size: int | None = None):
         super().__init__(name="landmark_serving")
         # Track the backing tf.Variables, not the Keras model object: with the model
         # (and so its KerasVariable wrappers) in the object graph, the TFLite
         # converter keeps the weights as uninitialised resource variables instead of
         # freezing them (garbage outputs). A partial is not tracked.
         self._call_model = functools.partial(model.__call__, training=False)
-        # A model may ask for a tracing context (e.g. CCNN freezes its weights into
-        # the serving graph); also a partial, so that the model stays untracked.
+        # The model's tracing context for this target; also a partial, so that the
+        # model (which the hooks' functions refer to) stays untracked.
         self._trace_options = functools.partial(
-            getattr(model, "serving_trace_options", contextlib.nullcontext))
+            landmark_model.export_hooks_of(model).trace, target)
         self.model_variables = [getattr(v, "value", v) for v in model.variables]
         self.sizes = tuple(int(s) for s in sizes)
         if not self.sizes:
@@ -142,7 +151,7 @@ class LandmarkServingModule(tf.Module):
         # *args with named specs: the signature's inputs are called image_<s>.
         self.serving_cropped = tf.function(
             self._serve_cropped, input_signature=[
-                tf.TensorSpec([None, s, s, 3], tf.float32, name=_input_key(s))
+                tf.TensorSpec([batch_size, s, s, 3], tf.float32, name=_input_key(s))
                 for s in self.sizes])
 
     def _landmarks(self, outputs: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -171,7 +180,7 @@ class LandmarkServingModule(tf.Module):
         return served
 
     def _serve_cropped(self, *images: tf.Tensor) -> dict[str, tf.Tensor]:
-        inputs = {_input_key(s): tf.ensure_shape(image, [None, s, s, 3])
+        inputs = {_input_key(s): tf.ensure_shape(image, [image.shape[0], s, s, 3])
                   for s, image in zip(self.sizes, images, strict=True)}
         return self._run_model(inputs)
 
@@ -350,6 +359,7 @@ def export_saved_model(model: keras.Model, export_dir: str, *, sizes: Sequence[i
     """
     target = _local_path(export_dir)
     _check_replaceable(target)
+    model = landmark_model.export_hooks_of(model).float32_copy(model)
     tmp = atomic.make_temp_dir(target)
     try:
         _save_saved_model(model, tmp, sizes=sizes, margin=margin,
@@ -434,7 +444,8 @@ def write_export(model: keras.Model, export_dir: str, *, sizes: Sequence[int],
     folders get the usual permissions (the umask applies).
 
     Args:
-        model: the Keras model to export.
+        model: the Keras model to export (its export hooks' ``float32_copy`` of it,
+            ``common.landmark_model.ExportHooks``).
         export_dir: local export folder (replaced only by a complete new export).
         sizes: the model's input sides.
         margin: crop margin the model was trained with.
@@ -462,6 +473,7 @@ def write_export(model: keras.Model, export_dir: str, *, sizes: Sequence[int],
     relative.update({v.name: v.filename for v in tflite})
     if len(relative) != len(tflite) + 1 or len(set(relative.values())) != len(relative):
         raise ValueError(f"TFLite variants need distinct names and files: {relative}")
+    model = landmark_model.export_hooks_of(model).float32_copy(model)
     config = getattr(model, "get_config", dict)()
     report: dict[str, Any] = {
         "layout": f"{SAVED_MODEL_DIR}/{SAVED_MODEL_VERSION} + *.tflite + {REPORT_FILE}",
@@ -503,6 +515,61 @@ def write_export(model: keras.Model, export_dir: str, *, sizes: Sequence[int],
     return report
 
 
+def export_model(model: keras.Model, export_dir: str, *, data: str | None = None,
+                 split: str = "val", num_faces: int = 8, tflite: bool = True,
+                 check: bool = True, fresh_process: bool = True,
+                 info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Exports any ``common.landmark_model.LandmarkModel`` from its contract alone.
+
+    :func:`write_export` with the model's ``input_sizes``, ``margin`` and
+    ``num_landmarks``, a float32 TFLite file by its export hooks (:func:`tflite_variant`)
+    and every file's parity checked with the hooks' tolerance in crop units
+    (``common.export_check.check_export``), so a new model needs no exporter of its own.
+
+    Args:
+        model: the trained model (its ``margin`` set).
+        export_dir: the export folder (replaced as a unit).
+        data: TFRecord folder whose ``split`` faces check parity; ``None``: random
+            images with plausible boxes.
+        split: the split.
+        num_faces: faces of the checks.
+        tflite: also write ``model_float32.tflite``.
+        check: run the parity checks.
+        fresh_process: run the exports in a new Python process for the checks.
+        info: more report fields.
+
+    Returns:
+        The report (``export_report.json``).
+    """
+    margin = landmark_model.margin_of(model)
+    if margin is None:
+        raise ValueError(f"the crop margin of {type(model).__name__} is unknown; set "
+                         "model.margin (common.landmark_model.complete_margin)")
+    hooks = landmark_model.export_hooks_of(model)
+    if data is not None:
+        images, boxes = parity_faces(data, split, num_faces)
+    else:
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (num_faces, 128, 128, 3), dtype=np.uint8)
+        sides = rng.uniform(50, 80, num_faces)
+        left, top = rng.uniform(10, 128 - 10 - sides), rng.uniform(10, 128 - 10 - sides)
+        boxes = np.stack([left, top, left + sides, top + sides], 1).astype(np.float32)
+
+    def parity(name: str, path: str) -> dict[str, Any]:
+        if not check:
+            return {}
+        return check_export(name, path, model, images, boxes, margin=margin,
+                            tolerance=hooks.tolerance(name), fresh_process=fresh_process)
+
+    variants = [tflite_variant(model, "tflite_float32", "model_float32.tflite")
+                ] if tflite else []
+    return write_export(
+        model, export_dir, sizes=_model_sizes(model), margin=margin,
+        num_landmarks=landmark_model.num_landmarks_of(model), tflite=variants, check=parity,
+        info={"contract": landmark_model.describe(model), "check_data": data,
+              "check_split": split if data is not None else None, **dict(info or {})})
+
+
 def _record_parity(report: dict[str, Any], check: ParityCheck | None, name: str,
                    path: str) -> None:
     figures = check(name, path) if check is not None else None
@@ -516,13 +583,68 @@ def _record_parity(report: dict[str, Any], check: ParityCheck | None, name: str,
 
 
 def _model_sizes(model: keras.Model) -> list[int]:
-    """Input sides from a functional model's ``image_<s>`` inputs."""
-    names = [getattr(t, "name", "") for t in (getattr(model, "inputs", None) or [])]
-    sizes = [int(n.split("_", 1)[1]) for n in names if n.startswith("image_")
-             and n.split("_", 1)[1].isdigit()]
+    """The model's input sides (``input_sizes``, else its ``image_<s>`` inputs)."""
+    sizes = landmark_model.input_sizes_of(model)
     if not sizes:
         raise ValueError("cannot infer the input sizes of this model; pass sizes=")
-    return sorted(sizes)
+    return list(sizes)
+
+
+def save_for_tflite(model: keras.Model, directory: str, *,
+                    sizes: Sequence[int] | None = None) -> str:
+    """Saves ``serving_cropped`` of a model as traced for the TFLite converter.
+
+    The model's export hooks (``common.landmark_model.ExportHooks``) give the float32
+    copy, the tracing context (``trace("tflite")``) and the static batch
+    (``tflite_trace_batch``) of the trace.
+
+    Args:
+        model: the Keras model.
+        directory: where to write the SavedModel (one signature, ``serving_cropped``).
+        sizes: input sides (default: the model's ``input_sizes`` or ``image_<s>``).
+
+    Returns:
+        ``directory``.
+    """
+    hooks = landmark_model.export_hooks_of(model)
+    model = hooks.float32_copy(model)
+    sizes = list(sizes) if sizes is not None else _model_sizes(model)
+    module = LandmarkServingModule(model, sizes, 0.0, None,
+                                   target=landmark_model.TFLITE_TARGET,
+                                   batch_size=hooks.tflite_trace_batch)
+    tf.saved_model.save(module, directory, signatures={
+        CROPPED_SIGNATURE: module.serving_cropped.get_concrete_function()})
+    return directory
+
+
+def tflite_variant(model: keras.Model, name: str, filename: str, *,
+                   quantize: bool = False,
+                   representative_data: Iterable[Mapping[str, np.ndarray]] | None = None,
+                   convert: Callable[[keras.Model, str], Any] | None = None) -> TFLiteVariant:
+    """A :class:`TFLiteVariant` of ``model`` for :func:`write_export`, by its hooks.
+
+    With the hooks' ``tflite_source == "saved_model"`` (the default) the file is
+    converted from the export's SavedModel (``serving_cropped``, dynamic batch);
+    with ``"keras"`` from the model traced anew (:func:`save_for_tflite`).
+
+    Args:
+        model: the Keras model being exported.
+        name: the variant's report key (``"tflite_float32"``, ...).
+        filename: its file name.
+        quantize, representative_data: of :func:`export_tflite`.
+        convert: ``convert(model, path)`` writing the file instead (a model's own
+            converter, e.g. CCNN's int8 networks).
+    """
+    hooks = landmark_model.export_hooks_of(model)
+
+    def run(saved: str, path: str) -> Any:
+        if convert is not None:
+            return convert(model, path)
+        source = saved if hooks.tflite_source == "saved_model" else model
+        return export_tflite(source, path, quantize=quantize,
+                             representative_data=representative_data)
+
+    return TFLiteVariant(name, filename, run)
 
 
 def export_tflite(source: str | keras.Model, path: str, *, quantize: bool = False,
@@ -537,7 +659,8 @@ def export_tflite(source: str | keras.Model, path: str, *, quantize: bool = Fals
 
     Args:
         source: a SavedModel directory written by :func:`export_saved_model`, or a
-            Keras model (exported to a temporary SavedModel first).
+            Keras model (traced for TFLite by :func:`save_for_tflite` first: its
+            export hooks' float32 copy, TFLite trace context and batch).
         path: destination ``.tflite`` file.
         quantize: ``False``: float32 weights and ops. ``True`` without
             ``representative_data``: dynamic-range quantisation (int8 weights,
@@ -558,11 +681,7 @@ def export_tflite(source: str | keras.Model, path: str, *, quantize: bool = Fals
         raise ValueError("representative_data is only used with quantize=True")
     if isinstance(source, keras.Model):
         with tempfile.TemporaryDirectory() as tmp:
-            sizes = list(sizes) if sizes is not None else _model_sizes(source)
-            module = LandmarkServingModule(source, sizes, 0.0, None)
-            saved = os.path.join(tmp, "saved_model")
-            tf.saved_model.save(module, saved, signatures={
-                CROPPED_SIGNATURE: module.serving_cropped.get_concrete_function()})
+            saved = save_for_tflite(source, os.path.join(tmp, "saved_model"), sizes=sizes)
             return export_tflite(saved, path, quantize=quantize,
                                  representative_data=representative_data,
                                  allow_select_tf_ops=allow_select_tf_ops)

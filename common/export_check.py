@@ -18,6 +18,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -259,6 +260,60 @@ def check_tflite_parity(tflite_path: str, model: keras.Model, images: np.ndarray
                                             atol)
     report["num_faces"] = len(images)
     return report
+
+
+def check_export(name: str, path: str, model: keras.Model, images: np.ndarray,
+                 boxes: np.ndarray, *, margin: float, tolerance: float,
+                 fresh_process: bool = True) -> dict[str, Any]:
+    """Checks one exported file against the model, with a tolerance in crop units.
+
+    ``name`` ``"saved_model"`` checks a SavedModel (:func:`check_parity`), any other
+    name a TFLite file (:func:`check_tflite_parity`). The tolerance is in normalised
+    crop units (fractions of the crop side) for every ``serving_cropped`` output, and
+    the same fraction of the smallest test crop side in pixels for the served
+    landmarks, so one number per file holds for every model and image size (the
+    model's ``export_hooks().tolerance(name)``).
+
+    Args:
+        name: the file's report key.
+        path: the SavedModel folder or ``.tflite`` file.
+        model: the Keras model that was exported.
+        images: uint8 ``[N, H, W, 3]``.
+        boxes: float ``[N, 4]`` face boxes.
+        margin: crop margin of the model.
+        tolerance: normalised crop units.
+        fresh_process: run the export in a new Python process.
+
+    Returns:
+        ``{"max_abs_diff_pixels", "max_abs_diff_normalised", "per_output",
+        "tolerance_normalised", "tolerance_pixels", "num_faces", "fresh_process"}``.
+
+    Raises:
+        ParityError: beyond tolerance (or shapes differ).
+    """
+    boxes = np.asarray(boxes, np.float32)
+    crop_boxes = geometry.crop_boxes_from_face_boxes(boxes, margin).numpy()
+    crop_side = float(np.min(crop_boxes[:, 2] - crop_boxes[:, 0]))
+    if name == "saved_model":
+        diffs = check_parity(path, model, images, boxes, atol=np.inf,
+                             fresh_process=fresh_process)
+    else:
+        diffs = check_tflite_parity(path, model, images, boxes, margin=margin, atol=np.inf,
+                                    fresh_process=fresh_process)
+    normalised = {k: v for k, v in diffs.items() if k.startswith("cropped/")}
+    worst_normalised = max(normalised.values()) if normalised else 0.0
+    worst_pixels = float(diffs["landmarks"])
+    entry = {"max_abs_diff_pixels": worst_pixels,
+             "max_abs_diff_normalised": float(worst_normalised),
+             "per_output": {k: float(v) for k, v in diffs.items() if k != "num_faces"},
+             "tolerance_normalised": float(tolerance),
+             "tolerance_pixels": float(tolerance) * crop_side,
+             "num_faces": int(diffs.get("num_faces", 0)), "fresh_process": fresh_process}
+    if not (worst_normalised <= tolerance and worst_pixels <= tolerance * crop_side):
+        raise ParityError(
+            f"{name}: max difference {worst_normalised:.3g} (normalised) / "
+            f"{worst_pixels:.3g} px exceeds {tolerance:g} / {tolerance * crop_side:.3g} px")
+    return entry
 
 
 # --------------------------------------------------------------------------------------

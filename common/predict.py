@@ -89,7 +89,6 @@ from common.predict_batching import (  # noqa: F401
     _landmarks_and_confidence,
     _points_json,
     _read_json_file,
-    _sizes_from_config,
     _sizes_from_model,
     _Unit,
     check_boxes,

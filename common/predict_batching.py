@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from common import geometry, model_path
+from common import geometry, landmark_model, model_path
 
 _SUPPORT_ALIGN = 2 ** (geometry.PYRAMID_LEVELS - 1)
 _SUPPORT_PAD = 2 ** geometry.PYRAMID_LEVELS + 2
@@ -109,20 +109,10 @@ def _read_json_file(path: str) -> Any:
         return json.load(f)
 
 
-def _sizes_from_config(values: Mapping[str, Any]) -> list[int] | None:
-    for key in ("sizes", "scales"):  # MSRRN: scales
-        if values.get(key):
-            return [int(s) for s in values[key]]
-    if values.get("input_size"):  # CCNN
-        return [int(values["input_size"])]
-    return None
-
-
 def _sizes_from_model(model) -> list[int] | None:
-    names = [getattr(t, "name", "") for t in (getattr(model, "inputs", None) or [])]
-    sizes = [int(n.split("_", 1)[1]) for n in names
-             if n.startswith("image_") and n.split("_", 1)[1].isdigit()]
-    return sorted(sizes) or None
+    """The model's input sides (``common.landmark_model.input_sizes_of``)."""
+    sizes = landmark_model.input_sizes_of(model)
+    return list(sizes) if sizes else None
 
 
 class LandmarkPredictor:
@@ -190,20 +180,22 @@ class LandmarkPredictor:
         if resolved.kind == model_path.KIND_SAVED_MODEL:
             return cls._from_saved_model(resolved.path, name)
         values = model_path.run_config(resolved.run_dir)
-        if margin is None:
-            margin = values.get("margin", _export_margin(resolved.export_dir))
-        if margin is None:
-            raise ValueError(f"the crop margin of {resolved.path} is unknown (no run "
-                             "config.json/run.json with 'margin' beside it); pass margin= "
-                             "(--margin)")
         if resolved.kind == model_path.KIND_TFLITE:
+            if margin is None:
+                margin = values.get("margin", _export_margin(resolved.export_dir))
+            if margin is None:
+                raise ValueError(f"the crop margin of {resolved.path} is unknown (no run "
+                                 "config.json/run.json with 'margin' beside it); pass "
+                                 "margin= (--margin)")
             return cls._from_tflite(resolved.path, float(margin), name)
         from common.evaluation import load_model  # imports the model packages
 
         model = load_model(resolved.path)
-        sizes = list(sizes) if sizes else _sizes_from_config(values)
-        return cls.from_keras(model, sizes=sizes, margin=float(margin), name=name,
-                              source=resolved.path)
+        if margin is None and landmark_model.margin_of(model) is None:
+            # A model saved before it stored its margin: its run's, else its export's.
+            margin = values.get("margin", _export_margin(resolved.export_dir))
+        landmark_model.complete_margin(model, resolved.run_dir or resolved.path, margin)
+        return cls.from_keras(model, sizes=sizes, name=name, source=resolved.path)
 
     @classmethod
     def _from_tflite(cls, path: str, margin: float, name: str | None) -> LandmarkPredictor:
@@ -239,15 +231,18 @@ class LandmarkPredictor:
                    source=os.path.abspath(path))
 
     @classmethod
-    def from_keras(cls, model, *, margin: float, sizes: Sequence[int] | None = None,
+    def from_keras(cls, model, *, margin: float | None = None,
+                   sizes: Sequence[int] | None = None,
                    name: str | None = None, output_key: str = "landmarks",
                    source: str = "") -> LandmarkPredictor:
         """A predictor running a Keras model in this process.
 
         Args:
             model: ``{f"image_{s}"}`` -> ``{"landmarks": [N, L, 2], ...}`` (or a tensor).
-            margin: crop margin the model was trained with.
-            sizes: input sides; default from the model's ``image_<s>`` inputs.
+            margin: crop margin the model was trained with; default the model's
+                (``common.landmark_model`` contract).
+            sizes: input sides; default the model's ``input_sizes`` (else its
+                ``image_<s>`` inputs).
             name: model name in the outputs (default: the model class).
             output_key: the output with the final normalised landmarks.
             source: where the model came from.
@@ -258,6 +253,10 @@ class LandmarkPredictor:
         sizes = list(sizes) if sizes else _sizes_from_model(model)
         if not sizes:
             raise ValueError("cannot infer the input sizes of this model; pass sizes=")
+        margin = landmark_model.margin_of(model) if margin is None else float(margin)
+        if margin is None:
+            raise ValueError(f"the crop margin of {type(model).__name__} is unknown (the "
+                             "model stores none); pass margin=")
         call = tf.function(lambda inputs: model(inputs, training=False),
                            reduce_retracing=True)
 

@@ -221,10 +221,9 @@ def run_benchmark(options: BenchOptions, output_dir: str | None = None,
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as work_dir:
         for name in options.models:
             log(f"{name}: building/loading, exporting SavedModel and TFLite")
-            mut = load_or_build(
-                name, paths[name], configs[name],
-                options.msrrn_flip_test if name == "msrrn" else options.ccnn_flip_test,
-                options.ccnn_confidence_source if name == "ccnn" else None)
+            mut = load_or_build(  # per-model flags: --<name>_flip_test, ...
+                name, paths[name], configs[name], getattr(options, f"{name}_flip_test"),
+                getattr(options, f"{name}_confidence_source", None))
             models[name] = mut
             exports[name] = export_model(mut, work_dir)
             model_info[name] = {

@@ -396,16 +396,9 @@ def compare(family: str, data, *, output: str, train_split: str = "train",
 
     # 3. Our predictions on the eval split (every stage).
     scheme = scheme_for(ours.num_landmarks)
-    if family == "msrrn":
-        from msrrn_tf.training import predict_msrrn
-
-        def predict(folder: str, split: str):
-            return predict_msrrn(ours.model, folder, split, margin=ours.margin, limit=limit)
-    else:
-        def predict(folder: str, split: str):
-            return evaluation.predict_split(ours.model, folder, split, sizes=ours.sizes,
-                                            margin=ours.margin,
-                                            num_landmarks=ours.num_landmarks, limit=limit)
+    def predict(folder: str, split: str):
+        return evaluation.predict_model(ours.model, folder, split, margin=ours.margin,
+                                        limit=limit)
     parts = multidata.predict_per_dataset(predict, spec, eval_split)
     pred = parts.get(multidata.UNION) or next(iter(parts.values()))
     faces = list(peer_lib.iterate_faces(str(spec), eval_split, limit))

@@ -42,23 +42,20 @@ from common.schemes import scheme_for
 def load_family_model(family: str, path: str, confidence_source: str | None = None
                       ) -> tuple[Any, list[int], float, int]:
     """The trained model (Keras, with its ``confidence`` output), its sizes, margin
-    and number of landmarks; ``confidence_source`` (CCNN only; ``None``: as saved)
-    switches what CCNN's confidence compares."""
-    if confidence_source is not None and family != "ccnn":
-        raise ValueError(f"confidence_source is a CCNN option, not {family}'s")
-    if family == "msrrn":
-        from msrrn_tf.evaluate import load_with_margin
+    and number of landmarks; ``confidence_source`` (``None``: as saved) switches what
+    the confidence compares (an inference option of the model, e.g. CCNN's). A model
+    whose confidence comes from its flip test (MSRRN) is loaded with it switched on."""
+    import ccnn_tf  # noqa: F401  (register the model families)
+    import msrrn_tf  # noqa: F401
+    from common import landmark_model
 
-        model, margin = load_with_margin(path, flip_test=True)
-        return model, list(model.input_sizes), margin, int(model.num_landmarks)
-    if family == "ccnn":
-        from ccnn_tf.evaluate import load_cascade, model_geometry
-
-        model = load_cascade(path).with_inference_options(
-            confidence_source=confidence_source)
-        sizes, margin, num_landmarks = model_geometry(model)
-        return model, list(sizes), float(margin), int(num_landmarks)
-    raise ValueError(f"unknown family {family!r}; expected msrrn or ccnn")
+    options = {} if confidence_source is None else {"confidence_source": confidence_source}
+    model = landmark_model.get_family(family).load(path, **options)
+    if "confidence" not in (getattr(model, "output", None) or {}):
+        model = model.with_inference_options(flip_test=True)
+    return (model, list(landmark_model.input_sizes_of(model)),
+            float(landmark_model.margin_of(model)),
+            int(landmark_model.num_landmarks_of(model)))
 
 
 _MIRRORED = "mirrored_landmarks"

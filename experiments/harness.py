@@ -37,10 +37,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from common import atomic
+import ccnn_tf  # noqa: F401  (registers the model family; imports no TensorFlow)
+import msrrn_tf  # noqa: F401
+from common import atomic, landmark_model
 
-FAMILY_POINTS = {"msrrn": 68, "ccnn": 5}
-"""Landmarks per family."""
+FAMILY_POINTS = {name: family.num_landmarks
+                 for name, family in landmark_model.families().items()}
+"""Landmarks per registered family (``common.landmark_model``)."""
 
 DEFAULT_OUTPUT = "results"
 DEFAULT_RUNS_DIR = os.path.join("results", "runs")
@@ -178,17 +181,12 @@ def prepared_data(setting: Setting, family: str, *, progress: bool = True) -> st
 
 def synthetic_data(family: str, preset: str | None = None, *, progress: bool = True) -> str:
     """The embedded synthetic data set of a family's preset (generated once, cached)."""
-    if family == "msrrn":
-        from common.synthetic import ensure_synthetic_dataset
-        from msrrn_tf import training as msrrn_training
+    from common import landmark_model
 
-        return ensure_synthetic_dataset(68, msrrn_training.synthetic_splits(preset or "quick"),
-                                        seed=0, progress=progress)
-    if family == "ccnn":
-        from ccnn_tf import training as ccnn_training
-
-        return ccnn_training.synthetic_data(preset or "quick", progress=progress)
-    raise ValueError(f"family must be one of {sorted(FAMILY_POINTS)}, got {family!r}")
+    entry = landmark_model.get_family(family)
+    if entry.synthetic_data is None:
+        raise ValueError(f"family {family!r} registers no synthetic data set")
+    return entry.synthetic_data(preset, progress=progress)
 
 
 def trained_model(family: str, setting: Setting, data: str, *, variant: str = "default",

@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from common import atomic
+from common import atomic, landmark_model
 from experiments import harness
 
 EXPERIMENTS = (
@@ -257,9 +257,9 @@ def _define_flags() -> None:
                             "(.keras or run directory) used instead of training the default "
                             "variant.")
         flags.DEFINE_integer(f"{family}_steps", None, f"Training steps of our "
-                             f"{family.upper()} models (" + ("total" if family == "msrrn"
-                                                             else "per stage")
-                             + "). Default: the preset's.", lower_bound=1)
+                             f"{family.upper()} models ("
+                             f"{landmark_model.get_family(family).steps_unit}). Default: "
+                             "the preset's.", lower_bound=1)
         flags.DEFINE_string(f"{family}_preset", None, f"Training preset of our "
                             f"{family.upper()} models. Default: quick.")
     harness.define_shared_flags()

@@ -13,9 +13,11 @@ first use, so ``import msrrn_tf`` does not import TensorFlow.
 """
 
 from common.api_exports import API_NAMES, lazy_api
+from common.landmark_model import register_family_module as _register_family_module
 from common.quiet import configure_for_entry_point as _configure_for_entry_point
 
 __all__ = list(API_NAMES)
 
 _configure_for_entry_point()
+_register_family_module("msrrn", "msrrn_tf.family")  # the model family (no TensorFlow)
 __getattr__, __dir__ = lazy_api(__name__)

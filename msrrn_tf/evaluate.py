@@ -23,7 +23,6 @@ true ablation, CED of the final predictions).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -154,30 +153,26 @@ def _markdown(table: Mapping[str, Mapping[str, Any]], thresholds: Sequence[float
 
 
 def model_margin(path: str, default: float) -> float:
-    """The crop margin recorded in the ``config.json`` of a model's run directory
-    (``path`` is the run directory or a file in it), else ``default``."""
+    """The crop margin of the model at ``path`` (a run directory or a file in it): the
+    model's own, else its run's ``config.json``, else ``default``. Kept for callers
+    of the older API; the shared code reads ``model.margin``."""
+    from common import model_path
+
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    config = os.path.join(folder, "config.json")
-    if os.path.isfile(config):
-        with open(config) as f:
-            values = json.load(f).get("config", {}).get("values", {})
-        if "margin" in values:
-            return float(values["margin"])
-    return default
+    margin = model_path.run_config(folder).get("margin")
+    return default if margin is None else float(margin)
 
 
 def load_with_margin(path: str, margin: float | None = None,
                      flip_test: bool | None = None) -> tuple[Any, float]:
-    """A trained MSRRN (``.keras`` or run directory) and its crop margin: ``margin``
-    if given, else the run's recorded one (:func:`model_margin`), else the config
-    default. ``flip_test`` switches the model's flip test on or off
-    (``MSRRN.with_flip_test``); ``None`` keeps it as trained."""
-    from common import evaluation
-    from msrrn_tf.config import MSRRNConfig
+    """A trained MSRRN (``.keras`` or run directory) and its crop margin
+    (``msrrn_tf.family.load``: ``margin`` if given, else the model's, else its run's,
+    else the config default with a warning). ``flip_test`` switches the model's flip
+    test on or off (``MSRRN.with_flip_test``); ``None`` keeps it as trained."""
+    from msrrn_tf.family import load
 
-    if margin is None:
-        margin = model_margin(path, MSRRNConfig().margin)
-    return evaluation.load_model(path).with_flip_test(flip_test), float(margin)
+    model = load(path, margin=margin, flip_test=flip_test)
+    return model, float(model.margin)
 
 
 def _define_flags() -> None:

@@ -11,7 +11,8 @@ a crash leaves the previous export or the complete new one)::
     OUTPUT/export_report.json      parity figures, config, weights hash, commit
 
 then loads each file in a fresh Python process and compares it with the Keras model
-(tolerance ``--atol``, default 1e-4), printing the largest differences::
+(tolerance ``--atol``, default 1e-4 in normalised crop units, the same fraction of the
+crop side in pixels), printing the largest differences::
 
     python -m msrrn_tf.export --model=runs/msrrn-x --output=models/msrrn --tflite
     saved_model_cli show --all --dir models/msrrn/saved_model/1
@@ -46,7 +47,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("data", None, "TFRecord folder whose first faces are used for the "
                         "parity check (default: random images).")
     flags.DEFINE_string("split", "val", "Split of --data for the parity check.")
-    flags.DEFINE_float("atol", 1e-4, "Parity tolerance (pixels and normalised units).",
+    flags.DEFINE_float("atol", 1e-4, "Parity tolerance in normalised crop units (the "
+                       "served pixels: the same fraction of the smallest test crop side).",
                        lower_bound=0.0)
 
 

@@ -40,6 +40,7 @@ import keras
 import numpy as np
 
 from common.confidence import ShapeAgreementConfidence
+from common.landmark_model import LandmarkModelMixin
 from msrrn_tf.config import INIT_MODES, MSRRNConfig
 from msrrn_tf.flip import MergeMirrored, MirrorBatch, MirroredPair
 from msrrn_tf.layers import ShapeIndexedPatches
@@ -287,8 +288,13 @@ def stage_scales(scales: Sequence[int], num_stages: int) -> list[int]:
 
 
 @keras.saving.register_keras_serializable(package="msrrn_tf")
-class MSRRN(keras.Model):
+class MSRRN(LandmarkModelMixin, keras.Model):
     """Multiscale recurrent regression network (Wang et al. 2017).
+
+    A ``common.landmark_model.LandmarkModel`` of family ``"msrrn"``: ``input_sizes``,
+    ``margin`` (stored in the model; ``None`` for a model saved before it was, which
+    the loaders complete from its run's ``config.json``), ``num_landmarks``,
+    ``stage_names`` (``"stage_0"`` .. ``"stage_T"``) and the ``"mean_shape"`` baseline.
 
     Inputs: a dict ``{f"image_{s}": float32 [N, s, s, 3] in 0..255}`` (extra keys
     are ignored; only the scales the stages read are needed). Outputs: a dict with
@@ -327,10 +333,15 @@ class MSRRN(keras.Model):
             each stage still starts from the previous stage's uncorrected shape, as
             in training. ``False`` (the default here, for models saved before the
             option existed) builds no offset weights.
+        margin: the crop margin of ``common.geometry.preprocess_faces`` the model is
+            trained with (``MSRRNConfig.margin``); ``None``: unknown (a model saved
+            before the margin was stored).
         dtype: dtype policy of the layers (e.g. "mixed_float16"), ``None`` for the
             global policy.
         **kwargs: ``keras.Model`` arguments (name, trainable).
     """
+
+    family = "msrrn"
 
     def __init__(self, *, scales: Sequence[int] = (50, 100, 200), num_stages: int = 3,
                  num_landmarks: int = 68, init: str = "cnn", patch_size: int = 12,
@@ -341,8 +352,8 @@ class MSRRN(keras.Model):
                  init_conv_filters: Sequence[int] = (16, 32, 64), init_kernel_size: int = 3,
                  init_fc_units: Sequence[int] = (256,), weight_decay: float = 0.0,
                  stop_shape_gradient: bool = True, init_noise: float = 0.0,
-                 bias_correction: bool = False, flip_test: bool = False, dtype=None,
-                 **kwargs):
+                 bias_correction: bool = False, flip_test: bool = False,
+                 margin: float | None = None, dtype=None, **kwargs):
         if init_noise < 0:
             raise ValueError(f"init_noise must be >= 0, got {init_noise}")
         if init not in INIT_MODES:
@@ -440,6 +451,8 @@ class MSRRN(keras.Model):
         self.init_noise = float(init_noise)
         self.bias_correction = bool(bias_correction)
         self.flip_test = bool(flip_test)
+        self.margin = None if margin is None else float(margin)
+        self.stage_names = tuple(f"stage_{t}" for t in range(self.num_stages + 1))
         self.shape_offsets = offsets
         self._layer_dtype = dtype
         self.input_sizes = tuple(used)
@@ -523,6 +536,19 @@ class MSRRN(keras.Model):
         clone.copy_weights_from(self)
         return clone
 
+    def with_inference_options(self, flip_test: bool | None = None,
+                               **options) -> MSRRN:
+        """``with_flip_test(flip_test)``: the inference options of the
+        ``common.landmark_model`` contract (MSRRN has only the flip test).
+
+        Raises:
+            ValueError: an option MSRRN does not have (e.g. ``confidence_source``).
+        """
+        unknown = sorted(k for k, v in options.items() if v is not None)
+        if unknown:
+            raise ValueError(f"MSRRN has no inference option {unknown} (only flip_test)")
+        return self.with_flip_test(flip_test)
+
     def get_shape_offsets(self) -> np.ndarray:
         """The bias correction of ``stage_0`` .. ``stage_T``, ``[T + 1, L, 2]`` (zeros
         for a model without ``bias_correction``)."""
@@ -537,6 +563,11 @@ class MSRRN(keras.Model):
         layer = self.initial_shape
         layer = layer.mean if isinstance(layer, InitialShapeNetwork) else layer
         return keras.ops.convert_to_numpy(layer.mean_shape)
+
+    def baseline_shapes(self) -> dict[str, np.ndarray]:
+        """``{"mean_shape": [L, 2]}``: the training mean shape in every crop (the
+        "mean shape" row of Table 2)."""
+        return {"mean_shape": self.mean_shape}
 
     def get_config(self) -> dict:
         dtype = self._layer_dtype
@@ -565,6 +596,7 @@ class MSRRN(keras.Model):
             "init_noise": self.init_noise,
             "bias_correction": self.bias_correction,
             "flip_test": self.flip_test,
+            "margin": self.margin,
         }
 
     @classmethod
@@ -610,6 +642,7 @@ def build_msrrn(config: MSRRNConfig, *, num_stages: int | None = None, dtype=Non
         init_noise=config.init_noise,
         bias_correction=config.bias_correction,
         flip_test=config.flip_test,
+        margin=config.margin,
         dtype=dtype,
         name=name,
     )

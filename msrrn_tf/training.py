@@ -64,51 +64,16 @@ import numpy as np
 import tensorflow as tf
 
 from common import evaluation, multidata, training
-from common.box_perturbation import DETECTOR_RANGES_68
 from common.geometry import crop_boxes_from_face_boxes, image_to_crop
 from common.multidata import DataSpec
 from common.pipeline import make_dataset
 from common.schemes import LandmarkScheme, scheme_for
 from common.tfrecord import find_shards, parse_face
-from msrrn_tf.config import MSRRNConfig
+from msrrn_tf.config import QUICK_OVERRIDES, MSRRNConfig  # noqa: F401  (re-exported)
 from msrrn_tf.model import MSRRN, build_msrrn
 
 PRESETS = ("paper", "quick")
-
-QUICK_OVERRIDES: dict[str, Any] = {
-    "scales": (32, 64, 128),
-    "patch_size": 8,
-    "regression_conv_filters": (16, 16),
-    "regression_fc_units": (128,),
-    "init_conv_filters": (8, 16, 32),
-    "init_fc_units": (128,),
-    "batch_size": 32,
-    "learning_rate": 0.01,
-    "iterations": 2500,
-    **DETECTOR_RANGES_68.as_fields(),
-}
-"""``MSRRNConfig`` fields changed by the ``"quick"`` preset (tuned on two shared CPU
-cores; the stages, loss, optimiser, margin and weight decay stay the paper's, and the
-paper's augmentation gets a face-box perturbation on top):
-
-* the paper's geometry scaled by 0.64: crops of 32, 64 and 128 px with 8-px patches
-  cover the same fractions of the crop at every stage (25 %, 12.5 %, 6.25 %) as
-  50, 100 and 200 px with 12-px patches. The synthetic faces are about 85-120 px
-  across their crop, so 128 px keeps all their detail, and the crops cost a quarter
-  of the 200-px ones (on two cores the 200-px pipeline alone took as long as the
-  training step);
-* about half the paper's widths (the regression convs, FC layers and the
-  initial-shape CNN);
-* 2,500 iterations of 32 faces (40 epochs of the 2,000 synthetic training faces)
-  with a cosine decay from 0.01. Measured on the synthetic val split (inter-pupil
-  NME after 3 stages): 5.5 % after 1,500 or 2,000 steps, 5.0 % after 2,500; a
-  learning rate of 0.02 trained worse (6.4 % at 2,000 steps);
-* the face-box perturbation ``common.box_perturbation.DETECTOR_RANGES_68`` (centre
-  shifts of -15..+17 % of the box width and -15..+19 % of its height, crop side x0.83
-  to x1.37: the measured differences between dlib's, MTCNN's and the landmark-extent
-  boxes), so that the model does not depend on one detector's boxes. The ``"paper"``
-  preset has none (the paper's augmentation only).
-"""
+"""The training presets of ``python -m msrrn_tf.train`` (``MSRRNConfig.preset``)."""
 
 QUICK_SYNTHETIC_SPLITS = {"train": 2000, "val": 200}
 """Faces per split of the embedded synthetic data set used by the ``"quick"`` preset
@@ -126,18 +91,15 @@ def preset_config(preset: str) -> MSRRNConfig:
     """Returns the config of a preset.
 
     Args:
-        preset: ``"paper"`` (``MSRRNConfig()`` defaults: the paper's augmentation
-            only, no box perturbation) or ``"quick"`` (``QUICK_OVERRIDES``, with the
-            measured face-box perturbation).
+        preset: ``"paper"`` (``MSRRNConfig()`` defaults) or ``"quick"``
+            (``msrrn_tf.config.QUICK_OVERRIDES``); ``MSRRNConfig.preset`` defines them.
 
     Returns:
         The config.
     """
-    if preset == "paper":
-        return MSRRNConfig()
-    if preset == "quick":
-        return MSRRNConfig().replace(**QUICK_OVERRIDES)
-    raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    return MSRRNConfig.preset(preset)
 
 
 def synthetic_splits(preset: str) -> dict[str, int]:
@@ -723,7 +685,7 @@ TFLITE_FLOAT32 = "model_float32.tflite"
 
 def export_msrrn(model: MSRRN, export_dir: str, *, margin: float, data: str | None = None,
                  split: str = "val", parity_check: bool = True, tflite: bool = False,
-                 atol: float = 1e-4, fresh_process: bool = True, verbose: bool = True,
+                 atol: float | None = None, fresh_process: bool = True, verbose: bool = True,
                  info: Mapping[str, Any] | None = None) -> str:
     """Exports MSRRN (``common.export.write_export``: one unit) and checks parity.
 
@@ -738,7 +700,9 @@ def export_msrrn(model: MSRRN, export_dir: str, *, margin: float, data: str | No
         parity_check: compare the SavedModel with the Keras model (the TFLite file is
             always checked).
         tflite: also write a float32 TFLite file of ``serving_cropped``.
-        atol: parity tolerance (pixels, resp. normalised units).
+        atol: parity tolerance in normalised crop units (pixels: the same fraction
+            of the smallest test crop side, ``common.export.check_export``); ``None``:
+            the model's ``export_hooks().tolerance`` (1e-4).
         fresh_process: load the exports in a new Python process for the checks (so
             nothing of this process, e.g. registered classes, helps them).
         verbose: print the parity results.
@@ -761,22 +725,18 @@ def export_msrrn(model: MSRRN, export_dir: str, *, margin: float, data: str | No
         boxes = np.array([[20, 15, 80, 75], [30, 10, 100, 80]], np.float32)
 
     def check(name: str, path: str) -> dict[str, Any]:
-        if name == "saved_model":
-            if not parity_check:
-                return {}
-            report = common_export.check_parity(path, model, images, boxes, atol=atol,
-                                                fresh_process=fresh_process)
-            _print_parity("SavedModel", report, atol, fresh_process, verbose)
-        else:
-            report = common_export.check_tflite_parity(path, model, images, boxes,
-                                                       margin=margin, atol=atol,
-                                                       fresh_process=fresh_process)
-            _print_parity("TFLite", report, atol, fresh_process, verbose)
-        return {**report, "atol": atol, "fresh_process": fresh_process}
+        if name == "saved_model" and not parity_check:
+            return {}
+        tolerance = model.export_hooks().tolerance(name) if atol is None else atol
+        report = common_export.check_export(name, path, model, images, boxes,
+                                            margin=margin, tolerance=tolerance,
+                                            fresh_process=fresh_process)
+        _print_parity("SavedModel" if name == "saved_model" else "TFLite", report,
+                      verbose)
+        return report
 
-    variants = [common_export.TFLiteVariant(
-        "tflite_float32", TFLITE_FLOAT32,
-        lambda saved, path: common_export.export_tflite(saved, path))] if tflite else []
+    variants = [common_export.tflite_variant(model, "tflite_float32", TFLITE_FLOAT32)
+                ] if tflite else []
     common_export.write_export(
         model, export_dir, sizes=model.input_sizes, margin=margin,
         num_landmarks=model.num_landmarks, tflite=variants, check=check,
@@ -789,14 +749,15 @@ def export_msrrn(model: MSRRN, export_dir: str, *, margin: float, data: str | No
     return export_dir
 
 
-def _print_parity(what: str, report: Mapping[str, float], atol: float, fresh_process: bool,
-                  verbose: bool) -> None:
+def _print_parity(what: str, report: Mapping[str, Any], verbose: bool) -> None:
     if not verbose:
         return
-    worst = {k: v for k, v in report.items() if k != "num_faces"}
-    where = "fresh process" if fresh_process else "this process"
-    print(f"{what} parity ({where}, {int(report['num_faces'])} faces, atol {atol:g}): "
-          + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()) + " -> OK", flush=True)
+    where = "fresh process" if report["fresh_process"] else "this process"
+    print(f"{what} parity ({where}, {report['num_faces']} faces, tolerance "
+          f"{report['tolerance_normalised']:g} normalised / "
+          f"{report['tolerance_pixels']:.3g} px): "
+          + ", ".join(f"{k} {v:.2e}" for k, v in report["per_output"].items()) + " -> OK",
+          flush=True)
 
 
 def default_run_dir(root: str = "runs", prefix: str = "msrrn") -> str:

@@ -18,7 +18,6 @@ from ccnn_tf.model import (
     build_ccnn,
     build_lightweight_cnn,
     network_targets,
-    network_trace_options,
     transfer_stage_weights,
 )
 from ccnn_tf.summary import PAPER_TOTAL_PARAMETERS, format_table, parameter_table
@@ -285,7 +284,7 @@ def test_grouped_networks_compute_the_separate_networks(tiny_config):
         np.testing.assert_allclose(trained[key], outputs[key], atol=1e-5, err_msg=key)
     # Traced with one convolution per network (TFLite) or with frozen weights (export).
     for options in ({"grouped": False}, {"frozen_weights": True}):
-        with network_trace_options(**options):
+        with model.trace_options(**options):
             traced = tf.function(lambda inputs: model(inputs, training=False))
             got = traced(x)
         for key in outputs:
@@ -297,7 +296,7 @@ def test_frozen_network_weights_keep_the_traced_values(tiny_config):
     model = build_ccnn(tiny_config)
     x = _images(tiny_config, n=2)
     live = tf.function(lambda inputs: model(inputs, training=False)["landmarks"])
-    with network_trace_options(frozen_weights=True):
+    with model.trace_options(frozen_weights=True):
         frozen = tf.function(lambda inputs: model(inputs, training=False)["landmarks"])
         before = frozen(x).numpy()
     np.testing.assert_allclose(live(x), before, atol=1e-5)

@@ -72,57 +72,29 @@ def train_or_load_ours(family: str, data: str, *, train_split: str, eval_split: 
     Returns:
         The :class:`OurModel`.
     """
-    preset = preset or FAMILY_SETTINGS[family]["default_preset"]
+    import ccnn_tf  # noqa: F401  (register the model families)
+    import msrrn_tf  # noqa: F401
+    from common import landmark_model
+
+    entry = landmark_model.get_family(family)
+    preset = preset or FAMILY_SETTINGS.get(family, {}).get("default_preset",
+                                                           entry.default_preset)
     start = time.perf_counter()
-    if family == "msrrn":
-        from msrrn_tf import training as msrrn_training
-
-        if model_path:
-            from msrrn_tf.evaluate import load_with_margin
-
-            model, margin = load_with_margin(model_path)
-            info = {"source": os.path.abspath(model_path)}
-        else:
-            config = msrrn_training.preset_config(preset).replace(**(config_overrides or {}))
-            if batch_size:
-                config = config.replace(batch_size=int(batch_size))
-            result = msrrn_training.train_msrrn(
-                config, data=data, run_dir=run_dir, steps=steps, train_split=train_split,
-                val_split=None, evaluate=False, export=True, seed=seed, verbose=verbose,
-                checkpoint_every=500)
-            model, margin = result.model, config.margin
-            info = {"source": "trained", "run_dir": os.path.abspath(run_dir),
-                    "preset": preset, "steps": result.steps_done,
-                    "resumed_from_step": result.initial_step, "config": config.to_dict(),
-                    "training_speed": result.speed()}
-        sizes = tuple(int(s) for s in model.input_sizes)
-        num_landmarks = int(model.num_landmarks)
-        info["num_stages"] = int(model.num_stages)
-    elif family == "ccnn":
-        from ccnn_tf import evaluate as ccnn_evaluate
-        from ccnn_tf import training as ccnn_training
-
-        if model_path:
-            model = ccnn_evaluate.load_cascade(model_path)
-            info = {"source": os.path.abspath(model_path)}
-        else:
-            config = ccnn_training.build_config(preset, steps=steps, batch_size=batch_size,
-                                                seed=seed)
-            config = config.replace(**(config_overrides or {}))
-            summary = ccnn_training.train_ccnn(
-                config, "all", data=data, run_dir=run_dir, train_split=train_split,
-                val_split=eval_split, evaluate=False, export=True, verbose=verbose)
-            model = ccnn_evaluate.load_cascade(run_dir)
-            info = {"source": "trained", "run_dir": os.path.abspath(run_dir),
-                    "preset": preset, "steps_per_stage": config.steps_per_stage,
-                    "config": config.to_dict(),
-                    "training_speed": "; ".join(
-                        f"stage {k}: {r.speed(config.batch_size)}"
-                        for k, r in sorted(summary.stage_results.items()))}
-        sizes, margin, num_landmarks = ccnn_evaluate.model_geometry(model)
-        info["num_stages"] = int(model.num_stages)
+    if model_path:
+        model = entry.load(model_path)
+        info = {"source": os.path.abspath(model_path)}
     else:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        if entry.train is None:
+            raise ValueError(f"family {family!r} registers no train function; pass model_path")
+        trained = entry.train(data, run_dir=run_dir, train_split=train_split,
+                              eval_split=eval_split, steps=steps, preset=preset,
+                              batch_size=batch_size, config_overrides=config_overrides,
+                              seed=seed, verbose=verbose)
+        model, info = trained.model, dict(trained.info)
+    sizes = landmark_model.input_sizes_of(model)
+    margin = landmark_model.margin_of(model)
+    num_landmarks = landmark_model.num_landmarks_of(model)
+    info["num_stages"] = int(getattr(model, "num_stages", 1))
     info["seconds"] = time.perf_counter() - start
     return OurModel(model=model, sizes=tuple(sizes), margin=float(margin),
                     num_landmarks=int(num_landmarks), info=info)

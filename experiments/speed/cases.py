@@ -107,8 +107,8 @@ def load_or_build(name: str, path: str | None, config: Any,
         config: ``MSRRNConfig`` / ``CCNNConfig`` (``None``: the paper's defaults).
             With a ``path`` only its training batch size and optimiser are used.
         flip_test: switch the model's flip test on or off; ``None``: as it is.
-        confidence_source: CCNN only: ``"flip"`` or ``"pairs"``
-            (``CCNNCascade.with_inference_options``); ``None``: as it is.
+        confidence_source: an inference option of the model (CCNN: ``"flip"`` or
+            ``"pairs"``, ``CCNNCascade.with_inference_options``); ``None``: as it is.
 
     Returns:
         The model, built with its variables on the CPU.
@@ -116,50 +116,41 @@ def load_or_build(name: str, path: str | None, config: Any,
     import keras
     import tensorflow as tf
 
-    if name == "msrrn":
-        from msrrn_tf.config import MSRRNConfig
-        from msrrn_tf.model import build_msrrn
+    import ccnn_tf  # noqa: F401  (register the model families)
+    import msrrn_tf  # noqa: F401
+    from common import landmark_model
 
-        config = config or MSRRNConfig()
-        with tf.device("/CPU:0"):
-            if path:
-                model = keras.saving.load_model(_model_file(path), compile=False)
-            else:
-                model = build_msrrn(config)
-            model = model.with_flip_test(flip_test)
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+    family = landmark_model.get_family(name)
+    default = family.default_config()
+    config = config or default
+    options = {"flip_test": flip_test}
+    if confidence_source is not None:
+        options["confidence_source"] = confidence_source
+    with tf.device("/CPU:0"):
         if path:
-            from msrrn_tf.evaluate import model_margin
-
-            margin = model_margin(_model_file(path), config.margin)
+            model = keras.saving.load_model(_model_file(path), compile=False)
+            # A model saved before it stored its margin: its run's, else the config's.
+            if landmark_model.margin_of(model) is None:
+                try:
+                    landmark_model.complete_margin(model, _model_file(path))
+                except ValueError:
+                    model.margin = float(config.margin)
         else:
-            margin = config.margin
-        return ModelUnderTest(
-            name, model, tuple(model.input_sizes), margin, model.num_landmarks,
-            config.batch_size, config,
-            f"{_model_file(path)} (trained)" if path else "freshly built MSRRNConfig"
-            f"{'()' if config == MSRRNConfig() else '(...)'} (untrained)"
-            + ("" if flip_test is None else f", flip test switched {'on' if flip_test else 'off'}"))
-    if name == "ccnn":
-        from ccnn_tf.config import CCNNConfig
-        from ccnn_tf.model import build_ccnn
-
-        config = config or CCNNConfig()
-        with tf.device("/CPU:0"):
-            if path:
-                model = keras.saving.load_model(_model_file(path), compile=False)
-            else:
-                model = build_ccnn(config)
-            model = model.with_inference_options(flip_test=flip_test,
-                                                 confidence_source=confidence_source)
-        args = model.get_config()
-        return ModelUnderTest(
-            name, model, (int(args["input_size"]),), float(args["margin"]),
-            int(args["num_points"]), config.batch_size, config,
-            f"{_model_file(path)} (trained)" if path else "freshly built CCNNConfig"
-            f"{'()' if config == CCNNConfig() else '(...)'} (untrained)"
-            f", flip test {'on' if model.flip_test else 'off'}, confidence from "
-            f"{model.confidence_source}")
-    raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+            model = family.build(config)
+        model = model.with_inference_options(**options)
+    described = [f"flip test {'on' if model.flip_test else 'off'}" if flip_test is None
+                 else f"flip test switched {'on' if flip_test else 'off'}"]
+    if getattr(model, "confidence_source", None):
+        described.append(f"confidence from {model.confidence_source}")
+    return ModelUnderTest(
+        name, model, landmark_model.input_sizes_of(model), landmark_model.margin_of(model),
+        landmark_model.num_landmarks_of(model), config.batch_size, config,
+        (f"{_model_file(path)} (trained)" if path else
+         f"freshly built {type(config).__name__}"
+         f"{'()' if config == default else '(...)'} (untrained)")
+        + "".join(f", {d}" for d in described))
 
 
 def clone_model(model: Any, **changes: Any) -> Any:
@@ -213,12 +204,9 @@ def export_model(mut: ModelUnderTest, work_dir: str) -> dict[str, Any]:
     result["seconds"]["saved_model"] = time.perf_counter() - start
     path = os.path.join(work_dir, f"{mut.name}.tflite")
     start = time.perf_counter()
-    if mut.name == "ccnn":
-        from ccnn_tf.export import export_tflite as ccnn_export_tflite
-
-        ccnn_export_tflite(mut.model, path)
-    else:
-        export.export_tflite(result["saved_model"], path)
+    # The model's export hooks say how (CCNN: traced anew, batch 1, builtin-op crops).
+    export.tflite_variant(mut.model, "tflite_float32", os.path.basename(path)).convert(
+        result["saved_model"], path)
     result["seconds"]["tflite"] = time.perf_counter() - start
     result["tflite"] = path
     result["tflite_bytes"] = os.path.getsize(path)

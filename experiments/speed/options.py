@@ -159,9 +159,8 @@ def preset_options(preset: str, **overrides: Any) -> BenchOptions:
         from ccnn_tf.config import CCNNConfig
         from msrrn_tf.config import MSRRNConfig
 
-        values = {"msrrn_config": MSRRNConfig.small(scales=(24, 48, 96), patch_size=8,
-                                                    batch_size=8),
-                  "ccnn_config": CCNNConfig.tiny(), "dlib_faces": 12,
+        values = {"msrrn_config": MSRRNConfig.preset("tiny"),
+                  "ccnn_config": CCNNConfig.preset("tiny"), "dlib_faces": 12,
                   "dlib_options": TINY_DLIB_OPTIONS, "image_size": 96, "batch_size": 8,
                   "train_steps_per_sample": 1, "sample_seconds": 0.01,
                   "profile_traces": 1}
