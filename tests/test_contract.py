@@ -152,9 +152,10 @@ def test_presets_are_defined_next_to_the_configs_and_keep_their_values():
     from ccnn_tf import training as ccnn_training
     from ccnn_tf.config import CCNNConfig
     from msrrn_tf import training as msrrn_training
+    from common.box_perturbation import DETECTOR_RANGES_68, DETECTOR_RANGES_CUHK5
     from msrrn_tf.config import MSRRNConfig
 
-    quick = MSRRNConfig().replace(
+    quick = MSRRNConfig().replace(**DETECTOR_RANGES_68.as_fields(),
         scales=(32, 64, 128), patch_size=8, regression_conv_filters=(16, 16),
         regression_fc_units=(128,), init_conv_filters=(8, 16, 32), init_fc_units=(128,),
         batch_size=32, learning_rate=0.01, iterations=2500)
@@ -164,7 +165,8 @@ def test_presets_are_defined_next_to_the_configs_and_keep_their_values():
         regression_conv_filters=(8, 8), regression_fc_units=(64,),
         init_conv_filters=(8, 8, 16), init_fc_units=(64,), batch_size=4, iterations=200)
     assert CCNNConfig.preset("quick") == ccnn_training.preset_config("quick") == CCNNConfig(
-        steps_per_stage=500, learning_rate=0.03, momentum=0.9, seed=0)
+        steps_per_stage=500, learning_rate=0.03, momentum=0.9, seed=0,
+        **DETECTOR_RANGES_CUHK5.as_fields())
     assert CCNNConfig.tiny(seed=3) == CCNNConfig.preset("tiny", seed=3)
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         MSRRNConfig.preset("fast")
