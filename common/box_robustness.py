@@ -74,12 +74,12 @@ def jitter_box(box: np.ndarray, fraction: float, rng: np.random.Generator) -> np
     Returns:
         float32 ``[4]``.
     """
-    left, top, right, bottom = np.asarray(box, np.float64).reshape(4)
-    w, h = right - left, bottom - top
+    from common import geometry
+
     dx, dy, s = rng.uniform(-fraction, fraction, 3)
-    cx, cy = 0.5 * (left + right) + dx * w, 0.5 * (top + bottom) + dy * h
-    half_w, half_h = 0.5 * w * (1.0 + s), 0.5 * h * (1.0 + s)
-    return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h], np.float32)
+    edges = geometry.perturb_box_edges(np.asarray(box, np.float64).reshape(4), dx, dy,
+                                       1.0 + s)
+    return np.array(edges, np.float32)
 
 
 class MTCNNBoxFinder:

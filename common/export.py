@@ -74,13 +74,13 @@ from common import atomic, geometry, landmark_model, model_path
 from common.export_check import (  # noqa: F401
     _compare,
     _interpreter,
-    _quiet_lite_deprecation,
     _run_fresh,
     check_export,
     check_parity,
     check_tflite_parity,
     main,
     parity_faces,
+    quiet_lite_deprecation,
     reference_landmarks,
     run_saved_model,
     run_tflite,
@@ -702,7 +702,7 @@ def export_tflite(source: str | keras.Model, path: str, *, quantize: bool = Fals
         builtins = tf.lite.OpsSet.TFLITE_BUILTINS_INT8
     converter.target_spec.supported_ops = [builtins] + (
         [tf.lite.OpsSet.SELECT_TF_OPS] if allow_select_tf_ops else [])
-    with _quiet_lite_deprecation():  # calibration runs an interpreter
+    with quiet_lite_deprecation():  # calibration runs an interpreter
         flatbuffer = converter.convert()
     atomic.write_bytes(_local_path(path), flatbuffer, fsync=True)
     return path

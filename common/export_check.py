@@ -89,7 +89,7 @@ def run_saved_model(export_dir: str, images: np.ndarray, boxes: np.ndarray,
 
 
 @contextlib.contextmanager
-def _quiet_lite_deprecation() -> Iterator[None]:
+def quiet_lite_deprecation() -> Iterator[None]:
     """Hides tf.lite.Interpreter's deprecation notice (LiteRT is not a dependency)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated",
@@ -102,7 +102,7 @@ def _interpreter(tflite_path: str):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        with _quiet_lite_deprecation():
+        with quiet_lite_deprecation():
             return tf.lite.Interpreter(model_path=os.fspath(tflite_path))
     return Interpreter(model_path=os.fspath(tflite_path))
 
@@ -204,14 +204,11 @@ def check_parity(export_dir: str, model: keras.Model, images: np.ndarray,
                             {"images": images, "boxes": boxes, **cropped})
     else:
         actual = run_saved_model(export_dir, images, boxes, cropped)
-    expected_outputs = _as_output_dict(model(cropped, training=False), info["output_key"])
-    report: dict[str, float] = {"landmarks": _compare(
-        f"{DEFAULT_SIGNATURE} landmarks (pixels)", actual["landmarks"], pixels, atol)}
-    for key, value in expected_outputs.items():
-        report[f"cropped/{key}"] = _compare(
-            f"{CROPPED_SIGNATURE} {key}", actual[f"cropped/{key}"], value.numpy(), atol)
-    report["num_faces"] = len(images)
-    return report
+    return _parity_report(model, cropped, info["output_key"], pixels, actual["landmarks"],
+                          {k[len("cropped/"):]: v for k, v in actual.items()
+                           if k.startswith("cropped/")},
+                          atol, landmarks_label=f"{DEFAULT_SIGNATURE} landmarks (pixels)",
+                          cropped_label=CROPPED_SIGNATURE)
 
 
 def check_tflite_parity(tflite_path: str, model: keras.Model, images: np.ndarray,
@@ -252,13 +249,23 @@ def check_tflite_parity(tflite_path: str, model: keras.Model, images: np.ndarray
         actual = run_tflite(tflite_path, cropped)
     crop_boxes = geometry.crop_boxes_from_face_boxes(boxes, margin)
     actual_pixels = geometry.crop_to_image(actual[output_key], crop_boxes).numpy()
-    report = {"landmarks": _compare("TFLite landmarks (pixels)", actual_pixels, pixels,
-                                    atol)}
+    return _parity_report(model, cropped, output_key, pixels, actual_pixels, actual, atol,
+                          landmarks_label="TFLite landmarks (pixels)", cropped_label="TFLite")
+
+
+def _parity_report(model: keras.Model, cropped: Mapping[str, np.ndarray], output_key: str,
+                   pixels: np.ndarray, actual_pixels: np.ndarray,
+                   actual_cropped: Mapping[str, np.ndarray], atol: float, *,
+                   landmarks_label: str, cropped_label: str) -> dict[str, float]:
+    """The largest differences of an export's served landmarks (pixels) and of every
+    model output on the same crops, each checked against ``atol`` (:func:`_compare`)."""
+    report: dict[str, float] = {"landmarks": _compare(landmarks_label, actual_pixels,
+                                                      pixels, atol)}
     expected_outputs = _as_output_dict(model(cropped, training=False), output_key)
     for key, value in expected_outputs.items():
-        report[f"cropped/{key}"] = _compare(f"TFLite {key}", actual[key], value.numpy(),
-                                            atol)
-    report["num_faces"] = len(images)
+        report[f"cropped/{key}"] = _compare(f"{cropped_label} {key}", actual_cropped[key],
+                                            value.numpy(), atol)
+    report["num_faces"] = len(pixels)
     return report
 
 

@@ -177,21 +177,44 @@ def jitter_boxes(boxes, scale_range: tuple[float, float], shift_range: tuple[flo
     high = tf.constant([shift_range[1], shift_y_range[1]], tf.float32)
     # u * (high - low) + low: the same numbers as stateless_uniform(low, high) per axis.
     shift = tf.random.stateless_uniform([n, 2], seeds[1]) * (high - low) + low
-    left, top, right, bottom = tf.unstack(boxes, axis=-1)
-    w = right - left
-    h = bottom - top
-    cx = 0.5 * (left + right) + shift[:, 0] * w
-    cy = 0.5 * (top + bottom) + shift[:, 1] * h
-    half_w = 0.5 * w * factor
-    half_h = 0.5 * h * factor
+    root = None
     if tuple(aspect_range) != (1.0, 1.0):
         # A third, separate stream keeps the draws above those of earlier versions.
         aspect_seed = tf.random.experimental.stateless_fold_in(seed, 2)
         root = tf.sqrt(tf.random.stateless_uniform([n], aspect_seed, aspect_range[0],
                                                    aspect_range[1]))
-        half_w = half_w / root
-        half_h = half_h * root
-    return tf.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
+    return tf.stack(perturb_box_edges(tf.unstack(boxes, axis=-1), shift[:, 0], shift[:, 1],
+                                      factor, root), axis=-1)
+
+
+def perturb_box_edges(edges, dx, dy, scale, aspect_root=None):
+    """The edges of boxes moved and scaled: the one definition of a box perturbation.
+
+    Plain arithmetic, so it serves TensorFlow tensors (the training augmentation,
+    :func:`jitter_boxes`) and NumPy arrays (the jittered sources of
+    ``common.box_robustness``) alike.
+
+    Args:
+        edges: ``(left, top, right, bottom)``, each of one shape.
+        dx, dy: centre shifts as fractions of the width, resp. height.
+        scale: factor of both sides.
+        aspect_root: ``None``, or the square root of the factor of the height/width
+            ratio (the height is multiplied by it, the width divided).
+
+    Returns:
+        ``(left, top, right, bottom)``.
+    """
+    left, top, right, bottom = edges
+    w = right - left
+    h = bottom - top
+    cx = 0.5 * (left + right) + dx * w
+    cy = 0.5 * (top + bottom) + dy * h
+    half_w = 0.5 * w * scale
+    half_h = 0.5 * h * scale
+    if aspect_root is not None:
+        half_w = half_w / aspect_root
+        half_h = half_h * aspect_root
+    return cx - half_w, cy - half_h, cx + half_w, cy + half_h
 
 
 def _box_origin_size(crop_boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

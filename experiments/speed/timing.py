@@ -11,8 +11,7 @@ import dataclasses
 import os
 import platform
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -157,9 +156,9 @@ def environment_report() -> dict[str, Any]:
             "env": {k: os.environ[k] for k in env_keys if k in os.environ}}
 
 
-@contextlib.contextmanager
-def quiet_tflite() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated",
-                                category=UserWarning)
-        yield
+def quiet_tflite() -> contextlib.AbstractContextManager[None]:
+    """Hides tf.lite.Interpreter's deprecation notice
+    (``common.export_check.quiet_lite_deprecation``, imported when used)."""
+    from common.export_check import quiet_lite_deprecation
+
+    return quiet_lite_deprecation()
