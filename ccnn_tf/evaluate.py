@@ -139,7 +139,7 @@ def evaluate_cascade(model: keras.Model, data, split: str = "val", *,
                                         limit=limit)
 
     parts = multidata.predict_per_dataset(predict, spec, split)
-    pred = parts.get(multidata.UNION) or next(iter(parts.values()))
+    pred = multidata.union_of(parts)
     results = evaluation.evaluate_outputs(pred, scheme, kinds, thresholds)
     if len(spec.folders) > 1:
         results["data_spec"] = spec.to_dict()

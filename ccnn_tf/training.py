@@ -330,7 +330,7 @@ def _record_run(run_dir: str, config: CCNNConfig, data: DataSpec) -> None:
                 "use another --run_dir for a different cascade (e.g. an ablation)")
     tf.io.gfile.makedirs(run_dir)
     # "data" is what --data would be (ccnn_tf.runs.run_data); "data_spec" the details.
-    record = {"config": config.to_dict(), "data": str(_absolute(data)),
+    record = {"config": config.to_dict(), "data": str(data.absolute()),
               "data_spec": data.to_dict()}
     training.atomic_write_text(os.path.join(run_dir, RUN_FILE),
                                json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -339,10 +339,6 @@ def _record_run(run_dir: str, config: CCNNConfig, data: DataSpec) -> None:
 # --------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------
-
-
-def _absolute(spec: DataSpec) -> DataSpec:
-    return DataSpec(tuple(os.path.abspath(f) for f in spec.folders), spec.weights)
 
 
 def _train_dataset_fn(data: DataSpec, config: CCNNConfig, batch_size: int,
@@ -639,7 +635,7 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
         summary.export = ccnn_export.export_cascade(
             model, os.path.join(run_dir, "export"), data=(val_spec or spec).folders[0],
             split=val_split if val_spec is not None else train_split,
-            extra_info={"training_data": str(_absolute(spec)), "data_spec": spec.to_dict(),
+            extra_info={"training_data": str(spec.absolute()), "data_spec": spec.to_dict(),
                         "run_dir": os.path.abspath(run_dir), "config": config.to_dict()})
         if verbose:
             print(ccnn_export.format_export_report(summary.export), flush=True)

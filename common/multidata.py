@@ -108,6 +108,10 @@ class DataSpec:
                 "names": self.names,
                 "weights": None if self.weights is None else list(self.weights)}
 
+    def absolute(self) -> DataSpec:
+        """The same spec with absolute folder paths (what run records store)."""
+        return DataSpec(tuple(os.path.abspath(f) for f in self.folders), self.weights)
+
     def with_split(self, split: str) -> DataSpec | None:
         """The folders that hold ``split`` (their weights kept), or ``None``."""
         keep = [i for i, f in enumerate(self.folders) if has_split(f, split)]
@@ -240,7 +244,12 @@ def predict_per_dataset(predict: Callable[[str, str], Any], spec: DataSpec | str
 def predict_union(predict: Callable[[str, str], Any], spec: DataSpec | str,
                   split: str) -> Any:
     """The predictions of ``split`` over all folders that hold it (one ``Predictions``)."""
-    parts = predict_per_dataset(predict, spec, split)
+    return union_of(predict_per_dataset(predict, spec, split))
+
+
+def union_of(parts: Mapping[str, Any]) -> Any:
+    """The union entry of :func:`predict_per_dataset`'s result (the only folder's
+    predictions when there is one folder)."""
     return parts.get(UNION) or next(iter(parts.values()))
 
 

@@ -400,7 +400,7 @@ def compare(family: str, data, *, output: str, train_split: str = "train",
         return evaluation.predict_model(ours.model, folder, split, margin=ours.margin,
                                         limit=limit)
     parts = multidata.predict_per_dataset(predict, spec, eval_split)
-    pred = parts.get(multidata.UNION) or next(iter(parts.values()))
+    pred = multidata.union_of(parts)
     faces = list(peer_lib.iterate_faces(str(spec), eval_split, limit))
     _check_same_faces(pred, faces)
     log(f"our model evaluated on {pred.num_faces} {eval_split!r} faces")

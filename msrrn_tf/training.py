@@ -308,8 +308,8 @@ def evaluate_split(model: MSRRN, data: str | Sequence[str] | DataSpec, split: st
     spec = DataSpec.parse(data)
     parts = multidata.predict_per_dataset(
         _msrrn_predictor(model, margin, batch_size, limit), spec, split)
-    pred = parts.get(multidata.UNION) or next(iter(parts.values()))
-    extra = {"split": split, "data": str(_absolute(spec)), **(extra or {})}
+    pred = multidata.union_of(parts)
+    extra = {"split": split, "data": str(spec.absolute()), **(extra or {})}
     tables: list[str] = []
     per_dataset = table = None
     if len(spec.folders) > 1:
@@ -324,10 +324,6 @@ def evaluate_split(model: MSRRN, data: str | Sequence[str] | DataSpec, split: st
     report["per_dataset"] = per_dataset
     report["per_dataset_table"] = table
     return pred, report
-
-
-def _absolute(spec: DataSpec) -> DataSpec:
-    return DataSpec(tuple(os.path.abspath(f) for f in spec.folders), spec.weights)
 
 
 def stage_ablation_report(pred: evaluation.Predictions, num_stages: int, out_dir: str,
@@ -606,7 +602,7 @@ def train_msrrn(config: MSRRNConfig, *, data: str | Sequence[str] | DataSpec, ru
                                   data=check_data, split=val_split or train_split,
                                   parity_check=parity_check, fresh_process=False,
                                   verbose=verbose,
-                                  info={"training_data": str(_absolute(spec)),
+                                  info={"training_data": str(spec.absolute()),
                                         "data_spec": data_info,
                                         "run_dir": os.path.abspath(run_dir),
                                         "steps": result.steps_done,
