@@ -41,12 +41,14 @@ def closest_colour(colour):
     return int(np.argmax(refs @ colour))
 
 
-def assert_dots_found(crop, points_norm, expected_ids, tol=1.0):
-    """Each normalised landmark has a dot of the expected colour within ``tol`` px."""
+def assert_dots_found(crop, points_norm, expected_ids, tol=1.0, radius=3):
+    """Each normalised landmark has a dot of the expected colour within ``tol`` px (the
+    brightest pixel within ``radius`` of it: small crops of a large box need 2, or a
+    neighbouring dot falls inside the search window)."""
     size = crop.shape[0]
     for point, dot_id in zip(np.asarray(points_norm), expected_ids):
         expected = point * size - 0.5  # pixel j has its centre at (j + 0.5) / size
-        found, colour = find_dot(crop, expected)
+        found, colour = find_dot(crop, expected, radius)
         assert np.linalg.norm(found - expected) <= tol, (found, expected)
         assert closest_colour(colour) == dot_id
 

@@ -147,8 +147,10 @@ def test_box_perturbation_moves_landmarks_with_the_box(data_dir):
             geometry.crop_boxes_from_face_boxes(box[None], margin)).numpy()[0]
         assert np.abs(targets["landmarks"] - unperturbed).max() > 0.03  # it did move
         for size in SIZES:
+            # 32-px crops of boxes up to x1.4 put the nose and mouth dots ~3 px apart, so
+            # they are searched within 2 px (as the rotation test above does).
             test_geometry.assert_dots_found(inputs[f"image_{size}"], targets["landmarks"],
-                                            range(5), tol=1.0)
+                                            range(5), tol=1.0, radius=2 if size < 64 else 3)
     assert np.ptp(scales) > 0.2  # drawn, not fixed
 
 
