@@ -437,6 +437,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("timing_faces", 50, "Single-face forward passes timed for "
                          "Table 3 (ms per face on the CPU).", lower_bound=1)
     define_inference_flags(flags)
+    from common import box_robustness
+
+    box_robustness.define_flags(flags)
 
 
 def define_inference_flags(flags_module: Any) -> None:
@@ -497,8 +500,8 @@ def main(argv: Sequence[str]) -> None:
     model_dir = (values.model if os.path.isdir(values.model)
                  else os.path.dirname(os.path.abspath(values.model)))
     out_dir = values.output or os.path.join(model_dir, "eval")
-    evaluated = evaluate_cascade(with_inference_flags(load_cascade(values.model), values),
-                                 data, values.split,
+    model = with_inference_flags(load_cascade(values.model), values)
+    evaluated = evaluate_cascade(model, data, values.split,
                                  batch_size=values.batch_size, limit=values.limit,
                                  timing_faces=values.timing_faces)
     paths = write_cascade_report(evaluated, out_dir, name=f"ccnn_{values.split}",
@@ -507,6 +510,13 @@ def main(argv: Sequence[str]) -> None:
         print(stage_table(evaluated.results, kind))
     if "cost" in evaluated.results:
         print(cost_table(evaluated.results["cost"]))
+    if values.box_faces:
+        from common import box_robustness
+
+        for path in box_robustness.write_box_tables(
+                model, data, [values.split], out_dir, kind="box_width",
+                num_faces=values.box_faces, sources=values.box_sources, label="CCNN"):
+            paths[f"box_robustness_{values.split}"] = path
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
 
 

@@ -43,6 +43,8 @@ square: side = the extent's longer side, centred on the extent."""
 
 ALL_SOURCES = ("stored", "landmark_square", "dlib", "mtcnn", "jitter_5", "jitter_10")
 BOUNDED_SOURCES = ("stored", "landmark_square", "dlib", "mtcnn", "jitter_5")
+DEFAULT_FACES = 200
+"""Eval faces (the first ones) of a box-robustness table by default."""
 JITTER_FRACTIONS = {"jitter_5": 0.05, "jitter_10": 0.10}
 MTCNN_MIN_IOU = 0.3
 """Least IoU between an MTCNN detection and the dlib-like landmark box for the
@@ -345,3 +347,125 @@ def limit_faces(faces: Iterable[Any], limit: int | None) -> list[Any]:
             break
         out.append(face)
     return out
+
+
+def robustness_section(methods: Mapping[str, BoxPredictor],
+                       faces: Sequence[Any], *, kind: str, sources: Sequence[str],
+                       num_faces: int, seed: int = 0) -> dict[str, Any]:
+    """Scores ``methods`` under every box source on the first ``num_faces`` faces.
+
+    Args:
+        methods: ``{label: BoxPredictor}``.
+        faces: ``(image, landmarks, box, ...)`` eval faces.
+        kind: the normaliser (the comparison's headline metric).
+        sources: box sources (``common.ALL_SOURCES``); ``mtcnn`` is
+            dropped with a note when the package is missing.
+        num_faces: faces scored (the first ones).
+        seed: seed of the jittered sources.
+
+    Returns:
+        ``{"table": RobustnessTable or None, "markdown": str, "notes": [str]}``.
+    """
+    notes: list[str] = []
+    sources = list(sources)
+    if "mtcnn" in sources and not mtcnn_available():
+        sources.remove("mtcnn")
+        notes.append("Box robustness: MTCNN boxes skipped (the `mtcnn` package is not "
+                     "installed).")
+    faces = list(faces[:num_faces])
+    boxes = source_boxes(faces, sources, seed=seed)
+    for name in list(boxes):
+        if not np.all(np.isfinite(boxes[name]), axis=1).any():
+            del boxes[name]
+            notes.append(f"Box robustness: no `{name}` box for any of the {len(faces)} "
+                         "faces; that source is left out.")
+    try:
+        table = score_under_boxes(methods, faces, boxes, kind=kind)
+    except ValueError as error:
+        notes.append(f"Box robustness table skipped: {error}.")
+        return {"table": None, "markdown": "", "notes": notes}
+    markdown = "### Box robustness (the same faces under each box source)\n\n" + table.markdown()
+    return {"table": table, "markdown": markdown, "notes": notes}
+
+
+def evaluate_box_robustness(model: Any, data: str, split: str, out_dir: str, *,
+                            kind: str, sources: Sequence[str] = ALL_SOURCES,
+                            num_faces: int = DEFAULT_FACES, seed: int = 0,
+                            label: str | None = None,
+                            name: str = "box_robustness") -> dict[str, Any]:
+    """The box-robustness table of one trained model, as the evaluators write it.
+
+    The model is read through the landmark-model contract (``common.landmark_model``:
+    its input sides and crop margin), so every family gets the same table as
+    ``experiments.compare_real``'s (same faces, same box sources, same seed).
+
+    Args:
+        model: a trained landmark model (Keras; ``input_sizes`` and ``margin``).
+        data: TFRecord folder, or several (``common.multidata.DataSpec``).
+        split: the split scored (its first ``num_faces`` faces, folder after folder).
+        out_dir: where ``NAME.json`` / ``NAME.md`` are written.
+        kind: the normaliser of the NME.
+        sources: box sources (``ALL_SOURCES``); ``mtcnn`` dropped with a note when
+            the package is missing.
+        num_faces: faces scored (the first ones).
+        seed: seed of the jittered sources.
+        label: the model's row label (default: its class name).
+        name: file name stem.
+
+    Returns:
+        ``robustness_section``'s dict plus ``"path"`` (the Markdown file, or ``None``
+        when no table could be made).
+
+    Raises:
+        ValueError: the model does not give its input sides or margin.
+    """
+    from common import landmark_model, multidata
+
+    sizes = landmark_model.input_sizes_of(model)
+    margin = landmark_model.margin_of(model)
+    if not sizes or margin is None:
+        raise ValueError(f"{type(model).__name__} gives no input sizes or crop margin "
+                         "(common.landmark_model): cannot crop faces for the box table")
+    faces = list(multidata.iterate_faces(data, split, int(num_faces)))
+    methods = {label or type(model).__name__: model_box_predictor(model, sizes, margin)}
+    section = robustness_section(methods, faces, kind=kind, sources=sources,
+                                 num_faces=num_faces, seed=seed)
+    section["path"] = (write_table(section["table"], out_dir, name)
+                       if section["table"] is not None else None)
+    return section
+
+
+def define_flags(flags_module: Any) -> None:
+    """Defines an evaluator's ``--box_faces`` and ``--box_sources``.
+
+    Args:
+        flags_module: ``absl.flags`` (library code does not import absl itself).
+    """
+    flags = flags_module
+    flags.DEFINE_integer("box_faces", 0, "Box-robustness table (common.box_robustness) on "
+                         "the first this many faces of each split: the model under the "
+                         "stored box, the landmark square, dlib's and MTCNN's detections "
+                         "and +-5 / +-10 percent jitter, with the worst/best ratio, written to "
+                         "<output>/box_robustness_<split>.md/.json (e.g. 200; 0: no table).",
+                         lower_bound=0)
+    flags.DEFINE_list("box_sources", list(ALL_SOURCES),
+                      "Box sources of the box-robustness table: "
+                      + ", ".join(ALL_SOURCES) + ".")
+
+
+def write_box_tables(model, data, splits: Sequence[str], out_dir: str, *, kind: str,
+                     num_faces: int, sources: Sequence[str], label: str) -> list[str]:
+    """Writes and prints the box-robustness table of each split; returns the files."""
+    paths = []
+    for split in splits:
+        print(f"box robustness on the first {num_faces} faces of {split}: "
+              + ", ".join(sources), flush=True)
+        section = evaluate_box_robustness(
+            model, data, split, out_dir, kind=kind, sources=sources, num_faces=num_faces,
+            label=label, name=f"box_robustness_{split}")
+        for note in section["notes"]:
+            print(note, flush=True)
+        if section["path"]:
+            print(section["markdown"], flush=True)
+            paths.append(section["path"])
+    return paths

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ import tensorflow as tf
 from common import metrics
 from common.pipeline import parse_data_spec
 from common.records import DataError
-from common.tfrecord import DATASET_INFO, find_shards, parse_face
+from common.tfrecord import DATASET_INFO, Face, find_shards, parse_face
 
 UNION = "all"
 """The name of the union of the data sets in per-data-set reports."""
@@ -306,3 +306,39 @@ def per_dataset_report(parts: Mapping[str, Any], spec: DataSpec | str, split: st
     """:func:`per_dataset_scores` and its :func:`per_dataset_markdown` table."""
     table = per_dataset_scores(parts, spec, output=output, kinds=kinds, scheme=scheme)
     return table, per_dataset_markdown(table, split, kinds, output)
+
+
+def iterate_faces(data, split: str, limit: int | None = None) -> Iterator[Face]:
+    """Reads the faces of a split from TFRecord shards, in file order, unaugmented.
+
+    Args:
+        data: a folder of shards (``common.tfrecord.find_shards``), a glob or a file;
+            or several folders (``common.multidata.DataSpec``, ``"a,b"``): the faces
+            of every folder that holds ``split``, folder after folder (the order of
+            ``common.multidata.predict_per_dataset``; weights are ignored).
+        split: split name in the shard file names ("train", "val", "common", ...) or
+            an alias of the folder's ``dataset.json``.
+        limit: read at most this many faces (of each folder); ``None`` for all.
+
+    Yields:
+        ``Face(image, landmarks, box, source_path)`` with NumPy arrays.
+
+    Raises:
+        FileNotFoundError: no shard matches.
+    """
+    spec = DataSpec.parse(data)
+    if len(spec.folders) > 1:
+        present = spec.with_split(split)
+        if present is None:
+            raise FileNotFoundError(f"no folder of {str(spec)!r} has split {split!r}")
+        for folder in present.folders:
+            yield from iterate_faces(folder, split, limit)
+        return
+    dataset = tf.data.TFRecordDataset(find_shards(spec.folders[0], split))
+    if limit is not None:
+        dataset = dataset.take(int(limit))
+    dataset = dataset.map(parse_face, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    for face in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+        yield Face(image=face["image"], landmarks=face["landmarks"].astype(np.float32),
+                   box=face["box"].astype(np.float32),
+                   source_path=face["source_path"].decode("utf-8", "replace"))

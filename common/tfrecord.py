@@ -25,6 +25,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -202,3 +203,19 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb):
         self.close(commit=exc_type is None)
         return False
+
+
+class Face(NamedTuple):
+    """One face as the peers see it (unpacks as ``image, landmarks, box, source_path``).
+
+    Attributes:
+        image: uint8 ``[H, W, 3]`` RGB.
+        landmarks: float32 ``[L, 2]`` (x, y) pixels.
+        box: float32 ``[4]`` face box (left, top, right, bottom) in pixels.
+        source_path: the record's original image path, for tracing.
+    """
+
+    image: np.ndarray
+    landmarks: np.ndarray
+    box: np.ndarray
+    source_path: str

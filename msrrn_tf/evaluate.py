@@ -200,6 +200,9 @@ def _define_flags() -> None:
                          lower_bound=1)
     flags.DEFINE_integer("batch_size", 64, "Faces per forward pass.", lower_bound=1)
     flags.DEFINE_string("cache_dir", None, "Cache folder of the default synthetic data.")
+    from common import box_robustness
+
+    box_robustness.define_flags(flags)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -237,8 +240,16 @@ def main(argv: Sequence[str]) -> None:
     summary = evaluate_msrrn(model, data, splits, margin=margin, out_dir=out_dir,
                              ablation_models=ablation, limit=FLAGS.limit,
                              batch_size=FLAGS.batch_size)
+    box_files = []
+    if FLAGS.box_faces:
+        from common import box_robustness
+
+        box_files = box_robustness.write_box_tables(
+            model, data, splits, out_dir, kind="inter_pupil", num_faces=FLAGS.box_faces,
+            sources=FLAGS.box_sources, label="MSRRN")
     print(f"reports written to {out_dir}: "
-          + ", ".join(os.path.basename(p) for p in summary["files"]["summary"].values()),
+          + ", ".join(os.path.basename(p) for p in [*summary["files"]["summary"].values(),
+                                                     *box_files]),
           flush=True)
 
 

@@ -119,3 +119,67 @@ def test_model_box_predictor_maps_crop_outputs_to_pixels():
     crop = np.asarray(geometry.crop_boxes_from_face_boxes(box, 0.25))
     expected = crop[:, None, :2] + shape[None] * (crop[:, None, 2:] - crop[:, None, :2])
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def synthetic_folders(tmp_path_factory):
+    from common.synthetic import ensure_synthetic_dataset
+
+    cache = str(tmp_path_factory.mktemp("box_cache"))
+    return {n: ensure_synthetic_dataset(n, {"train": 4, "val": 6}, seed=0, cache_dir=cache)
+            for n in (5, 68)}
+
+
+@pytest.mark.parametrize("family", ["msrrn", "ccnn"])
+def test_evaluators_box_table_matches_the_comparisons_section(family, synthetic_folders,
+                                                              tmp_path):
+    """Each evaluator's table (``evaluate_box_robustness``) is compare_real's section for
+    the same model, faces and sources, read through the landmark-model contract."""
+    import json
+
+    import keras
+
+    from common import landmark_model
+    from common.multidata import iterate_faces
+
+    keras.utils.set_random_seed(0)
+    if family == "msrrn":
+        from msrrn_tf.config import MSRRNConfig
+        from msrrn_tf.model import build_msrrn
+
+        model, kind = build_msrrn(MSRRNConfig.small(scales=(16, 32, 64), patch_size=8)), \
+            "inter_pupil"
+        data = synthetic_folders[68]
+    else:
+        from ccnn_tf.config import CCNNConfig
+        from ccnn_tf.model import build_ccnn
+
+        model, kind = build_ccnn(CCNNConfig.tiny()), "box_width"
+        data = synthetic_folders[5]
+    sources = ("stored", "landmark_square", "jitter_5")
+    section = br.evaluate_box_robustness(model, data, "val", str(tmp_path), kind=kind,
+                                         sources=sources, num_faces=5, label="ours")
+    table = section["table"]
+    assert table.sources == list(sources) and table.num_faces == 5
+    with open(tmp_path / "box_robustness.json") as f:
+        assert json.load(f)["nme"] == table.nme
+    assert (tmp_path / "box_robustness.md").read_text().startswith("| method |")
+    faces = list(iterate_faces(data, "val"))
+    predictor = br.model_box_predictor(model, landmark_model.input_sizes_of(model),
+                                       landmark_model.margin_of(model))
+    reference = br.robustness_section({"ours": predictor}, faces, kind=kind,
+                                      sources=sources, num_faces=5)["table"]
+    np.testing.assert_allclose([table.nme["ours"][s] for s in sources],
+                               [reference.nme["ours"][s] for s in sources], rtol=1e-6)
+    assert table.ratio["ours"] == pytest.approx(reference.ratio["ours"], rel=1e-6)
+    # Another box convention moves an untrained model's error: the columns differ.
+    assert table.nme["ours"]["stored"] != table.nme["ours"]["landmark_square"]
+
+
+def test_evaluate_box_robustness_needs_the_contract(synthetic_folders, tmp_path):
+    def bare(inputs, training=False):
+        return inputs
+
+    with pytest.raises(ValueError, match="input sizes or crop margin"):
+        br.evaluate_box_robustness(bare, synthetic_folders[68], "val", str(tmp_path),
+                                   kind="inter_pupil", num_faces=2)

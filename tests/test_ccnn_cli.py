@@ -120,11 +120,16 @@ def test_cli_train_evaluate_export(data, tmp_path):
     assert results["stages"] == ["stage_1", "stage_2", "stage_3"]
 
     out = str(tmp_path / "eval")
-    _run("ccnn_tf.evaluate", f"--model={run_dir}", "--split=val", f"--output={out}",
-         "--timing_faces=2", cwd=str(tmp_path))
+    evaluated = _run("ccnn_tf.evaluate", f"--model={run_dir}", "--split=val",
+                     f"--output={out}", "--timing_faces=2", "--box_faces=3",
+                     "--box_sources=stored,jitter_5", cwd=str(tmp_path))
     for name in ("ccnn_val.json", "ccnn_val.md", "ccnn_val_ced.png",
-                 "ccnn_val_per_point.png"):
+                 "ccnn_val_per_point.png", "box_robustness_val.md"):
         assert os.path.isfile(os.path.join(out, name)), name
+    with open(os.path.join(out, "box_robustness_val.json")) as f:
+        box_table = json.load(f)
+    assert box_table["sources"] == ["stored", "jitter_5"] and box_table["num_faces"] == 3
+    assert box_table["kind"] == "box_width" and "| CCNN |" in evaluated.stdout
     with open(os.path.join(out, "ccnn_val.json")) as f:
         results = json.load(f)
     assert results["point_labels"] == ["LE", "RE", "N", "LM", "RM"]

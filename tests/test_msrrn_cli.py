@@ -110,12 +110,18 @@ def test_evaluate_writes_reports(run_dir, data, tmp_path):
     run, _, _ = run_dir
     out = tmp_path / "eval"
     output = run_cli("msrrn_tf.evaluate", f"--model={run}", f"--data={data}",
-                     f"--output={out}", f"--ablation_models={run / 'stages_1'}")
+                     f"--output={out}", f"--ablation_models={run / 'stages_1'}",
+                     "--box_faces=3", "--box_sources=stored,landmark_square,jitter_10")
     assert "val: stages of one model" in output
     assert "flip test on" in output  # as trained (MSRRNConfig.flip_test)
-    assert sorted(os.listdir(out)) == ["msrrn_eval.json", "msrrn_eval.md",
+    assert sorted(os.listdir(out)) == ["box_robustness_val.json", "box_robustness_val.md",
+                                       "msrrn_eval.json", "msrrn_eval.md",
                                        "msrrn_eval_ced.png", "val.json", "val.md",
                                        "val_ced.png"]
+    box_table = json.loads((out / "box_robustness_val.json").read_text())
+    assert box_table["sources"] == ["stored", "landmark_square", "jitter_10"]
+    assert box_table["num_faces"] == 3 and set(box_table["nme"]) == {"MSRRN"}
+    assert "| MSRRN |" in output  # the table is printed
     summary = json.loads((out / "msrrn_eval.json").read_text())
     split = summary["splits"]["val"]
     assert split["num_faces"] == 4

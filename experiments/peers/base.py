@@ -11,33 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from common.schemes import CUHK_5, LandmarkScheme, reduce_to_cuhk5
+from common.tfrecord import Face  # noqa: F401  (re-exported)
 
 
 class PeerUnavailable(ImportError):
     """A peer's optional package, model file or virtual environment is missing (the
     message says how to install it). An ``ImportError``, so callers may skip on it."""
-
-
-class Face(NamedTuple):
-    """One face as the peers see it (unpacks as ``image, landmarks, box, source_path``).
-
-    Attributes:
-        image: uint8 ``[H, W, 3]`` RGB.
-        landmarks: float32 ``[L, 2]`` (x, y) pixels.
-        box: float32 ``[4]`` face box (left, top, right, bottom) in pixels.
-        source_path: the record's original image path, for tracing.
-    """
-
-    image: np.ndarray
-    landmarks: np.ndarray
-    box: np.ndarray
-    source_path: str
-
 
 
 def face_arrays(faces: Iterable[Any]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:

@@ -10,55 +10,17 @@ per-face NMEs (``common.metrics.nme``) and the median time per face.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from common import metrics
+from common.multidata import iterate_faces  # noqa: F401  (re-exported)
 from common.schemes import LandmarkScheme
-from experiments.peers.base import Face, Peer
+from common.tfrecord import Face  # noqa: F401  (re-exported)
+from experiments.peers.base import Peer
 
-
-def iterate_faces(data, split: str, limit: int | None = None) -> Iterator[Face]:
-    """Reads the faces of a split from TFRecord shards, in file order, unaugmented.
-
-    Args:
-        data: a folder of shards (``common.tfrecord.find_shards``), a glob or a file;
-            or several folders (``common.multidata.DataSpec``, ``"a,b"``): the faces
-            of every folder that holds ``split``, folder after folder (the order of
-            ``common.multidata.predict_per_dataset``; weights are ignored).
-        split: split name in the shard file names ("train", "val", "common", ...) or
-            an alias of the folder's ``dataset.json``.
-        limit: read at most this many faces (of each folder); ``None`` for all.
-
-    Yields:
-        ``Face(image, landmarks, box, source_path)`` with NumPy arrays.
-
-    Raises:
-        FileNotFoundError: no shard matches.
-    """
-    import tensorflow as tf
-
-    from common.multidata import DataSpec
-    from common.tfrecord import find_shards, parse_face
-
-    spec = DataSpec.parse(data)
-    if len(spec.folders) > 1:
-        present = spec.with_split(split)
-        if present is None:
-            raise FileNotFoundError(f"no folder of {str(spec)!r} has split {split!r}")
-        for folder in present.folders:
-            yield from iterate_faces(folder, split, limit)
-        return
-    dataset = tf.data.TFRecordDataset(find_shards(spec.folders[0], split))
-    if limit is not None:
-        dataset = dataset.take(int(limit))
-    dataset = dataset.map(parse_face, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    for face in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-        yield Face(image=face["image"], landmarks=face["landmarks"].astype(np.float32),
-                   box=face["box"].astype(np.float32),
-                   source_path=face["source_path"].decode("utf-8", "replace"))
 
 class PeerEvaluation(NamedTuple):
     """What ``evaluate_peer`` returns (unpacks with the errors first).
