@@ -10,7 +10,8 @@ sensitivity to the box convention is measured rather than guessed:
   else a matched dlib detection, else ``common.geometry.landmark_box``);
 * ``landmark_square``: the tight square on the landmarks' extent
   (``landmark_square_box``: the convention of dlib's ``train_shape_predictor`` users
-  who box their faces from the annotation);
+  who box their faces from the annotation); for 5 points, which span only the inner
+  face, that square scaled to the face (:data:`LANDMARK_SQUARE_BY_COUNT`);
 * ``dlib``: dlib's HOG detection matched to the face (``common.boxes.choose_box``);
   faces it misses have no box of this source;
 * ``mtcnn``: the pretrained MTCNN's detection matched to the face (needs the ``mtcnn``
@@ -41,6 +42,13 @@ LANDMARK_SQUARE = (1.0, 0.0)
 """``(scale, shift_y)`` of ``common.geometry.landmark_box`` for the landmark-extent
 square: side = the extent's longer side, centred on the extent."""
 
+LANDMARK_SQUARE_BY_COUNT: Mapping[int, tuple[float, float]] = {5: (1.78, -0.02)}
+"""Schemes whose landmarks span only the inner face get the box users derive from
+such an annotation instead of the tight square: for the 5 CUHK points (eyes to mouth
+corners, 0.48-0.65 of a face box) the extent square scaled to the face, the
+convention of ``common.geometry.LANDMARK_BOX_PARAMS[5]`` (the median CUHK box); a
+tight square there would be a box no detector gives (docs/DESIGN.md)."""
+
 ALL_SOURCES = ("stored", "landmark_square", "dlib", "mtcnn", "jitter_5", "jitter_10")
 BOUNDED_SOURCES = ("stored", "landmark_square", "dlib", "mtcnn", "jitter_5")
 DEFAULT_FACES = 200
@@ -56,10 +64,17 @@ BoxPredictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def landmark_square_box(landmarks: np.ndarray) -> np.ndarray:
-    """The tight square on the landmarks' extent, float32 ``[..., 4]`` (l, t, r, b)."""
+    """The square box derived from the annotation, float32 ``[..., 4]`` (l, t, r, b).
+
+    The tight square on the landmarks' extent (:data:`LANDMARK_SQUARE`), except for
+    the landmark counts of :data:`LANDMARK_SQUARE_BY_COUNT` (5 points: the extent
+    square scaled to the face).
+    """
     from common import geometry
 
-    return np.asarray(geometry.landmark_box(landmarks, *LANDMARK_SQUARE), np.float32)
+    landmarks = np.asarray(landmarks, np.float32)
+    params = LANDMARK_SQUARE_BY_COUNT.get(int(landmarks.shape[-2]), LANDMARK_SQUARE)
+    return np.asarray(geometry.landmark_box(landmarks, *params), np.float32)
 
 
 def jitter_box(box: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:

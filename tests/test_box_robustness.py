@@ -35,6 +35,18 @@ def test_landmark_square_box_is_the_extent_square():
     np.testing.assert_allclose(box, [0.0, 20.0, 40.0, 60.0], atol=1e-5)
 
 
+def test_five_point_landmark_square_is_scaled_to_the_face():
+    # eyes (30, 40), (70, 40), nose (50, 60), mouth (35, 80), (65, 80): extent 40 x 40
+    points = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], np.float32)
+    box = br.landmark_square_box(points)
+    side, cy = 1.78 * 40.0, 60.0 - 0.02 * 40.0
+    np.testing.assert_allclose(box, [50 - side / 2, cy - side / 2, 50 + side / 2,
+                                     cy + side / 2], atol=1e-4)
+    # batched: the same box per face
+    np.testing.assert_allclose(br.landmark_square_box(np.stack([points, points])),
+                               np.stack([box, box]), atol=1e-5)
+
+
 def test_box_offsets_against_hand_values():
     ref = np.array([[0.0, 0.0, 100.0, 100.0]])
     box = np.array([[10.0, -5.0, 130.0, 115.0]])  # centre (70, 55), 120 x 120
