@@ -82,6 +82,7 @@ from ccnn_tf.runs import (  # the run layout, re-exported: callers know it from 
     weights_fingerprint,
 )
 from common import multidata, training
+from common import task as task_lib
 from common.evaluation import nme_val_metric, save_architecture
 from common.multidata import DataSpec
 from common.pipeline import AugmentConfig, make_dataset
@@ -589,56 +590,67 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
     order = parse_stages(stages, config.num_stages)
     if isinstance(strategy, str):
         strategy = training.select_strategy(strategy)
-    results = {}
-    for stage in order:
-        if verbose:
-            print(f"--- CCNN stage {stage}/{config.num_stages} -> "
-                  f"{stage_dir(run_dir, stage)}", flush=True)
-        results[stage] = train_ccnn_stage(
-            config, stage, data=data, run_dir=run_dir, steps=steps, batch_size=batch_size,
-            strategy=strategy, mixed_precision=mixed_precision,
-            checkpoint_every=checkpoint_every, eval_every=eval_every,
-            log_every=log_every, val_split=val_split, verbose=verbose,
-            train_split=train_split)
-        if verbose:
-            print(f"stage {stage}: {results[stage].speed(batch_size or config.batch_size)}",
-                  flush=True)
-    summary = CCNNTrainSummary(run_dir=run_dir, stage_results=results)
-    consistent = consistent_stages(run_dir)
-    complete = consistent >= config.num_stages
-    if complete:
-        model = assemble_cascade(run_dir, config)
-    elif consistent:
-        model = load_stage_model(run_dir, consistent)
-        if verbose:
-            print(f"stages {consistent + 1}..{config.num_stages} are not trained (or were "
-                  "trained on earlier weights): evaluating the first "
-                  f"{consistent} stage(s), not exporting", flush=True)
-    else:
-        return summary
-    spec = DataSpec.parse(data)
-    val_spec = spec.with_split(val_split)
-    if evaluate and val_spec is not None:
-        evaluated = ccnn_evaluate.evaluate_cascade(
-            model, spec, val_split, batch_size=batch_size or config.batch_size, cost=False)
-        summary.evaluation = evaluated.results
-        summary.report_paths = ccnn_evaluate.write_cascade_report(
-            evaluated, os.path.join(run_dir, "eval"), name=f"ccnn_{val_split}",
-            title=f"CCNN on {val_split} ({', '.join(val_spec.names)})")
+    batch = batch_size or config.batch_size
+
+    def train_stages(run_dir: str) -> task_lib.TaskTraining:
+        results = {}
+        for stage in order:
+            if verbose:
+                print(f"--- CCNN stage {stage}/{config.num_stages} -> "
+                      f"{stage_dir(run_dir, stage)}", flush=True)
+            results[stage] = train_ccnn_stage(
+                config, stage, data=data, run_dir=run_dir, steps=steps,
+                batch_size=batch_size, strategy=strategy, mixed_precision=mixed_precision,
+                checkpoint_every=checkpoint_every, eval_every=eval_every,
+                log_every=log_every, val_split=val_split, verbose=verbose,
+                train_split=train_split)
+            if verbose:
+                print(f"stage {stage}: {results[stage].speed(batch)}", flush=True)
+        consistent = consistent_stages(run_dir)
+        complete = consistent >= config.num_stages
+        model = None
+        if complete:
+            model = assemble_cascade(run_dir, config)
+        elif consistent:
+            model = load_stage_model(run_dir, consistent)
+            if verbose:
+                print(f"stages {consistent + 1}..{config.num_stages} are not trained (or "
+                      "were trained on earlier weights): evaluating the first "
+                      f"{consistent} stage(s), not exporting", flush=True)
+        return task_lib.TaskTraining(model=model, complete=complete,
+                                     info={"config": config.to_dict()}, result=results)
+
+    def evaluate_model(model: Any, val_spec: DataSpec, split: str, out_dir: str,
+                       trained: task_lib.TaskTraining) -> Any:
+        evaluated = ccnn_evaluate.evaluate_cascade(model, DataSpec.parse(data), split,
+                                                   batch_size=batch, cost=False)
+        paths = ccnn_evaluate.write_cascade_report(
+            evaluated, out_dir, name=f"ccnn_{split}",
+            title=f"CCNN on {split} ({', '.join(val_spec.names)})")
         if verbose:
             print(ccnn_evaluate.stage_table(evaluated.results), flush=True)
             if evaluated.results.get("per_dataset"):
                 print(multidata.per_dataset_markdown(evaluated.results["per_dataset"],
-                                                     val_split, evaluated.results["kinds"]),
+                                                     split, evaluated.results["kinds"]),
                       flush=True)
-    if export and complete:
-        summary.export = ccnn_export.export_cascade(
-            model, os.path.join(run_dir, "export"), data=(val_spec or spec).folders[0],
-            split=val_split if val_spec is not None else train_split,
-            extra_info={"training_data": str(spec.absolute()), "data_spec": spec.to_dict(),
-                        "run_dir": os.path.abspath(run_dir), "config": config.to_dict()})
+        return evaluated.results, paths
+
+    def export_model(model: Any, export_dir: str, *, data: str, split: str,
+                     info: Mapping[str, Any]) -> dict[str, Any]:
+        report = ccnn_export.export_cascade(model, export_dir, data=data, split=split,
+                                            extra_info=info)
         if verbose:
-            print(ccnn_export.format_export_report(summary.export), flush=True)
+            print(ccnn_export.format_export_report(report), flush=True)
+        return report
+
+    outcome = task_lib.train_evaluate_export(
+        task_lib.FunctionTask(train_stages, evaluate_model, export_model), data=data,
+        run_dir=run_dir, train_split=train_split, val_split=val_split, evaluate=evaluate,
+        export=export)
+    summary = CCNNTrainSummary(run_dir=run_dir, stage_results=outcome.training.result,
+                               export=outcome.export)
+    if outcome.evaluation is not None:
+        summary.evaluation, summary.report_paths = outcome.evaluation
     return summary
 
 

@@ -27,6 +27,7 @@ import tensorflow as tf
 from common import geometry
 from common.export_format import (
     _PACKAGE_ROOT,
+    CONFIDENCE_KEY,
     CROPPED_SIGNATURE,
     DEFAULT_SIGNATURE,
     ParityError,
@@ -253,6 +254,25 @@ def check_tflite_parity(tflite_path: str, model: keras.Model, images: np.ndarray
                           landmarks_label="TFLite landmarks (pixels)", cropped_label="TFLite")
 
 
+def confidence_scale_of(model: keras.Model) -> float:
+    """The ``scale`` of the model's ``common.confidence.ShapeAgreementConfidence``
+    layer (``DEFAULT_SCALE`` when it has none)."""
+    from common.confidence import DEFAULT_SCALE, ShapeAgreementConfidence
+
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, ShapeAgreementConfidence):
+            return float(layer.scale)
+    return DEFAULT_SCALE
+
+
+def _disagreement(confidence: np.ndarray, scale: float) -> np.ndarray:
+    """``d`` of ``confidence = exp(-d / scale)`` (``common.confidence``), in crop units:
+    the confidence is exponential in ``d``, so a difference of ``d`` in crop units, not
+    of the confidence itself, is what a crop-unit tolerance bounds (confidences below
+    1e-30, ``d`` > 69 ``scale``, compare as equal)."""
+    return -scale * np.log(np.maximum(np.asarray(confidence, np.float64), 1e-30))
+
+
 def _parity_report(model: keras.Model, cropped: Mapping[str, np.ndarray], output_key: str,
                    pixels: np.ndarray, actual_pixels: np.ndarray,
                    actual_cropped: Mapping[str, np.ndarray], atol: float, *,
@@ -263,8 +283,14 @@ def _parity_report(model: keras.Model, cropped: Mapping[str, np.ndarray], output
                                                       pixels, atol)}
     expected_outputs = _as_output_dict(model(cropped, training=False), output_key)
     for key, value in expected_outputs.items():
-        report[f"cropped/{key}"] = _compare(f"{cropped_label} {key}", actual_cropped[key],
-                                            value.numpy(), atol)
+        actual, expected = actual_cropped[key], value.numpy()
+        label = f"{cropped_label} {key}"
+        if key == CONFIDENCE_KEY:  # compared as the disagreement it encodes: crop units
+            scale = confidence_scale_of(model)
+            actual, expected = (_disagreement(actual, scale),
+                                _disagreement(expected, scale))
+            label += " (as its disagreement, crop units)"
+        report[f"cropped/{key}"] = _compare(label, actual, expected, atol)
     report["num_faces"] = len(pixels)
     return report
 

@@ -75,6 +75,7 @@ from experiments.comparison.peer_cache import (
     TRAINED_PEERS,
     cached_peer_info,
     fit_trained_peers,
+    fit_trained_peers_in_child,
     load_trained_peer,
     peer_cache_key,
     resolved_lbf_options,
@@ -361,7 +362,8 @@ def compare(family: str, data, *, output: str, train_split: str = "train",
     child = None
     if trained and parallel_peers and not model_path:
         child = multiprocessing.get_context("spawn").Process(
-            target=fit_trained_peers, args=(str(spec), train_split, trained, cache_dir),
+            target=fit_trained_peers_in_child,
+            args=(os.getpid(), str(spec), train_split, trained, cache_dir),
             kwargs={**peer_kwargs, "reuse": reuse_peers}, name="compare_real-peers")
         child.start()
         log(f"fitting {', '.join(trained)} on {train_split!r} in child process "

@@ -64,6 +64,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import evaluation, multidata, training
+from common import task as task_lib
 from common.geometry import crop_boxes_from_face_boxes, image_to_crop
 from common.multidata import DataSpec
 from common.pipeline import make_dataset
@@ -542,76 +543,88 @@ def train_msrrn(config: MSRRNConfig, *, data: str | Sequence[str] | DataSpec, ru
         evaluation.save_architecture(model, run_dir)
         return model
 
-    if mixed_precision:
-        training.configure_precision(True)
-    result = training.train_model(
-        build_model=build_model,
-        build_optimizer=lambda: _momentum_sgd(config, steps, schedule),
-        loss=stage_losses(config.num_stages, config.init),
-        train_dataset=train_dataset,
-        steps=steps, run_dir=run_dir, val_dataset=val_dataset,
-        checkpoint_every=checkpoint_every, eval_every=eval_every, log_every=log_every,
-        strategy=strategy, config=config, data_info=data_info,
-        init_checkpoint=init_checkpoint,
-        val_metric=evaluation.nme_val_metric("inter_pupil", scheme) if val_dataset else None,
-        jit_compile=jit_compile, verbose=verbose,
-        # With the bias correction, model.keras is written once, corrected, below.
-        save_final_model=not config.bias_correction)
-    model = result.model
-    if mixed_precision:
-        training.configure_precision(False)
+    def train_in(run_dir: str) -> task_lib.TaskTraining:
+        if mixed_precision:
+            training.configure_precision(True)
+        result = training.train_model(
+            build_model=build_model,
+            build_optimizer=lambda: _momentum_sgd(config, steps, schedule),
+            loss=stage_losses(config.num_stages, config.init),
+            train_dataset=train_dataset,
+            steps=steps, run_dir=run_dir, val_dataset=val_dataset,
+            checkpoint_every=checkpoint_every, eval_every=eval_every, log_every=log_every,
+            strategy=strategy, config=config, data_info=data_info,
+            init_checkpoint=init_checkpoint,
+            val_metric=(evaluation.nme_val_metric("inter_pupil", scheme)
+                        if val_dataset else None),
+            jit_compile=jit_compile, verbose=verbose,
+            # With the bias correction, model.keras is written once, corrected, below.
+            save_final_model=not config.bias_correction)
+        if mixed_precision:
+            training.configure_precision(False)
+        if config.bias_correction:
+            _correct_bias(result.model, config, spec, train_split, run_dir, strategy,
+                          verbose)
+        return task_lib.TaskTraining(
+            model=result.model, info={"steps": result.steps_done,
+                                      "config": config.to_dict()}, result=result)
 
-    if config.bias_correction:
-        correction = fit_bias_correction(model, spec, train_split, margin=config.margin,
-                                         limit=config.bias_correction_faces)
-        if training.is_chief(strategy):
-            # The run directory may be an object store: the runner's gfile writers.
-            training.atomic_write_text(os.path.join(run_dir, BIAS_CORRECTION_FILE),
-                                       json.dumps(correction, indent=1) + "\n")
-            training.save_model_atomically(model, os.path.join(run_dir, evaluation.MODEL_FILE))
-        if verbose:
-            dx, dy = correction["mean_offset"][f"stage_{config.num_stages}"]
-            print(f"Bias correction fitted on {correction['faces']} {train_split!r} faces: "
-                  f"mean offset of the final shape ({100 * dx:+.2f}, {100 * dy:+.2f}) % of "
-                  f"the crop, rms per point "
-                  f"{100 * correction['rms_offset'][f'stage_{config.num_stages}']:.2f} %",
-                  flush=True)
-
-    report = None
-    if evaluate and val_split:
+    def evaluate_model(model: MSRRN, val_spec: DataSpec, split: str, out_dir: str,
+                       trained: task_lib.TaskTraining) -> dict[str, Any]:
+        result = trained.result
         pred, report = evaluate_split(
-            model, val_spec, val_split, margin=config.margin,
-            out_dir=os.path.join(run_dir, "eval"), scheme=scheme, limit=val_limit,
+            model, val_spec, split, margin=config.margin, out_dir=out_dir, scheme=scheme,
+            limit=val_limit,
             extra={"training_data": data_info, "steps": result.steps_done,
                    "config": config.to_dict(),
                    "training_loop_seconds": result.loop_seconds,
                    "steps_per_second": result.steps_per_second})
         if verbose:
-            print(f"Table 2 on {val_split!r} ({pred.num_faces} faces), inter-pupil NME:\n"
+            print(f"Table 2 on {split!r} ({pred.num_faces} faces), inter-pupil NME:\n"
                   + format_table2(report["table2"]), flush=True)
             if report["per_dataset"]:
                 print("final shape per data set, inter-pupil NME:\n" + "\n".join(
                     f"  {name:<20s} {100 * row['inter_pupil']:6.2f} %  "
                     f"({row['num_faces']} faces)"
                     for name, row in report["per_dataset"].items()), flush=True)
+        return report
 
-    export_dir = None
-    if export:
-        check_data = (val_spec or spec).folders[0]
-        export_dir = export_msrrn(model, os.path.join(run_dir, "export"), margin=config.margin,
-                                  data=check_data, split=val_split or train_split,
-                                  parity_check=parity_check, fresh_process=False,
-                                  verbose=verbose,
-                                  info={"training_data": str(spec.absolute()),
-                                        "data_spec": data_info,
-                                        "run_dir": os.path.abspath(run_dir),
-                                        "steps": result.steps_done,
-                                        "config": config.to_dict()})
-    return MSRRNTrainResult(run_dir=run_dir, model=model, config=config,
+    def export_model(model: MSRRN, export_dir: str, *, data: str, split: str,
+                     info: Mapping[str, Any]) -> str:
+        return export_msrrn(model, export_dir, margin=config.margin, data=data, split=split,
+                            parity_check=parity_check, fresh_process=False,
+                            verbose=verbose, info=info)
+
+    outcome = task_lib.train_evaluate_export(
+        task_lib.FunctionTask(train_in, evaluate_model, export_model), data=spec, run_dir=run_dir,
+        train_split=train_split, val_split=val_split, evaluate=evaluate, export=export)
+    result = outcome.training.result
+    return MSRRNTrainResult(run_dir=run_dir, model=result.model, config=config,
                             steps_done=result.steps_done, initial_step=result.initial_step,
-                            history=result.history, evaluation=report,
-                            export_dir=export_dir, seconds=time.perf_counter() - start,
+                            history=result.history, evaluation=outcome.evaluation,
+                            export_dir=outcome.export_dir,
+                            seconds=time.perf_counter() - start,
                             loop_seconds=result.loop_seconds)
+
+
+def _correct_bias(model: MSRRN, config: MSRRNConfig, spec: DataSpec, train_split: str,
+                  run_dir: str, strategy: tf.distribute.Strategy, verbose: bool) -> None:
+    """Fits the bias correction (``fit_bias_correction``), records it in ``run_dir``
+    and writes the corrected ``model.keras`` (chief only)."""
+    correction = fit_bias_correction(model, spec, train_split, margin=config.margin,
+                                     limit=config.bias_correction_faces)
+    if training.is_chief(strategy):
+        # The run directory may be an object store: the runner's gfile writers.
+        training.atomic_write_text(os.path.join(run_dir, BIAS_CORRECTION_FILE),
+                                   json.dumps(correction, indent=1) + "\n")
+        training.save_model_atomically(model, os.path.join(run_dir, evaluation.MODEL_FILE))
+    if verbose:
+        dx, dy = correction["mean_offset"][f"stage_{config.num_stages}"]
+        print(f"Bias correction fitted on {correction['faces']} {train_split!r} faces: "
+              f"mean offset of the final shape ({100 * dx:+.2f}, {100 * dy:+.2f}) % of "
+              f"the crop, rms per point "
+              f"{100 * correction['rms_offset'][f'stage_{config.num_stages}']:.2f} %",
+              flush=True)
 
 
 def check_init_from(config: MSRRNConfig, init_from: str) -> str:

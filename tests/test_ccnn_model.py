@@ -262,6 +262,7 @@ def _separate_networks(model: CCNNCascade, images: np.ndarray,
 
 
 def test_grouped_networks_compute_the_separate_networks(tiny_config):
+    keras.utils.set_random_seed(0)  # the same weights whatever ran before on this worker
     model = build_ccnn(tiny_config.replace(flip_test=False, dropout=0.0,
                                            stage1_shake_stddev=0.0,
                                            stage2_shake_stddev=0.0, stage3_shake_stddev=0.0),
@@ -287,8 +288,11 @@ def test_grouped_networks_compute_the_separate_networks(tiny_config):
         with model.trace_options(**options):
             traced = tf.function(lambda inputs: model(inputs, training=False))
             got = traced(x)
+        # One convolution per network sums in another order; stage 3's windows sit on
+        # stage 2's outputs, so float32 reorderings reached 1.6e-5 there (seen once
+        # under xdist); a misplaced weight or bias moves outputs by ~0.1.
         for key in outputs:
-            np.testing.assert_allclose(got[key], outputs[key], atol=1e-5,
+            np.testing.assert_allclose(got[key], outputs[key], atol=5e-5,
                                        err_msg=f"{options} {key}")
 
 

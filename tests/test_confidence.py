@@ -205,3 +205,31 @@ def test_ccnn_saved_model_confidence_in_unit_range(tmp_path):
     want = model(inputs, training=False)
     np.testing.assert_allclose(got, want["confidence"].numpy(), rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(served["landmarks"].shape, (3, 5, 2))
+
+
+def test_parity_compares_the_confidence_as_its_disagreement_in_crop_units():
+    """A quantised export moves the disagreement d by ~1e-3 of the crop; exp(-d / 0.01)
+    then moves by ~10 %: the crop-unit tolerance must bound d, not the confidence."""
+    from common import export_check
+
+    model = NetWithConfidence()
+    assert export_check.confidence_scale_of(model) == confidence.DEFAULT_SCALE
+    nested = keras.Sequential([keras.Input((2, 3, 2)),
+                               confidence.ShapeAgreementConfidence(scale=0.03)])
+    assert export_check.confidence_scale_of(nested) == 0.03
+    d = np.array([0.0, 0.004, 0.02, 0.5])
+    conf = confidence.confidence_from_disagreement(d)
+    np.testing.assert_allclose(export_check._disagreement(conf, 0.01), d, atol=1e-9)
+
+    crops = {"image_16": np.random.default_rng(0).uniform(0, 255, (3, 16, 16, 3))
+             .astype(np.float32)}
+    outputs = {k: v.numpy() for k, v in model(crops, training=False).items()}
+    shifted = dict(outputs, confidence=outputs["confidence"] * np.exp(-0.003 / 0.01))
+    report = export_check._parity_report(
+        model, crops, "landmarks", np.zeros((3, 3, 2)), np.zeros((3, 3, 2)), shifted,
+        0.005, landmarks_label="landmarks", cropped_label="cropped")
+    assert report["cropped/confidence"] == pytest.approx(0.003, rel=1e-4)
+    with pytest.raises(export.ParityError, match="disagreement"):  # 0.003 > 0.002
+        export_check._parity_report(
+            model, crops, "landmarks", np.zeros((3, 3, 2)), np.zeros((3, 3, 2)), shifted,
+            0.002, landmarks_label="landmarks", cropped_label="cropped")

@@ -12,6 +12,7 @@ box-robustness table.
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -68,18 +69,37 @@ def load(path: str, **options) -> MeanShapeModel:
 
 def train(data: str, *, run_dir: str, train_split: str = "train", steps: int | None = None,
           **unused) -> TrainedModel:
+    """Trains, evaluates and exports through ``common.task.train_evaluate_export``."""
+    from common import evaluation, export, task
     from common.pipeline import make_dataset
 
-    model = MeanShapeModel()
-    dataset = make_dataset(data, train_split, sizes=model.input_sizes,
-                           num_landmarks=model.num_landmarks, margin=model.margin,
-                           batch_size=16, training=True, seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(0.02), loss={"landmarks": "mse"})
-    model.fit(dataset, steps_per_epoch=steps or 80, epochs=1, verbose=0,
-              shuffle=False)
-    os.makedirs(run_dir, exist_ok=True)
-    model.save(os.path.join(run_dir, "model.keras"))
-    return TrainedModel(model, {"source": "trained", "run_dir": run_dir})
+    def fit(run_dir: str) -> task.TaskTraining:
+        model = MeanShapeModel()
+        dataset = make_dataset(data, train_split, sizes=model.input_sizes,
+                               num_landmarks=model.num_landmarks, margin=model.margin,
+                               batch_size=16, training=True, seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(0.02), loss={"landmarks": "mse"})
+        model.fit(dataset, steps_per_epoch=steps or 80, epochs=1, verbose=0,
+                  shuffle=False)
+        os.makedirs(run_dir, exist_ok=True)
+        model.save(os.path.join(run_dir, "model.keras"))
+        return task.TaskTraining(model, info={"steps": steps or 80})
+
+    def evaluate(model, spec, split, out_dir, trained):
+        return evaluation.evaluate_outputs(evaluation.predict_model(model, spec.data, split),
+                                           model.scheme, kinds=("box_width",))
+
+    def export_fn(model, export_dir, *, data, split, info):
+        return export.export_model(model, export_dir, data=data, split=split, num_faces=4,
+                                   info=info)
+
+    outcome = task.train_evaluate_export(task.FunctionTask(fit, evaluate, export_fn),
+                                         data=data, run_dir=run_dir,
+                                         train_split=train_split)
+    return TrainedModel(outcome.training.model,
+                        {"source": "trained", "run_dir": run_dir,
+                         "evaluation": outcome.evaluation, "export": outcome.export,
+                         "export_dir": outcome.export_dir})
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +115,8 @@ def toy(tmp_path_factory):
                                           train=train):
         run_dir = str(root / "run")
         trained = landmark_model.get_family(FAMILY).train(data, run_dir=run_dir)
-        yield {"data": data, "run_dir": run_dir, "model": trained.model, "root": root}
+        yield {"data": data, "run_dir": run_dir, "model": trained.model, "root": root,
+               "info": trained.info}
 
 
 def test_the_toy_model_satisfies_the_contract(toy):
@@ -116,8 +137,10 @@ def test_trained_evaluated_and_compared_through_the_shared_code(toy):
 
     model, data = toy["model"], toy["data"]
     kinds = ("box_width",)
-    trained = evaluation.evaluate_outputs(evaluation.predict_model(model, data, "val"),
-                                          model.scheme, kinds=kinds)
+    trained = toy["info"]["evaluation"]  # common.task.train_evaluate_export's
+    again = evaluation.evaluate_outputs(evaluation.predict_model(model, data, "val"),
+                                        model.scheme, kinds=kinds)
+    assert trained["outputs"] == again["outputs"]  # (its timing differs)
     untrained = evaluation.evaluate_outputs(
         evaluation.predict_model(MeanShapeModel(), data, "val"), model.scheme, kinds=kinds)
     error = trained["outputs"]["landmarks"]["box_width"]["mean"]
@@ -128,13 +151,20 @@ def test_trained_evaluated_and_compared_through_the_shared_code(toy):
 
 
 def test_exported_and_served_through_the_shared_code(toy):
-    from common import box_robustness, evaluation, export
+    from common import box_robustness, evaluation
     from common.api import Predictor
     from experiments.peers.evaluate import iterate_faces
 
     model, data = toy["model"], toy["data"]
-    export_dir = str(toy["root"] / "export")
-    report = export.export_model(model, export_dir, data=data, num_faces=4)
+    export_dir = toy["info"]["export_dir"]  # written by common.task.train_evaluate_export
+    assert export_dir == os.path.join(toy["run_dir"], "export")
+    report = toy["info"]["export"]
+    with open(os.path.join(export_dir, "export_report.json")) as f:
+        written = json.load(f)
+    for got in (report, written):  # what every family's export records of its run
+        assert got["run_dir"] == os.path.abspath(toy["run_dir"])
+        assert got["check_split"] == "val" and got["steps"] == 80
+        assert got["data_spec"]["names"] == [os.path.basename(data)]
     assert set(report["parity"]) == {"saved_model", "tflite_float32"}
     for parity in report["parity"].values():
         assert parity["max_abs_diff_normalised"] <= parity["tolerance_normalised"]

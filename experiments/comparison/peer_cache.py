@@ -170,3 +170,37 @@ def load_trained_peer(name: str, record: Mapping[str, Any], *, lbf_tool: str | N
     if name == "lbf":
         return peers.LBFPeer.load(record["path"], tool=lbf_tool)
     return peers.MeanShape.load(record["path"])
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Makes this (child) process end when ``parent_pid`` dies, even by SIGKILL.
+
+    On Linux the kernel sends SIGTERM at the parent's death (``prctl``
+    ``PR_SET_PDEATHSIG``); elsewhere a daemon thread polls the parent. A parent that
+    already died before the call ends the child at once.
+    """
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    else:
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+    if os.getppid() != parent_pid:  # the parent died before the hook was set
+        os._exit(1)
+
+
+def fit_trained_peers_in_child(parent_pid: int, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """:func:`fit_trained_peers` in ``compare_real``'s child process, ended with its
+    parent (:func:`die_with_parent`): a killed comparison leaves no dlib fit running."""
+    die_with_parent(parent_pid)
+    return fit_trained_peers(*args, **kwargs)
