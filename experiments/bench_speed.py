@@ -135,6 +135,7 @@ from experiments.speed.report import (
     result_rows,
     training_rows,
 )
+from experiments.speed.roofline import measure_machine, model_cost, roofline_rows
 from experiments.speed.timing import (
     Case,
     configure_threads,
@@ -277,6 +278,14 @@ def run_benchmark(options: BenchOptions, output_dir: str | None = None,
                    sample_seconds=options.sample_seconds, seed=options.seed, log=log)
 
         rows = result_rows(cases, options.batch_size)
+        roofline: dict[str, Any] = {}
+        if models and options.roofline:
+            log("roofline: FLOPs of each graph, this machine's matmul rate and bandwidth")
+            costs = {name: model_cost(mut.model, mut.sizes, mut.num_landmarks,
+                                      options.batch_size) for name, mut in models.items()}
+            machine = measure_machine(options.threads)
+            roofline = {"costs": costs, "machine": machine,
+                        "rows": roofline_rows(rows, costs, machine)}
         checks = check_targets(rows, {name: mut.num_landmarks
                                       for name, mut in models.items()})
         profile: dict[str, Any] = {}
@@ -304,6 +313,7 @@ def run_benchmark(options: BenchOptions, output_dir: str | None = None,
         "targets": checks,
         "targets_definition": TARGETS,
         "profile": profile,
+        "roofline": roofline,
         "notes": notes,
         "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "seconds": time.perf_counter() - start_all,
@@ -376,6 +386,10 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
     flags.DEFINE_enum("profile", "auto", ["auto", "always", "never"],
                       "Profile serving_default: for models that miss a target (auto), "
                       "always or never.", flag_values=fv)
+    flags.DEFINE_bool("roofline", True,
+                      "Report each model's FLOPs and bytes per face from its graph, this "
+                      "machine's measured matmul GFLOP/s and memory bandwidth, and each "
+                      "form's fraction of that bound (a few seconds).", flag_values=fv)
     flags.DEFINE_bool("gpu", True, "Also time on /GPU:0 when a GPU is visible.",
                       flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic faces, weights and timing order.",
@@ -393,7 +407,7 @@ def options_from_flags(values: flags.FlagValues) -> BenchOptions:
         "ccnn_confidence_source": values.ccnn_confidence_source,
         "train": values.train, "threads": values.threads,
         "inter_op_threads": values.inter_op_threads, "profile": values.profile,
-        "use_gpu": values.gpu, "seed": values.seed}
+        "roofline": values.roofline, "use_gpu": values.gpu, "seed": values.seed}
     for name in ("repeats", "warmup", "sample_seconds", "batch_size", "image_size",
                  "dlib_faces", "train_steps_per_sample"):
         value = getattr(values, name)

@@ -126,6 +126,16 @@ def test_main_tiny_preset(tmp_path, capsys):
     assert result["models"]["msrrn"]["config"]["flip_test"] is False
     assert "flip test switched off" in result["models"]["msrrn"]["source"]
     assert result["peers"]["dlib_ert_68"]["options"]["cascade_depth"] == 2
+    # The roofline: both models' cost, the machine, every CPU model form but the crop.
+    roof = result["roofline"]
+    assert set(roof["costs"]) == {"msrrn", "ccnn"}
+    assert roof["machine"]["gflops"] > 0 and roof["machine"]["bandwidth_gbs"] > 0
+    roof_forms = {(r["method"], r["form"]) for r in roof["rows"]}
+    assert roof_forms >= {(m, f) for m in ("msrrn", "ccnn") for f in MODEL_FORMS
+                          if f != "crop_only"}
+    assert roof_forms <= set(rows) and not any(f == "crop_only" for _, f in roof_forms)
+    assert all(r["fraction"] > 0 for r in roof["rows"])
+    assert "## Roofline (CPU, batch throughput)" in markdown
 
 
 def test_a_registered_pretrained_peer_is_timed_by_name(monkeypatch):
@@ -158,3 +168,31 @@ def test_a_registered_pretrained_peer_is_timed_by_name(monkeypatch):
     assert (row["method"], row["form"], row["includes_crop"]) == (
         "toy_centre", "peer_predict", True)
     assert row["batch_1"]["samples"] == row["batched"]["samples"] == 2
+
+
+def test_roofline_flops_and_bound_against_hand_counts():
+    import keras
+
+    from experiments.speed import roofline
+
+    image = keras.Input((4, 4, 3), name="image_4")
+    flat = keras.layers.Flatten()(image)
+    dense = keras.layers.Dense(10, name="dense")(flat)  # 48 x 10 multiply-adds + 10 adds
+    model = keras.Model({"image_4": image}, {"landmarks": keras.layers.Reshape((5, 2))(dense)})
+    flops = roofline.graph_flops(model, (4,), batch=2)
+    assert flops == pytest.approx(2 * 48 * 10 + 10, rel=0.05)
+    cost = roofline.model_cost(model, (4,), 5, batch=2)
+    # weights (490 floats) once per batch of 2, the 48-float input, the 10-float output
+    assert cost["bytes"] == pytest.approx(4 * 490 / 2 + 4 * 48 + 4 * 10)
+    machine = {"gflops": 100.0, "bandwidth_gbs": 1.0}
+    assert roofline.bound_faces_per_second(cost, machine) == pytest.approx(
+        cost["intensity"] * 1e9 / cost["flops"])  # memory-bound: bytes / bandwidth
+    rows = roofline.roofline_rows(
+        [{"method": "toy", "form": "keras", "device": "CPU",
+          "batched": {"median_faces_per_s": 1e6}},
+         {"method": "toy", "form": "crop_only", "device": "CPU",
+          "batched": {"median_faces_per_s": 1e9}},
+         {"method": "dlib", "form": "x", "device": "CPU",
+          "batched": {"median_faces_per_s": 1.0}}], {"toy": cost}, machine)
+    assert [r["form"] for r in rows] == ["keras"] and rows[0]["limit"] == "memory"
+    assert rows[0]["fraction"] == pytest.approx(1e6 / (1e9 / cost["bytes"]))

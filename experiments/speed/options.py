@@ -109,6 +109,9 @@ class BenchOptions:
         profile: ``"auto"`` (profile models that miss a target), ``"always"`` or
             ``"never"``.
         profile_traces: traced runs averaged by the op-level profile.
+        roofline: report each model's FLOPs and bytes per face, this machine's
+            measured matmul rate and bandwidth, and each form's fraction of the bound
+            (``experiments.speed.roofline``).
         use_gpu: also time on ``/GPU:0`` when one is visible.
         seed: seed of the synthetic faces, the weights and the timing order.
         preset: name recorded in the output (``"paper"`` or ``"tiny"``).
@@ -136,6 +139,7 @@ class BenchOptions:
     inter_op_threads: int | None = None
     profile: str = "auto"
     profile_traces: int = 3
+    roofline: bool = True
     use_gpu: bool = True
     seed: int = 0
     preset: str = "paper"

@@ -221,6 +221,11 @@ def format_markdown(result: Mapping[str, Any]) -> str:
                                                               ops["by_scope"]):
                 lines.append(f"| {t} | {t_ms:.3g} | {t_share:.0%} | {s} | {s_ms:.3g} | "
                              f"{s_share:.0%} |")
+    if result.get("roofline"):
+        from experiments.speed.roofline import roofline_markdown
+
+        roof = result["roofline"]
+        lines += ["", roofline_markdown(roof["costs"], roof["machine"], roof["rows"])]
     gpu = result["environment"]["gpu"]
     lines += ["", f"GPU: {gpu['note']}"]
     for note in result.get("notes", []):
