@@ -40,6 +40,11 @@ from collections.abc import Iterator, Sequence
 VERBOSE_ENV = "FACE_ALIGN_VERBOSE"
 """Environment variable: ``1`` (or ``true``/``yes``) shows every TensorFlow message."""
 
+QUIET_CHILDREN_ENV = "_FACE_ALIGN_QUIET_CHILDREN"
+"""Set to ``1`` by :func:`configure`: a ``multiprocessing`` child (spawned, e.g.
+``compare_real``'s peer fit) of a quiet process quiets itself when it imports the
+packages (:func:`configure_for_entry_point`)."""
+
 QUIET_TF_CPP_LEVEL = "3"
 """``TF_CPP_MIN_LOG_LEVEL`` of quiet mode (hides C++ INFO, WARNING and ERROR lines)."""
 
@@ -105,6 +110,7 @@ def configure(argv: Sequence[str] | None = None) -> bool:
     if verbose_requested(argv):
         return False
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_TF_CPP_LEVEL)
+    os.environ[QUIET_CHILDREN_ENV] = "1"  # its multiprocessing children are quiet too
     # TensorFlow's Python-side logger (deprecation notices, retracing warnings).
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     if "tensorflow" not in sys.modules and not any(
@@ -180,6 +186,18 @@ def configure_for_entry_point() -> bool:
     Returns:
         True when quiet mode was set up now.
     """
-    if sys.argv[:1] != ["-m"]:
-        return False
-    return configure(sys.argv[1:])
+    if sys.argv[:1] == ["-m"]:
+        return configure(sys.argv[1:])
+    if os.environ.get(QUIET_CHILDREN_ENV) == "1" and _in_spawned_child():
+        return configure([])  # a multiprocessing child of a quiet entry point
+    return False
+
+
+def _in_spawned_child() -> bool:
+    """Whether this process is a ``multiprocessing`` child being set up (spawn)."""
+    import multiprocessing
+
+    # While a spawned child unpickles its target (imports included), it is "inheriting";
+    # parent_process() is set only afterwards.
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False)
+                or multiprocessing.parent_process() is not None)

@@ -286,12 +286,34 @@ def test_filtered_stderr_drops_only_startup_lines(capfd):
 
 def _quiet_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TF_CPP_MIN_LOG_LEVEL", "FACE_ALIGN_VERBOSE")}
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "FACE_ALIGN_VERBOSE",
+                        quiet.QUIET_CHILDREN_ENV)}
     return dict(env, PYTHONPATH=str(REPO_ROOT), **extra)
 
 
 def _startup_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if any(k in line for k in TF_STARTUP_LINE)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quiet_parent", [True, False])
+def test_a_spawned_child_of_a_quiet_process_is_quiet(quiet_parent):
+    # compare_real fits its peers in a spawned child, which imports TensorFlow anew.
+    code = ("import multiprocessing\n"
+            "from common import quiet\n"
+            f"if {quiet_parent}: quiet.configure([])\n"
+            "if __name__ == '__main__':\n"
+            "    import common.geometry\n"
+            "    child = multiprocessing.get_context('spawn').Process(\n"
+            "        target=common.geometry.landmark_box, args=([[0., 0.], [1., 1.]], 1., 0.))\n"
+            "    child.start(); child.join(); print('exit', child.exitcode)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_quiet_env(),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert "exit 0" in done.stdout, done.stderr[-3000:]
+    if quiet_parent:
+        assert _startup_lines(done.stderr) == [], done.stderr[-3000:]
+    else:  # the reference: TensorFlow's start-up lines do appear without it
+        assert _startup_lines(done.stderr), done.stderr[-3000:]
 
 
 @pytest.mark.slow
