@@ -622,7 +622,7 @@ def train_ccnn(config: CCNNConfig, stages: str | int | Sequence[int] = "all", *,
 
     def evaluate_model(model: Any, val_spec: DataSpec, split: str, out_dir: str,
                        trained: task_lib.TaskTraining) -> Any:
-        evaluated = ccnn_evaluate.evaluate_cascade(model, DataSpec.parse(data), split,
+        evaluated = ccnn_evaluate.evaluate_cascade(model, val_spec, split,
                                                    batch_size=batch, cost=False)
         paths = ccnn_evaluate.write_cascade_report(
             evaluated, out_dir, name=f"ccnn_{split}",

@@ -11,7 +11,7 @@ sensitivity to the box convention is measured rather than guessed:
 * ``landmark_square``: the tight square on the landmarks' extent
   (``landmark_square_box``: the convention of dlib's ``train_shape_predictor`` users
   who box their faces from the annotation); for 5 points, which span only the inner
-  face, that square scaled to the face (:data:`LANDMARK_SQUARE_BY_COUNT`);
+  face, that square scaled to the face (:data:`INNER_FACE_COUNTS`);
 * ``dlib``: dlib's HOG detection matched to the face (``common.boxes.choose_box``);
   faces it misses have no box of this source;
 * ``mtcnn``: the pretrained MTCNN's detection matched to the face (needs the ``mtcnn``
@@ -42,12 +42,12 @@ LANDMARK_SQUARE = (1.0, 0.0)
 """``(scale, shift_y)`` of ``common.geometry.landmark_box`` for the landmark-extent
 square: side = the extent's longer side, centred on the extent."""
 
-LANDMARK_SQUARE_BY_COUNT: Mapping[int, tuple[float, float]] = {5: (1.78, -0.02)}
-"""Schemes whose landmarks span only the inner face get the box users derive from
-such an annotation instead of the tight square: for the 5 CUHK points (eyes to mouth
-corners, 0.48-0.65 of a face box) the extent square scaled to the face, the
-convention of ``common.geometry.LANDMARK_BOX_PARAMS[5]`` (the median CUHK box); a
-tight square there would be a box no detector gives (docs/DESIGN.md)."""
+INNER_FACE_COUNTS = frozenset({5})
+"""Landmark counts whose points span only the inner face (the 5 CUHK points: eyes to
+mouth corners, 0.48-0.65 of a face box). Their ``landmark_square`` is the box users
+derive from such an annotation, ``common.geometry.landmark_box`` with its defaults for
+that count (5 points: the extent square x1.78, the median CUHK box), not the tight
+square, which would be a box no detector gives."""
 
 ALL_SOURCES = ("stored", "landmark_square", "dlib", "mtcnn", "jitter_5", "jitter_10")
 BOUNDED_SOURCES = ("stored", "landmark_square", "dlib", "mtcnn", "jitter_5")
@@ -67,14 +67,16 @@ def landmark_square_box(landmarks: np.ndarray) -> np.ndarray:
     """The square box derived from the annotation, float32 ``[..., 4]`` (l, t, r, b).
 
     The tight square on the landmarks' extent (:data:`LANDMARK_SQUARE`), except for
-    the landmark counts of :data:`LANDMARK_SQUARE_BY_COUNT` (5 points: the extent
-    square scaled to the face).
+    the landmark counts of :data:`INNER_FACE_COUNTS`, which get
+    ``common.geometry.landmark_box``'s default box (5 points: the extent square
+    scaled to the face).
     """
     from common import geometry
 
     landmarks = np.asarray(landmarks, np.float32)
-    params = LANDMARK_SQUARE_BY_COUNT.get(int(landmarks.shape[-2]), LANDMARK_SQUARE)
-    return np.asarray(geometry.landmark_box(landmarks, *params), np.float32)
+    if int(landmarks.shape[-2]) in INNER_FACE_COUNTS:
+        return np.asarray(geometry.landmark_box(landmarks), np.float32)
+    return np.asarray(geometry.landmark_box(landmarks, *LANDMARK_SQUARE), np.float32)
 
 
 def jitter_box(box: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:

@@ -522,7 +522,7 @@ def train_msrrn(config: MSRRNConfig, *, data: str | Sequence[str] | DataSpec, ru
             weights=spec.weights)
 
     val_dataset = None
-    val_spec = spec.with_split(val_split) if val_split else None
+    val_spec = task_lib.validation_spec(spec, val_split)
     if val_split and val_spec is None:
         raise FileNotFoundError(f"no folder of --data {str(spec)!r} has shards of the "
                                 f"validation split {val_split!r}")

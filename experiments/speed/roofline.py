@@ -100,6 +100,13 @@ def bound_faces_per_second(cost: Mapping[str, float], machine: Mapping[str, floa
     return attainable / cost["flops"]
 
 
+def limiting_resource(cost: Mapping[str, float], machine: Mapping[str, float]) -> str:
+    """``"memory"`` when bandwidth x intensity is below the peak rate, else
+    ``"compute"``."""
+    memory_bound = cost["intensity"] * machine["bandwidth_gbs"] < machine["gflops"]
+    return "memory" if memory_bound else "compute"
+
+
 def roofline_rows(rows: Sequence[Mapping[str, Any]], costs: Mapping[str, Mapping[str, float]],
                   machine: Mapping[str, float]) -> list[dict[str, Any]]:
     """Each CPU throughput row of a model in ``costs`` beside its bound.
@@ -123,13 +130,12 @@ def roofline_rows(rows: Sequence[Mapping[str, Any]], costs: Mapping[str, Mapping
         if row.get("form") == "crop_only":
             continue
         bound = bound_faces_per_second(cost, machine)
-        memory_bound = cost["intensity"] * machine["bandwidth_gbs"] < machine["gflops"]
         out.append({"method": row["method"], "form": row["form"],
                     "faces_per_second": float(throughput),
                     "gflops": float(throughput) * cost["flops"] / 1e9,
                     "bound_faces_per_second": bound,
                     "fraction": float(throughput) / bound,
-                    "limit": "memory" if memory_bound else "compute"})
+                    "limit": limiting_resource(cost, machine)})
     return out
 
 
@@ -146,11 +152,10 @@ def roofline_markdown(costs: Mapping[str, Mapping[str, float]], machine: Mapping
              "| model | MFLOP / face | KB / face (batch) | FLOP / byte | bound faces/s | limit |",
              "|---|---:|---:|---:|---:|---|"]
     for name, cost in costs.items():
-        memory_bound = cost["intensity"] * machine["bandwidth_gbs"] < machine["gflops"]
         lines.append(f"| {name} | {cost['flops'] / 1e6:.1f} | {cost['bytes'] / 1e3:.1f} "
                      f"({cost['batch']}) | {cost['intensity']:.0f} | "
                      f"{bound_faces_per_second(cost, machine):.0f} | "
-                     f"{'memory' if memory_bound else 'compute'} |")
+                     f"{limiting_resource(cost, machine)} |")
     lines += ["", "| model | form | faces/s | GFLOP/s | fraction of the bound |",
               "|---|---|---:|---:|---:|"]
     for row in rows:
