@@ -38,9 +38,10 @@ equals the published count; it is not claimed to be the authors' table.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
-from common.box_perturbation import DETECTOR_RANGES_CUHK5, BoxRanges
+from common.box_perturbation import DETECTOR_RANGES_CUHK5
+from common.config import BoxAugmentGroup, ConfigGroup, GroupedConfig
 from common.schemes import CUHK_5
 
 _ALL_POINTS = CUHK_5.point_names
@@ -49,8 +50,8 @@ _NOSE_MOUTH = ("nose", "left_mouth", "right_mouth")
 
 
 @dataclasses.dataclass(frozen=True)
-class CCNNConfig:
-    """Hyper-parameters of the CCNN cascade, its training and its augmentation.
+class CCNNModelConfig(ConfigGroup):
+    """What the cascade computes: crop, stages, networks, windows, inference options.
 
     Attributes:
         num_landmarks: number of landmarks, 5 (the ``CUHK_5`` scheme: left eye, right
@@ -91,9 +92,6 @@ class CCNNConfig:
         stage1_kernel_sizes: kernel sizes of the three stage-1 convolutions (chosen).
         stage1_fc_units: width of the hidden fully connected layer of F1, EN1 and NM1
             (chosen; the output layers are 10d and 6d, section 3.2.4).
-        stage1_shake_stddev: standard deviation of the training-time shake of the
-            stage-1 regions, in face-box units. Experiment 3 measures the shake on the
-            first stage, so it is on by default, with the stage-2 value.
         refine_input_size: side of the stage-2 and stage-3 window inputs, 15 (section
             3.2.2: "reduced from 32x32x3 to 15x15x3"; section 3.2.4: stage 3 has the
             structure of stage 2).
@@ -109,47 +107,6 @@ class CCNNConfig:
             a2 = b2 = 0.18, section 3.1.2).
         stage3_half_sizes: the same for stage 3 (a1 = b1 = 0.08, a2 = b2 = 0.09,
             section 3.1.3).
-        stage2_shake_stddev: standard deviation of the shake of the stage-2 windows,
-            in face-box units. Section 3.1.2 gives shake ~ N(0, 1e-4), read as variance
-            1e-4, i.e. a translation with standard deviation 0.01 of the face box
-            width (x) and height (y), drawn independently per window and per sample,
-            during training only.
-        stage3_shake_stddev: the same for stage 3: "shake is the same as the second
-            stage" (section 3.1.3). (The abstract's "smaller shake" would follow if the
-            shake were relative to the window; we take the explicit sentence.)
-        dropout: dropout rate after the hidden fully connected layer, 0.25 (section
-            3.3).
-        weight_decay: L2 penalty coefficient on the kernels (formula 6); the loss gets
-            ``weight_decay * sum(W ** 2)``. The paper does not give the value; chosen
-            1e-4, small against the data term in window-relative units.
-        learning_rate: initial SGD learning rate, 5e-3 (section 3.3).
-        lr_decay_rate: the learning rate is multiplied by 0.9 ... (section 3.3)
-        lr_decay_steps: ... every 100 iterations (section 3.3), staircase.
-        momentum: SGD momentum. The paper says SGD and gives no momentum: 0.
-        batch_size: chosen, 64 ("selected according to the actual situation").
-        steps_per_stage: training steps per stage. Chosen: 5000; with the decay above
-            the learning rate is then 5e-3 * 0.9**50, about 2.6e-5, and further steps
-            change little.
-        rotation_angles_deg: the in-plane rotations of section 4.1: each training face
-            is used as is and rotated 15 degrees left (-15) and 12 degrees right (+12)
-            about its centre, with the landmarks rotated alike (formula 8).
-        flip: horizontal flip augmentation (section 4.1); with the three angles it
-            turns 10,000 training faces into 60,000.
-        box_shift_x, box_shift_y: (low, high) training shifts of the face box centre,
-            fractions of the box width / height (``common.pipeline.AugmentConfig``).
-            Not in the paper (section 4.1 lists rotations and flips only): ``(0, 0)``
-            here, so ``CCNNConfig()`` (the ``paper`` preset) has the paper's
-            augmentation only. The ``quick`` preset sets the detector variance of
-            ``common.box_perturbation.DETECTOR_RANGES_CUHK5`` (``(-0.12, 0.10)`` and
-            ``(-0.14, 0.05)``, dlib's and MTCNN's boxes against the CUHK boxes).
-            ``[0, 0]`` in ``--config_json`` switches a shift off.
-        box_scale_range: (low, high) training factor of the box sides (the crop
-            side). ``(1, 1)``: off (paper); ``quick``: ``(0.95, 1.57)``.
-        box_aspect_range: (low, high) training factor of the box's height/width;
-            ``(1, 1)`` (off) in every preset: the square crop on the longer side turns
-            an aspect change into a scale change.
-        seed: seed of the initial weights, dropout and the shake random generator
-            (None: nondeterministic).
         flip_test: at inference, also run the cascade on the mirrored crop and report
             the mean of the two shapes (not in the paper; inference only, switchable
             after training: ``CCNNCascade.with_inference_options``). On a tuning
@@ -165,11 +122,12 @@ class CCNNConfig:
             Inference only, switchable after training.
     """
 
+    INFERENCE_FIELDS: ClassVar[frozenset[str]] = frozenset({"flip_test", "confidence_source"})
+
     num_landmarks: int = CUHK_5.num_points
     input_size: int = 96
     margin: float = 0.1
     num_stages: int = 3
-
     stage1_network_names: tuple[str, ...] = ("F1", "EN1", "NM1")
     stage1_points: tuple[tuple[str, ...], ...] = (_ALL_POINTS, _EYES_NOSE, _NOSE_MOUTH)
     stage1_regions: tuple[tuple[float, float, float, float], ...] = (
@@ -179,39 +137,16 @@ class CCNNConfig:
     stage1_conv_filters: tuple[int, ...] = (32, 64, 64)
     stage1_kernel_sizes: tuple[int, ...] = (5, 3, 3)
     stage1_fc_units: int = 130
-    stage1_shake_stddev: float = 0.01
-
     refine_input_size: int = 15
     refine_conv_filters: tuple[int, ...] = (24, 48)
     refine_kernel_sizes: tuple[int, ...] = (5, 3)
     refine_fc_units: int = 120
     stage2_half_sizes: tuple[tuple[float, float], ...] = ((0.16, 0.16), (0.18, 0.18))
     stage3_half_sizes: tuple[tuple[float, float], ...] = ((0.08, 0.08), (0.09, 0.09))
-    stage2_shake_stddev: float = 0.01
-    stage3_shake_stddev: float = 0.01
-
-    dropout: float = 0.25
-    weight_decay: float = 1e-4
-
-    learning_rate: float = 5e-3
-    lr_decay_rate: float = 0.9
-    lr_decay_steps: int = 100
-    momentum: float = 0.0
-    batch_size: int = 64
-    steps_per_stage: int = 5000
-
-    rotation_angles_deg: tuple[float, ...] = (0.0, -15.0, 12.0)
-    flip: bool = True
-    box_shift_x: tuple[float, float] = (0.0, 0.0)
-    box_shift_y: tuple[float, float] = (0.0, 0.0)
-    box_scale_range: tuple[float, float] = (1.0, 1.0)
-    box_aspect_range: tuple[float, float] = (1.0, 1.0)
-    seed: int | None = None
-
     flip_test: bool = False
     confidence_source: str = "flip"
 
-    def __post_init__(self):
+    def validate(self) -> None:
         if not 1 <= self.num_stages <= 3:
             raise ValueError(f"num_stages must be 1, 2 or 3, got {self.num_stages}")
         n1 = len(self.stage1_network_names)
@@ -233,54 +168,114 @@ class CCNNConfig:
         if self.confidence_source not in ("flip", "pairs"):
             raise ValueError(f"confidence_source must be 'flip' or 'pairs', got "
                              f"{self.confidence_source!r}")
-        self.box_ranges  # noqa: B018 (validates the ranges)
-
-    @property
-    def box_ranges(self) -> BoxRanges:
-        """The training face-box perturbation of the ``box_*`` fields.
-
-        Raises:
-            ValueError: a ``box_*`` field is not a valid ``(low, high)`` range.
-        """
-        return BoxRanges(shift_x=self.box_shift_x, shift_y=self.box_shift_y,
-                         scale=self.box_scale_range, aspect=self.box_aspect_range)
 
     @property
     def stage_half_sizes(self) -> tuple[tuple[tuple[float, float], ...], ...]:
         """Window half-sizes of the refinement stages 2 and 3, in that order."""
         return (self.stage2_half_sizes, self.stage3_half_sizes)
 
+
+@dataclasses.dataclass(frozen=True)
+class CCNNTrainConfig(ConfigGroup):
+    """How each stage is optimised (section 3.3): SGD, decay, dropout, L2, seed.
+
+    Attributes:
+        dropout: dropout rate after the hidden fully connected layer, 0.25 (section
+            3.3).
+        weight_decay: L2 penalty coefficient on the kernels (formula 6); the loss gets
+            ``weight_decay * sum(W ** 2)``. The paper does not give the value; chosen
+            1e-4, small against the data term in window-relative units.
+        learning_rate: initial SGD learning rate, 5e-3 (section 3.3).
+        lr_decay_rate: the learning rate is multiplied by 0.9 ... (section 3.3)
+        lr_decay_steps: ... every 100 iterations (section 3.3), staircase.
+        momentum: SGD momentum. The paper says SGD and gives no momentum: 0.
+        batch_size: chosen, 64 ("selected according to the actual situation").
+        steps_per_stage: training steps per stage. Chosen: 5000; with the decay above
+            the learning rate is then 5e-3 * 0.9**50, about 2.6e-5, and further steps
+            change little.
+        seed: seed of the initial weights, dropout and the shake random generator
+            (None: nondeterministic).
+    """
+
+    dropout: float = 0.25
+    weight_decay: float = 1e-4
+    learning_rate: float = 5e-3
+    lr_decay_rate: float = 0.9
+    lr_decay_steps: int = 100
+    momentum: float = 0.0
+    batch_size: int = 64
+    steps_per_stage: int = 5000
+    seed: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CCNNAugmentConfig(BoxAugmentGroup):
+    """The training augmentation: rotations and flips (section 4.1), the shake of the
+    windows (sections 3.1.2, 3.1.3) and the face-box perturbation of
+    ``common.config.BoxAugmentGroup`` (off by default).
+
+    Attributes:
+        rotation_angles_deg: the in-plane rotations of section 4.1: each training face
+            is used as is and rotated 15 degrees left (-15) and 12 degrees right (+12)
+            about its centre, with the landmarks rotated alike (formula 8).
+        flip: horizontal flip augmentation (section 4.1); with the three angles it
+            turns 10,000 training faces into 60,000.
+        stage1_shake_stddev: standard deviation of the training-time shake of the
+            stage-1 regions, in face-box units. Experiment 3 measures the shake on the
+            first stage, so it is on by default, with the stage-2 value.
+        stage2_shake_stddev: standard deviation of the shake of the stage-2 windows,
+            in face-box units. Section 3.1.2 gives shake ~ N(0, 1e-4), read as variance
+            1e-4, i.e. a translation with standard deviation 0.01 of the face box
+            width (x) and height (y), drawn independently per window and per sample,
+            during training only.
+        stage3_shake_stddev: the same for stage 3: "shake is the same as the second
+            stage" (section 3.1.3). (The abstract's "smaller shake" would follow if the
+            shake were relative to the window; we take the explicit sentence.)
+        box_shift_x, box_shift_y: (low, high) training shifts of the face box centre,
+            fractions of the box width / height (``common.pipeline.AugmentConfig``).
+            Not in the paper (section 4.1 lists rotations and flips only): ``(0, 0)``
+            here, so ``CCNNConfig()`` (the ``paper`` preset) has the paper's
+            augmentation only. The ``quick`` preset sets the detector variance of
+            ``common.box_perturbation.DETECTOR_RANGES_CUHK5`` (``(-0.12, 0.10)`` and
+            ``(-0.14, 0.05)``, dlib's and MTCNN's boxes against the CUHK boxes).
+            ``[0, 0]`` in ``--config_json`` switches a shift off.
+        box_scale_range: (low, high) training factor of the box sides (the crop
+            side). ``(1, 1)``: off (paper); ``quick``: ``(0.95, 1.57)``.
+        box_aspect_range: (low, high) training factor of the box's height/width;
+            ``(1, 1)`` (off) in every preset: the square crop on the longer side turns
+            an aspect change into a scale change.
+    """
+
+    rotation_angles_deg: tuple[float, ...] = (0.0, -15.0, 12.0)
+    flip: bool = True
+    stage1_shake_stddev: float = 0.01
+    stage2_shake_stddev: float = 0.01
+    stage3_shake_stddev: float = 0.01
+
     @property
     def stage_shake_stddevs(self) -> tuple[float, float, float]:
         """Shake standard deviation of stages 1, 2 and 3 (face-box units)."""
         return (self.stage1_shake_stddev, self.stage2_shake_stddev, self.stage3_shake_stddev)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the configuration as a JSON-compatible dict."""
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CCNNConfig:
-        """Builds a configuration from ``to_dict`` output (lists become tuples).
+@dataclasses.dataclass(frozen=True, init=False)
+class CCNNConfig(GroupedConfig):
+    """Hyper-parameters of the CCNN cascade, its training and its augmentation.
 
-        Args:
-            values: field values; missing fields take their defaults.
+    ``CCNNConfig()`` is the ``"paper"`` preset; :meth:`preset` builds the others
+    (``CCNNConfig.preset("quick", steps_per_stage=200)``), :meth:`replace` changes
+    fields (group mappings or field names; ``config.margin`` reads
+    ``config.model.margin``).
 
-        Returns:
-            The configuration.
+    Attributes:
+        model: what the cascade computes (:class:`CCNNModelConfig`).
+        train: how each stage is optimised (:class:`CCNNTrainConfig`).
+        augment: the training augmentation (:class:`CCNNAugmentConfig`).
+    """
 
-        Raises:
-            ValueError: when ``values`` has a key that is not a field.
-        """
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - fields
-        if unknown:
-            raise ValueError(f"unknown CCNNConfig fields: {sorted(unknown)}")
-        return cls(**{k: _to_tuples(v) for k, v in values.items()})
-
-    def replace(self, **changes: Any) -> CCNNConfig:
-        """Returns a copy with ``changes`` applied (validated like the constructor)."""
-        return dataclasses.replace(self, **{k: _to_tuples(v) for k, v in changes.items()})
+    model: CCNNModelConfig = dataclasses.field(default_factory=CCNNModelConfig)
+    train: CCNNTrainConfig = dataclasses.field(default_factory=CCNNTrainConfig)
+    augment: CCNNAugmentConfig = dataclasses.field(default_factory=CCNNAugmentConfig)
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> CCNNConfig:
@@ -307,21 +302,7 @@ class CCNNConfig:
         Raises:
             ValueError: an unknown preset (names the known ones).
         """
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; expected one of {tuple(PRESETS)}")
-        return cls().replace(**{**PRESETS[name], **changes})
-
-    @classmethod
-    def tiny(cls, **changes: Any) -> CCNNConfig:
-        """``preset("tiny", **changes)``: a very small cascade for tests (same
-        structure, a few hundred parameters each)."""
-        return cls.preset("tiny", **changes)
-
-
-def _to_tuples(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return tuple(_to_tuples(v) for v in value)
-    return value
+        return super().preset(name, **changes)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -335,3 +316,5 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """Named presets (:meth:`CCNNConfig.preset`): the fields each changes from the paper's
 defaults."""
+
+CCNNConfig.PRESETS = PRESETS

@@ -14,6 +14,7 @@ Part of ``ccnn_tf.model``, which re-exports these names.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -149,6 +150,38 @@ class TraceOptions:
 DEFAULT_TRACE_OPTIONS = TraceOptions()
 
 
+@functools.cache
+def grouped_convolutions_supported(gradient: bool = False) -> bool:
+    """Whether this process's TensorFlow runs a grouped convolution in a graph on the
+    default device (with its bias and ReLU, and, with ``gradient``, its gradient).
+
+    TensorFlow's CPU kernels run them only through oneDNN, which TensorFlow enables
+    by default on x86 CPUs with AVX-512 (e.g. Intel Xeon), not on others (e.g. an
+    AVX2-only AMD EPYC, measured with TF 2.21: "Fused conv implementation does not
+    support grouped convolutions for now", "Gradients for grouped convolutions are not
+    supported on CPU"). :func:`run_networks` then convolves network by network (the
+    same function). Probed once per process, eagerly, on a 9 x 9 image.
+    """
+    with tf.init_scope():
+        x = tf.ones([1, 9, 9, 4])
+        kernel = tf.ones([3, 3, 2, 4])
+
+        @tf.function(autograph=False)  # arguments, not constants: nothing folds away
+        def probe(x, kernel, bias):
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                y = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "VALID"), bias))
+                total = tf.reduce_sum(y)
+            return [y, *tape.gradient(total, [x, kernel])] if gradient else [y]
+
+        try:
+            probe(x, kernel, tf.zeros([4]))
+        except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError,
+                tf.errors.NotFoundError):
+            return False
+    return True
+
+
 def _layers_of(network: keras.Model, kind: type) -> list[layers.Layer]:
     return [layer for layer in network.layers if type(layer) is kind]
 
@@ -166,7 +199,8 @@ def run_networks(networks: Sequence[keras.Model], crops: tf.Tensor, *, training:
     (read from its layers at call time, so the variables, their names and the saved
     files are those of the K separate networks); only the op count changes, which is
     what most of the small CCNN networks' time went to (hundreds of tiny ops per
-    face). With ``grouped=False`` or under mixed precision each layer is one
+    face). With ``grouped=False``, under mixed precision, or where TensorFlow has no
+    grouped convolution (:func:`grouped_convolutions_supported`) each layer is one
     convolution per network instead (same results).
 
     Args:
@@ -212,7 +246,8 @@ def run_networks(networks: Sequence[keras.Model], crops: tf.Tensor, *, training:
     # one tensor per network. TensorFlow's CPU kernels have no float16 gradient of a
     # grouped convolution ("Gradients for grouped convolutions are not supported on
     # CPU"), so under mixed precision every network convolves separately.
-    grouped = grouped and compute_dtype != "float16"
+    grouped = (grouped and compute_dtype != "float16"
+               and grouped_convolutions_supported(gradient=training))
 
     def conv(xs: list[tf.Tensor], kernels: Sequence[tf.Tensor], biases: Sequence[tf.Tensor],
              strides: Any = 1, padding: str = "VALID") -> list[tf.Tensor]:

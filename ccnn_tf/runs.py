@@ -5,7 +5,9 @@ Shared by ``ccnn_tf.training`` (which writes runs), ``ccnn_tf.evaluate`` and
 (training -> evaluate -> export, each of them -> runs)::
 
     run_dir/
-      run.json             the CCNNConfig and the data the run trains on
+      config.json          the CCNNConfig and the data the run trains on
+                           (``common.run_files.read_run_record``; runs written before
+                           the grouped configs have ``run.json`` instead, still read)
       stage1/ stage2/ stage3/   one common.training run each (config.json,
                            checkpoints/, tensorboard/, history.json, model.keras)
       model.keras          the assembled cascade (all stages, nothing frozen)
@@ -27,12 +29,18 @@ import tensorflow as tf
 from ccnn_tf.config import CCNNConfig
 from ccnn_tf.model import CCNNCascade, build_ccnn, transfer_stage_weights
 from common import evaluation, training
+from common.run_files import LEGACY_RUN_FILE, RUN_CONFIG_FILE, RunRecord, read_run_record
 
 logger = logging.getLogger(__name__)
 
 
-RUN_FILE = "run.json"
-"""The file in a CCNN run directory recording its config and training data."""
+RUN_FILE = RUN_CONFIG_FILE
+"""The file in a CCNN run directory recording its config and training data (the
+``config.json`` of every run folder, ``common.run_files``)."""
+
+CONFIG_CLASS = f"{CCNNConfig.__module__}.{CCNNConfig.__qualname__}"
+"""The ``config.class`` a cascade run's ``config.json`` records (a stage folder's
+runner ``config.json`` records none)."""
 
 
 MODEL_FILE = "model.keras"
@@ -56,15 +64,20 @@ def _read_json(path: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def read_run(run_dir: str) -> dict[str, Any] | None:
-    """Reads ``run_dir/run.json``: ``{"config": CCNNConfig dict, "data": path}``."""
-    return _read_json(os.path.join(run_dir, RUN_FILE))
+def read_run(run_dir: str) -> RunRecord | None:
+    """The record of a CCNN cascade run folder (its ``config.json``, or the
+    ``run.json`` of an older run), or ``None`` when ``run_dir`` is not one."""
+    record = read_run_record(run_dir)
+    if record is None:
+        return None
+    legacy = os.path.basename(record.path) == LEGACY_RUN_FILE
+    return record if legacy or record.config_class == CONFIG_CLASS else None
 
 
 def run_config(run_dir: str) -> CCNNConfig | None:
     """The ``CCNNConfig`` recorded in a run directory (``None`` if there is none)."""
     record = read_run(run_dir)
-    return None if record is None else CCNNConfig.from_dict(record["config"])
+    return None if record is None else CCNNConfig.from_dict(record.values)
 
 
 def weights_fingerprint(model: CCNNCascade, stages: Iterable[int]) -> str:
@@ -106,7 +119,7 @@ def assemble_cascade(run_dir: str, config: CCNNConfig | None = None,
 
     Args:
         run_dir: the CCNN run directory.
-        config: the configuration; default the one in ``run.json``.
+        config: the configuration; default the one the run recorded.
         num_stages: stages to assemble.
 
     Returns:
@@ -195,12 +208,12 @@ def load_cascade(path: str) -> keras.Model:
 
 
 def run_data(path: str) -> str | None:
-    """The training data recorded for the run holding ``path`` (``run.json``)."""
+    """The training data recorded for the run holding ``path`` (its ``config.json``)."""
     path = os.path.abspath(os.fspath(path))
     candidates = [path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))]
     for candidate in candidates:
         if os.path.isdir(candidate):
             record = read_run(candidate)
             if record is not None:
-                return record.get("data")
+                return record.data
     return None

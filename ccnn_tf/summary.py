@@ -24,12 +24,13 @@ PAPER_TOTAL_PARAMETERS = 643_920
 BYTES_PER_PARAMETER = 4  # float32
 
 _PRESET = flags.DEFINE_enum(
-    "preset", "paper", ["paper", "tiny"],
-    "Configuration to summarise: the paper's defaults or the tiny test preset.")
+    "preset", "paper", list(CCNNConfig.preset_names()),
+    "Configuration to summarise: a preset of ccnn_tf.config.PRESETS (paper: the "
+    "paper's defaults; tiny: the test-size networks).")
 _CONFIG = flags.DEFINE_string(
     "config", None,
-    "JSON file with CCNNConfig fields (e.g. the config.json written next to the "
-    "checkpoints); overrides --preset.")
+    "JSON file with CCNNConfig fields (grouped or flat), or a run's config.json; "
+    "overrides --preset.")
 _NUM_STAGES = flags.DEFINE_integer(
     "num_stages", None, "Number of cascade stages to count (default: the config's).",
     lower_bound=1, upper_bound=3)
@@ -90,9 +91,12 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value:
         with open(_CONFIG.value, encoding="utf-8") as f:
-            config = CCNNConfig.from_dict(json.load(f))
+            values = json.load(f)
+        if isinstance(values.get("config"), dict):  # a run's config.json
+            values = values["config"].get("values", values["config"])
+        config = CCNNConfig.from_dict(values)
     else:
-        config = CCNNConfig.tiny() if _PRESET.value == "tiny" else CCNNConfig()
+        config = CCNNConfig.preset(_PRESET.value)
     if _NUM_STAGES.value is not None:
         config = config.replace(num_stages=_NUM_STAGES.value)
     print(format_table(parameter_table(config)))

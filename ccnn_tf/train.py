@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from absl import app, flags
 from absl import logging as absl_logging
 
+from ccnn_tf.config import CCNNConfig
 from common.training import STRATEGY_NAMES
 
 _STAGE = flags.DEFINE_enum("stage", "all", ["1", "2", "3", "all"],
@@ -39,13 +40,13 @@ _VAL_SPLIT = flags.DEFINE_string("val_split", "val", "Split for the validation e
 _RUN_DIR = flags.DEFINE_string("run_dir", "runs/ccnn", "Run directory (stage1/, stage2/, "
                                "stage3/, eval/, export/).")
 _PRESET = flags.DEFINE_enum(
-    "preset", "quick", ["quick", "paper", "tiny"],
+    "preset", "quick", list(CCNNConfig.preset_names()),
     "quick: 500 steps per stage with a faster SGD (minutes on a CPU), the paper's "
     "augmentation plus a face-box perturbation over the measured detector variance "
     "(common.box_perturbation; the box_* config fields); paper: the paper's SGD "
     "schedule, 5000 steps per stage and the paper's augmentation only (rotations "
     "0/-15/+12 degrees, flips; no box perturbation); tiny: very small networks, for "
-    "smoke tests only.")
+    "smoke tests only (ccnn_tf.config.PRESETS defines every preset).")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps per stage (default: the "
                               "preset's).", lower_bound=0)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size (default: the "

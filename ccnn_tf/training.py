@@ -39,7 +39,7 @@ of the paper's six variants per face, drawn afresh every time the face is used.
 Layout of a run directory::
 
     run_dir/
-      run.json             the CCNNConfig and the data the run trains on
+      config.json          the CCNNConfig and the data the run trains on
       stage1/ stage2/ stage3/   one common.training run each (config.json,
                            checkpoints/, tensorboard/, history.json, model.keras)
       model.keras          the assembled cascade (all stages, nothing frozen)
@@ -91,38 +91,13 @@ from common.synthetic import ensure_synthetic_dataset
 
 logger = logging.getLogger(__name__)
 
-# Fields that only change how a stage is trained, not what the cascade computes or
-# which weights it has: they may differ between the stages of one run.
-TRAINING_ONLY_FIELDS = frozenset({
-    "steps_per_stage", "batch_size", "learning_rate", "lr_decay_rate", "lr_decay_steps",
-    "momentum", "seed", "rotation_angles_deg", "flip", "dropout", "weight_decay",
-    "box_shift_x", "box_shift_y", "box_scale_range", "box_aspect_range",
-    "stage1_shake_stddev", "stage2_shake_stddev", "stage3_shake_stddev",
-    # inference only: the weights do not depend on them
-    "flip_test", "confidence_source"})
-
-PRESETS = ("paper", "quick", "tiny")
-
-
-def preset_config(name: str) -> CCNNConfig:
-    """``CCNNConfig.preset(name)`` (the presets are defined there): ``"paper"``,
-    ``"quick"`` or ``"tiny"``.
-
-    Raises:
-        ValueError: an unknown preset.
-    """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
-    return CCNNConfig.preset(name)
-
-
 def build_config(preset: str = "quick", *, steps: int | None = None,
                  batch_size: int | None = None, shake: bool = True, windows: bool = True,
                  seed: int | None = None) -> CCNNConfig:
     """A preset with the command-line overrides applied (``ccnn_tf.train``).
 
     Args:
-        preset: ``"paper"``, ``"quick"`` or ``"tiny"`` (:func:`preset_config`).
+        preset: a name of ``CCNNConfig.PRESETS`` (``"paper"``, ``"quick"``, ``"tiny"``).
         steps: training steps per stage.
         batch_size: global batch size.
         shake: ``False`` turns the shake off in every stage ("shake-", Experiment 3).
@@ -133,7 +108,7 @@ def build_config(preset: str = "quick", *, steps: int | None = None,
     Returns:
         The configuration.
     """
-    config = preset_config(preset)
+    config = CCNNConfig.preset(preset)
     changes: dict[str, Any] = {"stage1_windows": bool(windows)}
     if steps is not None:
         changes["steps_per_stage"] = int(steps)
@@ -184,7 +159,7 @@ def augment_config(config: CCNNConfig) -> AugmentConfig:
     """
     return AugmentConfig(rotation_choices_deg=tuple(config.rotation_angles_deg),
                          flip_prob=0.5 if config.flip else 0.0,
-                         **config.box_ranges.as_fields())
+                         **config.augment.box_ranges.as_fields())
 
 
 def build_optimizer(config: CCNNConfig) -> keras.optimizers.Optimizer:
@@ -314,25 +289,21 @@ def box_width_val_metric(output_key: str = "landmarks"
 # --------------------------------------------------------------------------------------
 
 
-def _structural(config: CCNNConfig) -> dict[str, Any]:
-    return {k: v for k, v in config.to_dict().items() if k not in TRAINING_ONLY_FIELDS}
-
-
 def _record_run(run_dir: str, config: CCNNConfig, data: DataSpec) -> None:
-    """Writes ``run.json``; refuses a config whose cascade differs from the recorded."""
+    """Writes the run's ``config.json``; refuses a config whose cascade (the weights'
+    fields, ``structural_dict``) differs from the recorded one."""
     previous = read_run(run_dir)
     if previous is not None:
-        old = CCNNConfig.from_dict(previous["config"])
-        changed = sorted(k for k, v in _structural(config).items()
-                         if _structural(old).get(k) != v)
+        old = CCNNConfig.from_dict(previous.values).structural_dict()
+        changed = sorted(k for k, v in config.structural_dict().items() if old.get(k) != v)
         if changed:
             raise ValueError(
                 f"{run_dir} holds a CCNN run with different {', '.join(changed)}; "
                 "use another --run_dir for a different cascade (e.g. an ablation)")
     tf.io.gfile.makedirs(run_dir)
-    # "data" is what --data would be (ccnn_tf.runs.run_data); "data_spec" the details.
-    record = {"config": config.to_dict(), "data": str(data.absolute()),
-              "data_spec": data.to_dict()}
+    # The layout of every run's config.json (common.run_files.read_run_record):
+    # "data.spec" is what --data would be (ccnn_tf.runs.run_data).
+    record = {"config": training.resolve_config(config), "data": data.absolute().to_dict()}
     training.atomic_write_text(os.path.join(run_dir, RUN_FILE),
                                json.dumps(record, indent=2, sort_keys=True) + "\n")
 

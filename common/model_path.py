@@ -27,6 +27,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from common.config import flatten_config_values
+
 SAVED_MODEL_FILE = "saved_model.pb"
 SAVED_MODEL_DIR = "saved_model"
 EXPORT_DIR = "export"
@@ -213,25 +215,14 @@ def resolve_model_path(path: str | os.PathLike) -> ModelPath:
     raise ModelPathError(f"no model found at {given!r}; looked for:\n  " + "\n  ".join(seen))
 
 
-def _with_model_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values``, plus the model's own values where a runner config nests them (a CCNN
-    stage's ``config.json``: ``{"ccnn": {"margin": ...}, "augmentation": ...}``)."""
-    merged: dict[str, Any] = {}
-    if "margin" not in values:
-        for nested in values.values():
-            if isinstance(nested, Mapping) and "margin" in nested:
-                merged.update(nested)
-    merged.update(values)
-    return merged
-
-
 def run_config(run_dir: str | None) -> dict[str, Any]:
     """The model config values of a training run, or ``{}``.
 
     Reads ``config.json`` (``{"config": {"values": {...}}}`` or flat), else
     ``run.json`` (CCNN's cascade: ``{"config": {...}}``), else the config of the
-    last ``stage<k>/`` folder; the model's values nested in a runner config (CCNN
-    stages: ``values.ccnn``) are lifted to the top.
+    last ``stage<k>/`` folder; values nested in groups (``model``/``train``/``augment``,
+    ``common.config``) or in a runner config (CCNN stages: ``values.ccnn``) are
+    lifted to the top (``common.config.flatten_config_values``).
 
     Args:
         run_dir: the run folder (``None``: ``{}``).
@@ -260,5 +251,5 @@ def run_config(run_dir: str | None) -> dict[str, Any]:
         if isinstance(config, Mapping):
             values = config.get("values", config)
             if isinstance(values, Mapping):
-                return _with_model_values(values)
+                return flatten_config_values(values)
     return {}

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import geometry, landmark_model, model_path
+from common.config import flatten_config_values
 
 _SUPPORT_ALIGN = 2 ** (geometry.PYRAMID_LEVELS - 1)
 _SUPPORT_PAD = 2 ** geometry.PYRAMID_LEVELS + 2
@@ -87,10 +88,11 @@ def _export_margin(export_dir: str | None) -> float | None:
         return None
     try:
         info = _read_json_file(os.path.join(export_dir, model_path.EXPORT_REPORT))
-        for key in ("margin",):
-            for record in (info, info.get("config", {}), info.get("signature", {})):
-                if isinstance(record, Mapping) and record.get(key) is not None:
-                    return float(record[key])
+        config = info.get("config", {})
+        config = flatten_config_values(config) if isinstance(config, Mapping) else {}
+        for record in (info, config, info.get("signature", {})):
+            if isinstance(record, Mapping) and record.get("margin") is not None:
+                return float(record["margin"])
     except (OSError, ValueError, AttributeError):
         pass
     try:

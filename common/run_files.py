@@ -98,3 +98,79 @@ def resolve_config(config: Any) -> dict[str, Any]:
     cls = type(config)
     name = None if isinstance(config, Mapping) else f"{cls.__module__}.{cls.__qualname__}"
     return {"class": name, "values": _to_jsonable(config)}
+
+
+RUN_CONFIG_FILE = "config.json"
+"""The file of a run folder recording its resolved config and training data (both
+models: ``{"config": resolve_config(config), "data": DataSpec.to_dict(), ...}``)."""
+
+LEGACY_RUN_FILE = "run.json"
+"""What CCNN cascade runs wrote before :data:`RUN_CONFIG_FILE` (still read):
+``{"config": {flat CCNNConfig fields}, "data": spec, "data_spec": {...}}``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """The config and data a training run recorded (:func:`read_run_record`).
+
+    Attributes:
+        path: the file read.
+        config_class: ``"module.Name"`` of the config, or ``None`` (a mapping, or a
+            legacy file that does not say).
+        values: the config values as stored (grouped or flat; ``from_dict`` of the
+            config class reads either).
+        data: the ``--data`` spec the run trained on, or ``None``.
+        record: the whole file.
+    """
+
+    path: str
+    config_class: str | None
+    values: dict[str, Any]
+    data: str | None
+    record: dict[str, Any]
+
+
+def _read_json_file(path: str) -> Any:
+    import json
+
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            return json.load(f)
+        except ValueError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def read_run_record(run_dir: str, *, legacy: bool = True) -> RunRecord | None:
+    """Reads ``run_dir/config.json`` (else, with ``legacy``, ``run_dir/run.json``).
+
+    Args:
+        run_dir: a run folder.
+        legacy: also read the ``run.json`` of older CCNN runs.
+
+    Returns:
+        The record, or ``None`` when the folder has neither file.
+
+    Raises:
+        ValueError: a file that is not valid JSON or not a JSON object (naming it).
+    """
+    names = (RUN_CONFIG_FILE, LEGACY_RUN_FILE) if legacy else (RUN_CONFIG_FILE,)
+    for name in names:
+        path = _join(run_dir, name)
+        if not tf.io.gfile.exists(path):
+            continue
+        record = _read_json_file(path)
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        config = record.get("config", {})
+        config = config if isinstance(config, Mapping) else {}
+        if name == RUN_CONFIG_FILE:
+            config_class = config.get("class")
+            values = config.get("values", {})
+        else:
+            config_class, values = None, config
+        data = record.get("data")
+        if isinstance(data, Mapping):
+            data = data.get("spec")
+        return RunRecord(path=path, config_class=config_class, values=dict(values),
+                         data=data if isinstance(data, str) else None, record=record)
+    return None

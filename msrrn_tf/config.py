@@ -11,22 +11,27 @@ layer table) and its hyper-parameters (lambda, eta, batch size) are not in the
 text we reproduce from. Where the paper is silent, the field documents the choice
 made here and why. Model code never reads this object directly; ``build_msrrn``
 turns it into explicit constructor arguments.
+
+The config has three groups (``common.config``): ``model`` (:class:`MSRRNModelConfig`),
+``train`` (:class:`MSRRNTrainConfig`) and ``augment`` (:class:`MSRRNAugmentConfig`).
+A field may be named without its group (``MSRRNConfig().replace(margin=0.3)``,
+``config.margin``); the named presets are :data:`PRESETS` (``MSRRNConfig.preset``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any
+from typing import Any, ClassVar
 
 from common.box_perturbation import DETECTOR_RANGES_68
+from common.config import BoxAugmentGroup, ConfigGroup, GroupedConfig
 
 INIT_MODES = ("cnn", "mean_shape")
 
 
 @dataclasses.dataclass(frozen=True)
-class MSRRNConfig:
-    """Hyper-parameters of MSRRN (model, optimisation and augmentation).
+class MSRRNModelConfig(ConfigGroup):
+    """What MSRRN computes: scales, stages, layer widths, margin, inference options.
 
     Attributes:
         scales: square crop sizes in pixels, coarse to fine. "Implementational
@@ -87,6 +92,69 @@ class MSRRNConfig:
             3 x 3 -> max pool 2 -> ReLU) on the coarsest scale (paper silent).
         init_kernel_size: conv kernel side of the initial-shape CNN.
         init_fc_units: hidden fully connected widths of the initial-shape CNN.
+        bias_correction: after training, fit a constant per-landmark, per-stage
+            offset on the (unaugmented) training faces and add it to every output
+            (paper silent; ``msrrn_tf.training.fit_bias_correction``). Flip
+            augmentation makes the model mirror-symmetric, so it cannot learn an
+            annotation convention that is not (ytf68's points sit on average 0.7 %
+            of the crop width right of where the flip-trained model puts them; the
+            trained model itself is unbiased on exact synthetic labels). The offset
+            is the training faces' mean residual, so held-out faces choose nothing.
+            Measured by re-scoring a finished run on a second identity split of
+            ytf68 (README, "MSRRN on YouTube-Faces frames"; 3,000 steps, paper
+            scales): 8.07 -> 7.48 % inter-pupil NME.
+        flip_test: at inference, predict the face and its mirror image and average
+            the two shapes (the mirrored one mapped back), at twice the cost per face
+            (paper silent; training is unchanged). Measured the same way, with the
+            bias correction fitted on the averaged outputs: 7.48 -> 7.04 %.
+    """
+
+    INFERENCE_FIELDS: ClassVar[frozenset[str]] = frozenset({"flip_test"})
+
+    scales: tuple[int, ...] = (50, 100, 200)
+    num_stages: int = 3
+    num_landmarks: int = 68
+    margin: float = 0.2
+    patch_size: int = 12
+    patch_extent: float | None = None
+    regression_conv_filters: tuple[int, ...] = (16, 32)
+    regression_kernel_size: int = 3
+    regression_pool_size: int = 2
+    regression_fc_units: tuple[int, ...] = (256,)
+    hidden_size: int = 0
+    init: str = "cnn"
+    init_conv_filters: tuple[int, ...] = (16, 32, 64)
+    init_kernel_size: int = 3
+    init_fc_units: tuple[int, ...] = (256,)
+    bias_correction: bool = True
+    flip_test: bool = True
+
+    def validate(self) -> None:
+        if not self.scales or any(int(s) <= 0 for s in self.scales):
+            raise ValueError(f"scales must be positive sizes, got {self.scales}")
+        if list(self.scales) != sorted(self.scales):
+            raise ValueError(f"scales must run coarse to fine (increasing), got {self.scales}")
+        if self.num_stages < 1:
+            raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
+        if self.num_landmarks < 1:
+            raise ValueError(f"num_landmarks must be >= 1, got {self.num_landmarks}")
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        if self.patch_extent is not None and self.patch_extent <= 0:
+            raise ValueError(f"patch_extent must be positive or None, got {self.patch_extent}")
+        if self.init not in INIT_MODES:
+            raise ValueError(f"init must be one of {INIT_MODES}, got {self.init!r}")
+        if self.hidden_size < 0:
+            raise ValueError(f"hidden_size must be >= 0, got {self.hidden_size}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MSRRNTrainConfig(ConfigGroup):
+    """How MSRRN is optimised: loss regularisation, SGD, schedule, training-only tricks.
+
+    Attributes:
         stop_shape_gradient: stop gradients through the *positions* at which the
             patches are sampled (paper silent). The shape still receives gradients
             through the additive update S^t = S^{t-1} + f(.); only the
@@ -100,22 +168,7 @@ class MSRRNConfig:
             (ERT trains from several perturbed initial shapes per face). Measured on
             a second identity split of ytf68 (3,000 steps, paper scales): 0.02 gave
             8.43 % inter-pupil NME against 8.07 % without, so it stays off.
-        bias_correction: after training, fit a constant per-landmark, per-stage
-            offset on the (unaugmented) training faces and add it to every output
-            (paper silent; ``msrrn_tf.training.fit_bias_correction``). Flip
-            augmentation makes the model mirror-symmetric, so it cannot learn an
-            annotation convention that is not (ytf68's points sit on average 0.7 %
-            of the crop width right of where the flip-trained model puts them; the
-            trained model itself is unbiased on exact synthetic labels). The offset
-            is the training faces' mean residual, so held-out faces choose nothing.
-            Measured by re-scoring a finished run on a second identity split of
-            ytf68 (README, "MSRRN on YouTube-Faces frames"; 3,000 steps, paper
-            scales): 8.07 -> 7.48 % inter-pupil NME.
         bias_correction_faces: at most this many training faces for the fit.
-        flip_test: at inference, predict the face and its mirror image and average
-            the two shapes (the mirrored one mapped back), at twice the cost per face
-            (paper silent; training is unchanged). Measured the same way, with the
-            bias correction fitted on the averaged outputs: 7.48 -> 7.04 %.
         weight_decay: lambda of eq. (5), applied as an L2 kernel regulariser
             (lambda * sum(w^2)) on every kernel (not biases). The value is not in
             the text; 1e-4 is small because the data term is measured in
@@ -129,6 +182,31 @@ class MSRRNConfig:
             iterations are about 200 epochs of the 3,148 training faces.
         iterations: training iterations. "Computational time": "10 h ... for 10,000
             iterations".
+    """
+
+    stop_shape_gradient: bool = True
+    init_noise: float = 0.0
+    bias_correction_faces: int = 5000
+    weight_decay: float = 1e-4
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    batch_size: int = 64
+    iterations: int = 10_000
+
+    def validate(self) -> None:
+        if self.bias_correction_faces < 1:
+            raise ValueError(
+                f"bias_correction_faces must be >= 1, got {self.bias_correction_faces}")
+        if self.init_noise < 0:
+            raise ValueError(f"init_noise must be >= 0, got {self.init_noise}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MSRRNAugmentConfig(BoxAugmentGroup):
+    """The training augmentation: the paper's ("Implementational details") and the
+    face-box perturbation of ``common.config.BoxAugmentGroup`` (off by default).
+
+    Attributes:
         noise_sigma: per-pixel Gaussian noise sigma in grey levels of 0..255
             ("Implementational details": "Gaussian noise of sigma = 0.5").
         flip: random horizontal flips ("Implementational details": "flipping").
@@ -152,152 +230,14 @@ class MSRRNConfig:
             covers.
     """
 
-    scales: tuple[int, ...] = (50, 100, 200)
-    num_stages: int = 3
-    num_landmarks: int = 68
-    margin: float = 0.2
-    patch_size: int = 12
-    patch_extent: float | None = None
-    regression_conv_filters: tuple[int, ...] = (16, 32)
-    regression_kernel_size: int = 3
-    regression_pool_size: int = 2
-    regression_fc_units: tuple[int, ...] = (256,)
-    hidden_size: int = 0
-    init: str = "cnn"
-    init_conv_filters: tuple[int, ...] = (16, 32, 64)
-    init_kernel_size: int = 3
-    init_fc_units: tuple[int, ...] = (256,)
-    stop_shape_gradient: bool = True
-    init_noise: float = 0.0
-    bias_correction: bool = True
-    bias_correction_faces: int = 5000
-    flip_test: bool = True
-    weight_decay: float = 1e-4
-    learning_rate: float = 0.01
-    momentum: float = 0.9
-    batch_size: int = 64
-    iterations: int = 10_000
     noise_sigma: float = 0.5
     flip: bool = True
     max_rotation_deg: float = 15.0
-    box_shift_x: tuple[float, float] = (0.0, 0.0)
-    box_shift_y: tuple[float, float] = (0.0, 0.0)
-    box_scale_range: tuple[float, float] = (1.0, 1.0)
-    box_aspect_range: tuple[float, float] = (1.0, 1.0)
 
-    def __post_init__(self):
-        # Accept lists (JSON, flags) for the tuple fields, keeping the object hashable.
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, list):
-                object.__setattr__(self, field.name, tuple(value))
-        if not self.scales or any(int(s) <= 0 for s in self.scales):
-            raise ValueError(f"scales must be positive sizes, got {self.scales}")
-        if list(self.scales) != sorted(self.scales):
-            raise ValueError(f"scales must run coarse to fine (increasing), got {self.scales}")
-        if self.num_stages < 1:
-            raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
-        if self.num_landmarks < 1:
-            raise ValueError(f"num_landmarks must be >= 1, got {self.num_landmarks}")
-        if self.patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
-        if self.patch_extent is not None and self.patch_extent <= 0:
-            raise ValueError(f"patch_extent must be positive or None, got {self.patch_extent}")
-        if self.init not in INIT_MODES:
-            raise ValueError(f"init must be one of {INIT_MODES}, got {self.init!r}")
-        if self.hidden_size < 0:
-            raise ValueError(f"hidden_size must be >= 0, got {self.hidden_size}")
-        if self.margin < 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
-        if self.bias_correction_faces < 1:
-            raise ValueError(
-                f"bias_correction_faces must be >= 1, got {self.bias_correction_faces}")
-        if self.init_noise < 0:
-            raise ValueError(f"init_noise must be >= 0, got {self.init_noise}")
-        self.box_ranges  # noqa: B018 (validates the ranges)
-
-    @property
-    def box_ranges(self):
-        """The training face-box perturbation, a ``common.box_perturbation.BoxRanges``.
-
-        Raises:
-            ValueError: a ``box_*`` field is not a valid ``(low, high)`` range.
-        """
-        from common.box_perturbation import BoxRanges
-
-        return BoxRanges(shift_x=self.box_shift_x, shift_y=self.box_shift_y,
-                         scale=self.box_scale_range, aspect=self.box_aspect_range)
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> MSRRNConfig:
-        """The config of a named preset (:data:`PRESETS`, the one place presets are
-        defined), with ``overrides`` applied on top.
-
-        Args:
-            name: ``"paper"`` (the defaults), ``"quick"`` (:data:`QUICK_OVERRIDES`),
-                ``"small"`` (tests, quick CPU runs) or ``"tiny"`` (smoke benchmarks).
-            **overrides: fields to change on top of the preset.
-
-        Returns:
-            The config.
-
-        Raises:
-            ValueError: an unknown preset (names the known ones) or field.
-        """
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; expected one of {tuple(PRESETS)}")
-        return cls().replace(**{**PRESETS[name], **overrides})
-
-    @classmethod
-    def small(cls, **overrides: Any) -> MSRRNConfig:
-        """``preset("small", **overrides)``: a tiny model for tests and quick CPU runs
-        (the paper's scales and stages, narrow layers, a short schedule)."""
-        return cls.preset("small", **overrides)
-
-    def replace(self, **overrides: Any) -> MSRRNConfig:
-        """Returns a copy with some fields changed.
-
-        Args:
-            **overrides: field names and new values.
-
-        Returns:
-            The new config (validated).
-
-        Raises:
-            ValueError: a name is not a field of ``MSRRNConfig``.
-        """
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"unknown MSRRNConfig field(s) {unknown}; known: {sorted(names)}")
-        return dataclasses.replace(self, **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns a JSON-friendly dict (tuples become lists)."""
-        return {f.name: (list(v) if isinstance(v, tuple) else v)
-                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> MSRRNConfig:
-        """Builds a config from ``to_dict()`` output (missing fields keep defaults).
-
-        Args:
-            values: field names and values.
-
-        Returns:
-            The config.
-
-        Raises:
-            ValueError: a key is not a field of ``MSRRNConfig``.
-        """
-        return cls().replace(**values)
-
-    def augment_config(self):
-        """The training augmentation as a ``common.pipeline.AugmentConfig``: that of
-        "Implementational details" (rotation uniform in +-``max_rotation_deg``, flips
-        with probability 0.5 when ``flip``, pixel noise ``noise_sigma``; the paper
-        lists nothing else) and the face-box perturbation of the ``box_*`` fields
-        (off in ``MSRRNConfig()``, the paper's setting).
+    def pipeline_config(self):
+        """The augmentation as a ``common.pipeline.AugmentConfig``: rotation uniform in
+        +-``max_rotation_deg``, flips with probability 0.5 when ``flip``, pixel noise
+        ``noise_sigma`` (the paper lists nothing else) and the face-box perturbation.
 
         Returns:
             ``common.pipeline.AugmentConfig``.
@@ -309,14 +249,29 @@ class MSRRNConfig:
                              flip_prob=0.5 if self.flip else 0.0,
                              noise_sigma=self.noise_sigma, **self.box_ranges.as_fields())
 
-    def to_json(self) -> str:
-        """Returns the config as indented JSON (written next to checkpoints)."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    @classmethod
-    def from_json(cls, text: str) -> MSRRNConfig:
-        """Parses ``to_json()`` output."""
-        return cls.from_dict(json.loads(text))
+@dataclasses.dataclass(frozen=True, init=False)
+class MSRRNConfig(GroupedConfig):
+    """Hyper-parameters of MSRRN: the model, its optimisation and its augmentation.
+
+    ``MSRRNConfig()`` is the ``"paper"`` preset. Build others with
+    :meth:`preset` (``MSRRNConfig.preset("quick", batch_size=16)``) and change fields
+    with :meth:`replace` (group mappings or field names).
+
+    Attributes:
+        model: what the network computes (:class:`MSRRNModelConfig`).
+        train: how it is optimised (:class:`MSRRNTrainConfig`).
+        augment: the training augmentation (:class:`MSRRNAugmentConfig`).
+    """
+
+    model: MSRRNModelConfig = dataclasses.field(default_factory=MSRRNModelConfig)
+    train: MSRRNTrainConfig = dataclasses.field(default_factory=MSRRNTrainConfig)
+    augment: MSRRNAugmentConfig = dataclasses.field(default_factory=MSRRNAugmentConfig)
+
+    def augment_config(self):
+        """``self.augment.pipeline_config()``: the training augmentation as a
+        ``common.pipeline.AugmentConfig``."""
+        return self.augment.pipeline_config()
 
 
 QUICK_OVERRIDES: dict[str, Any] = {
@@ -374,3 +329,5 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Named presets (:meth:`MSRRNConfig.preset`): the fields each changes from the
 paper's defaults. ``"tiny"`` is the smoke-test model of ``experiments.bench_speed``
 (its numbers mean nothing)."""
+
+MSRRNConfig.PRESETS = PRESETS

@@ -78,7 +78,7 @@ def train(data: str, *, run_dir: str, train_split: str = "train",
     del eval_split
     from msrrn_tf import training
 
-    config = training.preset_config(preset).replace(**(config_overrides or {}))
+    config = training.MSRRNConfig.preset(preset).replace(**(config_overrides or {}))
     if batch_size:
         config = config.replace(batch_size=int(batch_size))
     result = training.train_msrrn(

@@ -38,7 +38,7 @@ _CONFIG_FLAGS = {"steps": "iterations", "batch_size": "batch_size",
 def _define_flags() -> None:
     """Defines the flags (only when run as a program, never on import)."""
     from common.training import STRATEGY_NAMES
-    from msrrn_tf.training import PRESETS
+    from msrrn_tf.config import MSRRNConfig
 
     flags.DEFINE_string(
         "data", None,
@@ -59,14 +59,15 @@ def _define_flags() -> None:
         "export/). Default: runs/msrrn-<timestamp>. Rerun with the same --run_dir to "
         "resume from its latest checkpoint.")
     flags.DEFINE_enum(
-        "preset", "quick", list(PRESETS),
+        "preset", "quick", list(MSRRNConfig.preset_names()),
         "quick: reduced widths and a short schedule on 2,000 synthetic faces (the whole "
         "job finishes in under 15 minutes on 2 CPU cores), trained with the paper's "
         "augmentation plus a face-box perturbation over the measured detector variance "
         "(common.box_perturbation; the box_* config fields, [0, 0] / [1, 1] switch it "
         "off); paper: MSRRNConfig defaults (10,000 iterations of batch 64, the paper's "
         "setting, and the paper's augmentation only: rotation +-15 deg, flips, pixel "
-        "noise sigma 0.5, no box perturbation).")
+        "noise sigma 0.5, no box perturbation); small, tiny: narrow test-size models "
+        "(msrrn_tf.config.PRESETS, where every preset is defined).")
     flags.DEFINE_string(
         "config_json", None,
         "MSRRNConfig overrides as a JSON object or the path of a JSON file, e.g. "
@@ -144,19 +145,17 @@ def _overrides_from_json(text: str) -> dict:
 
 def _saved_config(run_dir: str):
     """The MSRRNConfig recorded in ``run_dir/config.json``, or ``None``."""
+    from common.run_files import read_run_record
     from msrrn_tf.config import MSRRNConfig
 
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return MSRRNConfig.from_dict(json.load(f)["config"]["values"])
+    record = read_run_record(run_dir, legacy=False)
+    return None if record is None else MSRRNConfig.from_dict(record.values)
 
 
 def _resolve_config(run_dir: str):
     """The preset (or a resumed run's saved config), then --config_json, then the
     explicitly given --steps / --batch_size / --learning_rate."""
-    from msrrn_tf.training import preset_config
+    from msrrn_tf.config import MSRRNConfig
 
     config = _saved_config(run_dir)
     if config is not None:
@@ -165,7 +164,7 @@ def _resolve_config(run_dir: str):
         if FLAGS["preset"].present:
             print(f"note: --preset={FLAGS.preset} is ignored when resuming", flush=True)
     else:
-        config = preset_config(FLAGS.preset)
+        config = MSRRNConfig.preset(FLAGS.preset)
     if FLAGS.config_json:
         config = config.replace(**_overrides_from_json(FLAGS.config_json))
     explicit = {field: getattr(FLAGS, flag) for flag, field in _CONFIG_FLAGS.items()

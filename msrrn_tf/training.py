@@ -68,13 +68,11 @@ from common import task as task_lib
 from common.geometry import crop_boxes_from_face_boxes, image_to_crop
 from common.multidata import DataSpec
 from common.pipeline import make_dataset
+from common.run_files import read_run_record
 from common.schemes import LandmarkScheme, scheme_for
 from common.tfrecord import find_shards, parse_face
 from msrrn_tf.config import QUICK_OVERRIDES, MSRRNConfig  # noqa: F401  (re-exported)
 from msrrn_tf.model import MSRRN, build_msrrn
-
-PRESETS = ("paper", "quick")
-"""The training presets of ``python -m msrrn_tf.train`` (``MSRRNConfig.preset``)."""
 
 QUICK_SYNTHETIC_SPLITS = {"train": 2000, "val": 200}
 """Faces per split of the embedded synthetic data set used by the ``"quick"`` preset
@@ -86,21 +84,6 @@ HELEN train) and 554 test faces (the full set), "Datasets"."""
 
 STAGE_ROW_LABELS = ("mean shape", "initial CNN (S^0)")
 """Labels of the two baseline rows of the Table 2 report."""
-
-
-def preset_config(preset: str) -> MSRRNConfig:
-    """Returns the config of a preset.
-
-    Args:
-        preset: ``"paper"`` (``MSRRNConfig()`` defaults) or ``"quick"``
-            (``msrrn_tf.config.QUICK_OVERRIDES``); ``MSRRNConfig.preset`` defines them.
-
-    Returns:
-        The config.
-    """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
-    return MSRRNConfig.preset(preset)
 
 
 def synthetic_splits(preset: str) -> dict[str, int]:
@@ -654,7 +637,7 @@ def check_init_from(config: MSRRNConfig, init_from: str) -> str:
         differs = ""
         source = _run_config_of(init_from)
         if source is not None:
-            mine, theirs = config.to_dict(), source.to_dict()
+            mine, theirs = config.flat_dict(), source.flat_dict()
             fields = [k for k in mine if mine[k] != theirs.get(k)]
             differs = (f"; its config.json differs in {', '.join(fields)}" if fields
                        else "")
@@ -668,11 +651,10 @@ def _run_config_of(path: str) -> MSRRNConfig | None:
     """The MSRRNConfig in the ``config.json`` of the run holding ``path``, if any."""
     path = os.path.abspath(path)
     for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
-        record = os.path.join(candidate, "config.json")
-        if os.path.isfile(record):
-            with open(record) as f:
-                values = json.load(f).get("config", {}).get("values")
-            return MSRRNConfig.from_dict(values) if values else None
+        record = (read_run_record(candidate, legacy=False)
+                  if os.path.isdir(candidate) else None)
+        if record is not None:
+            return MSRRNConfig.from_dict(record.values) if record.values else None
     return None
 
 
@@ -781,7 +763,6 @@ def ablation_run_dir(run_dir: str, num_stages: int) -> str:
 
 __all__ = [
     "BIAS_CORRECTION_FILE",
-    "PRESETS",
     "QUICK_OVERRIDES",
     "QUICK_SYNTHETIC_SPLITS",
     "MSRRNTrainResult",
@@ -791,7 +772,6 @@ __all__ = [
     "fit_bias_correction",
     "format_table2",
     "predict_msrrn",
-    "preset_config",
     "sample_faces",
     "squared_shape_error",
     "stage_ablation_report",

@@ -42,7 +42,7 @@ def msrrn_config(batch_size: int):
     flips, so that its loss falls clearly within a few dozen steps."""
     from msrrn_tf.config import MSRRNConfig
 
-    return MSRRNConfig.small(scales=(32, 64), num_stages=2, patch_size=8,
+    return MSRRNConfig.preset("small", scales=(32, 64), num_stages=2, patch_size=8,
                              batch_size=batch_size, learning_rate=0.01,
                              max_rotation_deg=0.0, flip=False)
 
@@ -51,7 +51,7 @@ def ccnn_config(batch_size: int, seed: int):
     """The ``tiny`` CCNN (stage 1 is trained), with a learning rate for a short run."""
     from ccnn_tf.config import CCNNConfig
 
-    return CCNNConfig.tiny(batch_size=batch_size, learning_rate=0.05, momentum=0.9,
+    return CCNNConfig.preset("tiny", batch_size=batch_size, learning_rate=0.05, momentum=0.9,
                            seed=seed)
 
 

@@ -159,14 +159,14 @@ def test_evaluators_box_table_matches_the_comparisons_section(family, synthetic_
         from msrrn_tf.config import MSRRNConfig
         from msrrn_tf.model import build_msrrn
 
-        model, kind = build_msrrn(MSRRNConfig.small(scales=(16, 32, 64), patch_size=8)), \
+        model, kind = build_msrrn(MSRRNConfig.preset("small", scales=(16, 32, 64), patch_size=8)), \
             "inter_pupil"
         data = synthetic_folders[68]
     else:
         from ccnn_tf.config import CCNNConfig
         from ccnn_tf.model import build_ccnn
 
-        model, kind = build_ccnn(CCNNConfig.tiny()), "box_width"
+        model, kind = build_ccnn(CCNNConfig.preset("tiny")), "box_width"
         data = synthetic_folders[5]
     sources = ("stored", "landmark_square", "jitter_5")
     section = br.evaluate_box_robustness(model, data, "val", str(tmp_path), kind=kind,

@@ -42,7 +42,7 @@ def _run(module: str, *args: str, cwd: str) -> subprocess.CompletedProcess:
 
 
 def test_layout_and_loss_follow_the_windows():
-    config = CCNNConfig.tiny()
+    config = CCNNConfig.preset("tiny")
     model = build_ccnn(config, network_outputs=True)
     first = training.network_layout(model.stage_layer(1))
     assert first.point_indices == (0, 1, 2, 3, 4, 0, 1, 2, 2, 3, 4)  # F1, EN1, NM1
@@ -63,7 +63,7 @@ def test_layout_and_loss_follow_the_windows():
 
 
 def test_stages_in_series_resume_and_stale_weights(data, tmp_path):
-    config = CCNNConfig.tiny()
+    config = CCNNConfig.preset("tiny")
     run_dir = str(tmp_path / "run")
     common = {"data": data, "run_dir": run_dir, "steps": STEPS, "checkpoint_every": 2,
               "verbose": False}
@@ -145,7 +145,7 @@ def test_cli_train_evaluate_export(data, tmp_path):
             assert "failure@0.1" in entry and len(entry["per_point_failure@0.1"]) == 5
     cost = results["cost"]
     assert [row["stages"] for row in cost["by_stages"]] == [1, 2, 3]
-    expected = sum(row["parameters"] for row in parameter_table(CCNNConfig.tiny()))
+    expected = sum(row["parameters"] for row in parameter_table(CCNNConfig.preset("tiny")))
     assert cost["parameters"] == expected and cost["ms_per_face"] > 0
     with open(os.path.join(out, "ccnn_val.md")) as f:
         markdown = f.read()

@@ -38,38 +38,40 @@ def _images(config: CCNNConfig, n: int = 2, seed: int = 0) -> dict[str, np.ndarr
 
 @pytest.fixture(scope="module")
 def tiny_config() -> CCNNConfig:
-    return CCNNConfig.tiny()
+    return CCNNConfig.preset("tiny")
 
 
 # --- Config --------------------------------------------------------------------------
 
 def test_box_perturbation_on_in_quick_off_in_paper():
-    from ccnn_tf.training import TRAINING_ONLY_FIELDS, augment_config, preset_config
+    from ccnn_tf.training import augment_config
     from common.box_perturbation import DETECTOR_RANGES_CUHK5
 
-    quick = preset_config("quick")
-    assert quick.box_ranges == DETECTOR_RANGES_CUHK5 and not quick.box_ranges.is_identity
+    quick = CCNNConfig.preset("quick")
+    assert quick.augment.box_ranges == DETECTOR_RANGES_CUHK5
+    assert not quick.augment.box_ranges.is_identity
     ranges = augment_config(quick).box_ranges
     assert (ranges.shift_x, ranges.shift_y, ranges.scale) == (
         (-0.12, 0.10), (-0.14, 0.05), (0.95, 1.57))
     for name in ("paper", "tiny"):
-        assert augment_config(preset_config(name)).box_ranges.is_identity
-    assert preset_config("paper") == CCNNConfig()
+        assert augment_config(CCNNConfig.preset(name)).box_ranges.is_identity
+    assert CCNNConfig.preset("paper") == CCNNConfig()
     # The fields switch it off (e.g. compare_real --config_json) and only train.
     off = quick.replace(box_shift_x=[0, 0], box_shift_y=[0, 0], box_scale_range=[1, 1])
     assert augment_config(off).box_ranges.is_identity
+    training_only = set(off.flat_dict()) - set(off.structural_dict())
     assert {"box_shift_x", "box_shift_y", "box_scale_range",
-            "box_aspect_range"} <= TRAINING_ONLY_FIELDS
+            "box_aspect_range"} <= training_only
     with pytest.raises(ValueError, match="shift_y"):
         CCNNConfig(box_shift_y=(0.1, -0.1))
 
 
 def test_config_of_an_earlier_run_loads_without_box_perturbation():
-    values = json.loads(json.dumps(CCNNConfig().to_dict()))
+    values = json.loads(json.dumps(CCNNConfig().flat_dict()))  # the old flat form
     for name in ("box_shift_x", "box_shift_y", "box_scale_range", "box_aspect_range"):
         del values[name]
     config = CCNNConfig.from_dict(values)
-    assert config == CCNNConfig() and config.box_ranges.is_identity
+    assert config == CCNNConfig() and config.augment.box_ranges.is_identity
 
 
 def test_config_round_trip_and_replace():
@@ -83,7 +85,7 @@ def test_config_round_trip_and_replace():
         CCNNConfig.from_dict({"no_such_field": 1})
     with pytest.raises(ValueError, match="num_stages"):
         config.replace(num_stages=4)
-    assert CCNNConfig.tiny().stage2_half_sizes == config.stage2_half_sizes
+    assert CCNNConfig.preset("tiny").stage2_half_sizes == config.stage2_half_sizes
 
 
 def test_config_paper_values():
@@ -281,8 +283,11 @@ def test_grouped_networks_compute_the_separate_networks(tiny_config):
     # mirrored pass, so it is 1 there).
     trained = model(x, training=True)
     np.testing.assert_allclose(trained["confidence"], np.ones(3), atol=1e-6)
+    # (5e-5: the two modes differ in float rounding, and a later stage's window moves
+    # with the earlier stage's points, so the sampled pixels amplify it; measured
+    # 1.4e-5 on an AMD EPYC, below 1e-5 on Intel.)
     for key in outputs.keys() - {"confidence"}:
-        np.testing.assert_allclose(trained[key], outputs[key], atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(trained[key], outputs[key], atol=5e-5, err_msg=key)
     # Traced with one convolution per network (TFLite) or with frozen weights (export).
     for options in ({"grouped": False}, {"frozen_weights": True}):
         with model.trace_options(**options):
@@ -449,8 +454,8 @@ def test_switching_inference_options_changes_only_what_it_should(tiny_config, tm
             np.testing.assert_array_equal(a, b)
     # The confidence source: the landmarks stay, the confidence changes.
     got = pairs(x, training=False)
-    for k in ("stage_1", "stage_2", "stage_3", "landmarks"):
-        np.testing.assert_array_equal(got[k], want[k])
+    for k in ("stage_1", "stage_2", "stage_3", "landmarks"):  # another graph: rounding
+        np.testing.assert_allclose(got[k], want[k], atol=5e-5)  # cf. the grouped test
     assert np.abs(got["confidence"].numpy() - want["confidence"].numpy()).max() > 1e-3
     # The flip test: the landmarks change, the (flip) confidence stays.
     got = averaged(x, training=False)
@@ -467,7 +472,7 @@ def test_switching_inference_options_changes_only_what_it_should(tiny_config, tm
     restored = keras.models.load_model(path)
     assert restored.flip_test and restored.confidence_source == "flip"
     np.testing.assert_allclose(restored(x, training=False)["landmarks"], got["landmarks"],
-                               atol=1e-6)
+                               atol=5e-5)
     old = {k: v for k, v in base.get_config().items()
            if k not in ("flip_test", "confidence_source")}
     older = CCNNCascade.from_config(old)

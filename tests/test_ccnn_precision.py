@@ -29,7 +29,7 @@ def mixed_float16():
 
 
 def test_mixed_precision_forward_and_gradient_step(mixed_float16):
-    config = CCNNConfig.tiny(dropout=0.0)
+    config = CCNNConfig.preset("tiny", dropout=0.0)
     keras.utils.set_random_seed(0)
     model = build_ccnn(config, network_outputs=True)
     network = model.stage_layer(2).networks[0]
@@ -82,14 +82,14 @@ def test_mixed_precision_forward_and_gradient_step(mixed_float16):
 
 
 def test_export_of_a_mixed_precision_cascade_is_float32(mixed_float16):
-    model = build_ccnn(CCNNConfig.tiny())
+    model = build_ccnn(CCNNConfig.preset("tiny"))
     copy = ccnn_export.float32_cascade(model)
     assert copy is not model
     assert copy.stage_layer(3).networks[0].layers[-1].compute_dtype == "float32"
     for old, new in zip(model.get_weights(), copy.get_weights()):
         np.testing.assert_array_equal(old, new)
     keras.mixed_precision.set_global_policy("float32")
-    float_model = build_ccnn(CCNNConfig.tiny())
+    float_model = build_ccnn(CCNNConfig.preset("tiny"))
     assert ccnn_export.float32_cascade(float_model) is float_model
 
 
@@ -111,7 +111,7 @@ def test_int8_networks_with_degenerate_calibration_ranges(tmp_path):
     # cascade abort in TFLite's SQUARED_DIFFERENCE (ccnn_tf.export docstring); the
     # int8 variant keeps that arithmetic in float32 and must run, in a fresh process.
     keras.utils.set_random_seed(0)
-    config = CCNNConfig.tiny(weight_decay=0.0)
+    config = CCNNConfig.preset("tiny", weight_decay=0.0)
     model = build_ccnn(config)
     for k in (1, 2, 3):
         for network in model.stage_layer(k).networks:

@@ -88,7 +88,7 @@ def test_confidence_is_lower_for_a_shuffled_pixels_face():
     from msrrn_tf.model import build_msrrn
 
     keras.utils.set_random_seed(0)
-    config = MSRRNConfig.small(scales=(16, 32, 64), patch_size=8)
+    config = MSRRNConfig.preset("small", scales=(16, 32, 64), patch_size=8)
     model = build_msrrn(config)
     faces = [generate_face(i, seed=3) for i in range(160)]
     images = np.stack([f.image for f in faces])
@@ -138,7 +138,7 @@ def _ccnn_on_synthetic_faces(steps: int):
     from common.synthetic import generate_face
 
     keras.utils.set_random_seed(0)
-    config = CCNNConfig.tiny()
+    config = CCNNConfig.preset("tiny")
     model = build_ccnn(config)
     faces = [generate_face(i, seed=3) for i in range(160)]
     inputs, crop_boxes = geometry.preprocess_faces(
@@ -190,7 +190,7 @@ def test_ccnn_saved_model_confidence_in_unit_range(tmp_path):
     from ccnn_tf.model import build_ccnn
 
     keras.utils.set_random_seed(2)
-    config = CCNNConfig.tiny()
+    config = CCNNConfig.preset("tiny")
     model = build_ccnn(config)
     path = export_saved_model(model, str(tmp_path / "1"))
     default = tf.saved_model.load(path).signatures["serving_default"]

@@ -137,7 +137,7 @@ def test_ccnn_num_landmarks_and_the_old_num_points_name(tmp_path):
     from ccnn_tf.model import CCNNCascade, build_ccnn
     from common import landmark_model
 
-    model = build_ccnn(CCNNConfig.tiny())
+    model = build_ccnn(CCNNConfig.preset("tiny"))
     assert model.num_landmarks == model.num_points == 5
     assert model.input_sizes == (model.get_config()["input_size"],)
     assert landmark_model.describe(model)["scheme"] == "cuhk5"
@@ -152,23 +152,24 @@ def test_presets_are_defined_next_to_the_configs_and_keep_their_values():
     from ccnn_tf import training as ccnn_training
     from ccnn_tf.config import CCNNConfig
     from common.box_perturbation import DETECTOR_RANGES_68, DETECTOR_RANGES_CUHK5
-    from msrrn_tf import training as msrrn_training
     from msrrn_tf.config import MSRRNConfig
 
     quick = MSRRNConfig().replace(**DETECTOR_RANGES_68.as_fields(),
         scales=(32, 64, 128), patch_size=8, regression_conv_filters=(16, 16),
         regression_fc_units=(128,), init_conv_filters=(8, 16, 32), init_fc_units=(128,),
         batch_size=32, learning_rate=0.01, iterations=2500)
-    assert MSRRNConfig.preset("quick") == msrrn_training.preset_config("quick") == quick
+    assert MSRRNConfig.preset("quick") == quick
     assert MSRRNConfig.preset("paper") == MSRRNConfig()
-    assert MSRRNConfig.small(batch_size=4) == MSRRNConfig().replace(
+    assert MSRRNConfig.preset("small", batch_size=4) == MSRRNConfig().replace(
         regression_conv_filters=(8, 8), regression_fc_units=(64,),
         init_conv_filters=(8, 8, 16), init_fc_units=(64,), batch_size=4, iterations=200)
-    assert CCNNConfig.preset("quick") == ccnn_training.preset_config("quick") == CCNNConfig(
+    assert CCNNConfig.preset("quick") == ccnn_training.build_config("quick") == CCNNConfig(
         steps_per_stage=500, learning_rate=0.03, momentum=0.9, seed=0,
         **DETECTOR_RANGES_CUHK5.as_fields())
-    assert CCNNConfig.tiny(seed=3) == CCNNConfig.preset("tiny", seed=3)
-    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+    tiny = CCNNConfig.preset("tiny", seed=3)
+    assert tiny.seed == 3 and tiny.input_size == 32 and tiny.refine_conv_filters == (4,)
+    assert tiny.model == CCNNConfig.preset("tiny").model  # the seed is a train field
+    with pytest.raises(ValueError, match="unknown MSRRNConfig preset 'fast'"):
         MSRRNConfig.preset("fast")
-    with pytest.raises(ValueError, match="unknown preset 'fast'"):
-        ccnn_training.preset_config("fast")
+    with pytest.raises(ValueError, match="unknown CCNNConfig preset 'fast'"):
+        ccnn_training.build_config("fast")

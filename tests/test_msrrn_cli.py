@@ -63,11 +63,11 @@ def test_train_writes_a_complete_run(run_dir):
     assert (run / "export" / "saved_model" / "1" / "saved_model.pb").is_file()
     assert (run / "export" / "saved_model" / "1" / "export_info.json").is_file()
     report = json.loads((run / "export" / "export_report.json").read_text())
-    assert report["training_data"] and report["config"]["scales"] == [16, 24, 32]
+    assert report["training_data"] and report["config"]["model"]["scales"] == [16, 24, 32]
     assert any((run / "tensorboard").iterdir())
     record = json.loads((run / "config.json").read_text())
-    assert record["config"]["values"]["scales"] == [16, 24, 32]
-    assert record["config"]["values"]["batch_size"] == 4
+    assert record["config"]["values"]["model"]["scales"] == [16, 24, 32]
+    assert record["config"]["values"]["train"]["batch_size"] == 4
     assert record["training"]["checkpoint_every"] == 2
     results = json.loads((run / "eval" / "val.json").read_text())
     assert list(results["table2"]) == ["mean shape", "initial CNN (S^0)", "1 stage",
@@ -76,7 +76,7 @@ def test_train_writes_a_complete_run(run_dir):
     # The T = 1 ablation model has its own run.
     assert (run / "stages_1" / "model.keras").is_file()
     sub = json.loads((run / "stages_1" / "config.json").read_text())
-    assert sub["config"]["values"]["num_stages"] == 1
+    assert sub["config"]["values"]["model"]["num_stages"] == 1
     assert "trained 4 steps (from step 0)" in first
     assert re.search(r"4 steps in \d+ s of training loop: [\d.]+ steps/s, \d+ faces/s at "
                      r"batch 4\)", first)

@@ -18,7 +18,7 @@ from msrrn_tf.model import (
     stage_scales,
 )
 
-TINY = MSRRNConfig.small(scales=(16, 32, 64), patch_size=8)
+TINY = MSRRNConfig.preset("small", scales=(16, 32, 64), patch_size=8)
 
 
 def random_inputs(scales, batch=2, seed=0):
@@ -49,9 +49,22 @@ def test_config_round_trip():
     config = MSRRNConfig().replace(hidden_size=8, init="mean_shape", patch_extent=0.1)
     assert MSRRNConfig.from_dict(config.to_dict()) == config
     assert MSRRNConfig.from_json(config.to_json()) == config
-    assert json.loads(config.to_json())["scales"] == [50, 100, 200]
+    assert json.loads(config.to_json())["model"]["scales"] == [50, 100, 200]
+    assert set(config.to_dict()) == {"model", "train", "augment"}
+    # The groups: where each field lives, and the flat names that reach them.
+    assert config.model.hidden_size == config.hidden_size == 8
+    assert config.train.batch_size == 64 and config.augment.noise_sigma == 0.5
+    assert MSRRNConfig(model={"margin": 0.3}) == MSRRNConfig(margin=0.3)
+    assert MSRRNConfig().replace(train=config.train.replace(batch_size=4)).batch_size == 4
+    assert set(config.structural_dict()) <= set(config.model.to_dict()) - {"flip_test"}
+    with pytest.raises(ValueError, match="unknown MSRRNConfig field"):
+        MSRRNConfig(no_such_field=1)
+    with pytest.raises(ValueError, match="unknown MSRRNModelConfig field"):
+        MSRRNConfig(model={"batch_size": 4})  # a train field in the model group
+    with pytest.raises(AttributeError, match="no attribute 'box_rangez'"):
+        config.box_rangez  # noqa: B018
     assert MSRRNConfig.from_dict({"scales": [20, 40]}).scales == (20, 40)
-    assert MSRRNConfig.small().regression_fc_units != MSRRNConfig().regression_fc_units
+    assert MSRRNConfig.preset("small").regression_fc_units != MSRRNConfig().regression_fc_units
 
 
 def test_config_augmentation():
@@ -67,14 +80,13 @@ BOX_FIELDS = ("box_shift_x", "box_shift_y", "box_scale_range", "box_aspect_range
 
 def test_box_perturbation_on_in_quick_off_in_paper():
     from common.box_perturbation import DETECTOR_RANGES_68
-    from msrrn_tf.training import preset_config
-
-    quick = preset_config("quick")
-    assert quick.box_ranges == DETECTOR_RANGES_68 and not quick.box_ranges.is_identity
+    quick = MSRRNConfig.preset("quick")
+    assert quick.augment.box_ranges == DETECTOR_RANGES_68
+    assert not quick.augment.box_ranges.is_identity
     ranges = quick.augment_config().box_ranges
     assert (ranges.shift_x, ranges.shift_y, ranges.scale) == (
         (-0.15, 0.17), (-0.15, 0.19), (0.83, 1.37))
-    paper = preset_config("paper")
+    paper = MSRRNConfig.preset("paper")
     assert paper == MSRRNConfig() and paper.augment_config().box_ranges.is_identity
     # --config_json switches it off.
     off = quick.replace(**json.loads(
@@ -87,11 +99,11 @@ def test_box_perturbation_on_in_quick_off_in_paper():
 def test_config_json_of_an_earlier_run_loads_without_box_perturbation():
     # A run saved before the box fields existed was trained without box perturbation;
     # its config.json still loads and says so.
-    values = MSRRNConfig().replace(**QUICK_VALUES).to_dict()
+    values = MSRRNConfig().replace(**QUICK_VALUES).flat_dict()  # the old flat form
     for name in BOX_FIELDS:
         del values[name]
     config = MSRRNConfig.from_json(json.dumps(values))
-    assert config.box_ranges.is_identity and config.scales == (32, 64, 128)
+    assert config.augment.box_ranges.is_identity and config.scales == (32, 64, 128)
     assert MSRRNConfig.from_dict(config.to_dict()) == config
 
 
@@ -402,9 +414,10 @@ def toy_batch(rng, n, sizes):
 
 def test_tiny_msrrn_learns_toy_task():
     keras.utils.set_random_seed(0)
-    config = MSRRNConfig.small(scales=(24, 48), num_stages=2, num_landmarks=3, patch_size=8,
-                               init="mean_shape", regression_conv_filters=(8, 8),
-                               regression_fc_units=(32,), weight_decay=0.0)
+    config = MSRRNConfig.preset("small", scales=(24, 48), num_stages=2, num_landmarks=3,
+                                patch_size=8, init="mean_shape",
+                                regression_conv_filters=(8, 8), regression_fc_units=(32,),
+                                weight_decay=0.0)
     with pytest.raises(ValueError, match="flip_test needs"):
         build_msrrn(config)  # three points have no mirror layout
     model = build_msrrn(config.replace(flip_test=False))

@@ -205,8 +205,8 @@ def test_ccnn_cli_trains_on_two_weighted_folders_and_reports_each(tmp_path):
     assert [per[k]["num_faces"] for k in per] == [4, 2, 6]
     assert per["five_b"]["weight"] == pytest.approx(0.4)
     assert "per data set" in (run / "eval" / "ccnn_val.md").read_text()
-    record = json.loads((run / "run.json").read_text())
-    assert record["data_spec"]["weights"] == [0.6, 0.4]
+    record = json.loads((run / "config.json").read_text())
+    assert record["data"]["weights"] == [0.6, 0.4]
     from ccnn_tf.runs import run_data
 
     assert DataSpec.parse(run_data(str(run))).folders == (a, b)

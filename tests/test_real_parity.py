@@ -97,7 +97,7 @@ def _check_real_faces(images: np.ndarray, boxes: np.ndarray) -> None:
 def test_msrrn_savedmodel_and_tflite_match_keras_on_real_faces(ytf68, tmp_path):
     images, boxes = export.parity_faces(ytf68, SPLIT, NUM_FACES)
     _check_real_faces(images, boxes)
-    config = MSRRNConfig.small(**TINY_CONFIG)
+    config = MSRRNConfig.preset("small", **TINY_CONFIG)
     keras.utils.set_random_seed(SEED)
     model = build_msrrn(config)
     # The mean shape of these faces, so that the stages sample patches on the face.
@@ -122,7 +122,7 @@ def test_msrrn_savedmodel_and_tflite_match_keras_on_real_faces(ytf68, tmp_path):
 def test_ccnn_savedmodel_and_tflite_match_keras_on_real_faces(sun5, tmp_path):
     _check_real_faces(*export.parity_faces(sun5, SPLIT, NUM_FACES))
     keras.utils.set_random_seed(SEED)
-    model = build_ccnn(CCNNConfig.tiny())
+    model = build_ccnn(CCNNConfig.preset("tiny"))
     # export_cascade checks every file in a fresh process and raises ParityError
     # beyond ccnn_export.TOLERANCES.
     # The dynamic-range quantised TFLite is left out: its tolerance (0.01) is set
