@@ -151,16 +151,20 @@ DEFAULT_TRACE_OPTIONS = TraceOptions()
 
 
 @functools.cache
-def grouped_convolutions_supported(gradient: bool = False) -> bool:
+def grouped_convolutions_supported(gradient: bool = False, bias_add: bool = True) -> bool:
     """Whether this process's TensorFlow runs a grouped convolution in a graph on the
-    default device (with its bias and ReLU, and, with ``gradient``, its gradient).
+    default device, followed by its bias and a ReLU (and, with ``gradient``, its
+    gradient).
 
-    TensorFlow's CPU kernels run them only through oneDNN, which TensorFlow enables
-    by default on x86 CPUs with AVX-512 (e.g. Intel Xeon), not on others (e.g. an
-    AVX2-only AMD EPYC, measured with TF 2.21: "Fused conv implementation does not
-    support grouped convolutions for now", "Gradients for grouped convolutions are not
-    supported on CPU"). :func:`run_networks` then convolves network by network (the
-    same function). Probed once per process, eagerly, on a 9 x 9 image.
+    TensorFlow's CPU kernels run the fused convolution + ``BiasAdd`` that graph
+    optimisation makes of a grouped convolution, and the gradient of one, only through
+    oneDNN, which TensorFlow enables by default on x86 CPUs with AVX-512 (e.g. Intel
+    Xeon), not on others (measured with TF 2.21 on an AVX2-only AMD EPYC: "Fused conv
+    implementation does not support grouped convolutions for now", "Gradients for
+    grouped convolutions are not supported on CPU"; ``TF_ENABLE_ONEDNN_OPTS=1`` turns
+    oneDNN on there). A bias added with a plain add (``bias_add=False``) is not fused
+    and runs everywhere. :func:`run_networks` convolves network by network where the
+    form it needs is missing (the same function). Probed once per process, eagerly.
     """
     with tf.init_scope():
         x = tf.ones([1, 9, 9, 4])
@@ -168,11 +172,10 @@ def grouped_convolutions_supported(gradient: bool = False) -> bool:
 
         @tf.function(autograph=False)  # arguments, not constants: nothing folds away
         def probe(x, kernel, bias):
-            with tf.GradientTape() as tape:
-                tape.watch([x, kernel])
-                y = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "VALID"), bias))
-                total = tf.reduce_sum(y)
-            return [y, *tape.gradient(total, [x, kernel])] if gradient else [y]
+            y = tf.nn.conv2d(x, kernel, 1, "VALID")
+            y = tf.nn.relu(tf.nn.bias_add(y, bias) if bias_add else y + bias)
+            # tf.gradients, not a GradientTape: init_scope pauses tape recording.
+            return [y, *tf.gradients(tf.reduce_sum(y), [x, kernel])] if gradient else [y]
 
         try:
             probe(x, kernel, tf.zeros([4]))
@@ -246,15 +249,20 @@ def run_networks(networks: Sequence[keras.Model], crops: tf.Tensor, *, training:
     # one tensor per network. TensorFlow's CPU kernels have no float16 gradient of a
     # grouped convolution ("Gradients for grouped convolutions are not supported on
     # CPU"), so under mixed precision every network convolves separately.
+    # A function traced with frozen weights is an export, served on CPUs this process
+    # cannot see: its grouped convolutions add their biases with a plain add, which no
+    # graph optimisation fuses into a kernel without groups (a CPU without oneDNN has
+    # none). Training and evaluation keep BiasAdd (fused with oneDNN).
+    portable = frozen_weights
     grouped = (grouped and compute_dtype != "float16"
-               and grouped_convolutions_supported(gradient=training))
+               and grouped_convolutions_supported(gradient=training, bias_add=not portable))
 
     def conv(xs: list[tf.Tensor], kernels: Sequence[tf.Tensor], biases: Sequence[tf.Tensor],
              strides: Any = 1, padding: str = "VALID") -> list[tf.Tensor]:
         if grouped:
-            return [tf.nn.bias_add(tf.nn.conv2d(xs[0], tf.concat(list(kernels), axis=-1),
-                                                strides, padding),
-                                   tf.concat(list(biases), axis=-1))]
+            y = tf.nn.conv2d(xs[0], tf.concat(list(kernels), axis=-1), strides, padding)
+            bias = tf.concat(list(biases), axis=-1)
+            return [y + bias if portable else tf.nn.bias_add(y, bias)]
         return [tf.nn.bias_add(tf.nn.conv2d(x, kernel, strides, padding), bias)
                 for x, kernel, bias in zip(xs, kernels, biases)]
 

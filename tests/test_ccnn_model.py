@@ -437,6 +437,29 @@ def test_flip_test_of_a_mirror_symmetric_face(tiny_config):
             on_mirror[k])), atol=1e-5)
 
 
+def test_grouped_convolutions_leave_nothing_to_fuse_into_a_groupless_kernel(tiny_config):
+    """Graph optimisation fuses Conv2D + BiasAdd into a kernel that has no groups
+    without oneDNN (TF 2.21 on an AMD EPYC: "Fused conv implementation does not support
+    grouped convolutions"): a serving graph traced where oneDNN runs would then fail
+    on other CPUs. The grouped convolutions add their biases with a plain add."""
+    from ccnn_tf.networks import grouped_convolutions_supported
+
+    if not grouped_convolutions_supported(bias_add=False):
+        pytest.skip("this TensorFlow runs no grouped convolution")
+    model = build_ccnn(tiny_config)
+    spec = tf.TensorSpec([None, tiny_config.input_size, tiny_config.input_size, 3])
+    with model.trace_options(frozen_weights=True):
+        graph = tf.function(lambda x: model({f"image_{tiny_config.input_size}": x},
+                                            training=False)["landmarks"]
+                            ).get_concrete_function(spec).graph
+    grouped = [op for op in graph.get_operations() if op.type == "Conv2D"
+               and op.inputs[0].shape[-1] != op.inputs[1].shape[2]]
+    assert len(grouped) >= 4  # stage 1's and the refinement stages' layers
+    for op in grouped:
+        assert {c.type for c in op.outputs[0].consumers()}.isdisjoint(
+            {"BiasAdd", "BiasAddV1"}), op.name
+
+
 def test_switching_inference_options_changes_only_what_it_should(tiny_config, tmp_path):
     keras.utils.set_random_seed(4)
     assert not tiny_config.flip_test and tiny_config.confidence_source == "flip"  # defaults

@@ -153,7 +153,7 @@ def test_exp2_exp3_ablations(setting, default_model):
     assert exp3["arms"]["shake-"]["model"]["num_stages"] == 1
     assert exp3["arms"]["shake-"]["overrides"]["stage1_shake_stddev"] == 0.0
     assert exp3["arms"]["shake+"]["model"]["run_dir"] == default_model.info["run_dir"]
-    assert exp2["arms"]["windows-"]["model"]["config"]["stage1_windows"] is False
+    assert exp2["arms"]["windows-"]["model"]["config"]["model"]["stage1_windows"] is False
     # windows+ (no shake) is exp3's shake- run: trained once for both.
     assert (exp2["arms"]["windows+"]["model"]["run_dir"]
             == exp3["arms"]["shake-"]["model"]["run_dir"])
