@@ -24,6 +24,10 @@ What is measured, per face at batch 1 (latency, ms/face) and for batches of
     images + face boxes, i.e. end to end: input checks, the crop
     (``preprocess_faces``), the model and the mapping back to pixels;
   - ``saved_model_cropped``: the exported ``serving_cropped`` signature on crops;
+  - ``keras_xla``: the model's call on crops compiled by XLA (``jit_compile=True``,
+    ``experiments.speed.cases.xla_function``, traced as for TFLite: CCNN's window crops
+    as matrix products, since XLA has no ``CropAndResize``); its largest landmark
+    difference from the Keras model is reported (``xla_max_deviation_px``);
   - ``tflite``: ``tf.lite.Interpreter`` on the cropped-input TFLite file
     (MSRRN: ``common.export.export_tflite``; CCNN: ``ccnn_tf.export.export_tflite``,
     which calls it on a batch-1 trace with builtin-op window crops, since
@@ -108,6 +112,7 @@ from experiments.speed.cases import (
     synthetic_faces,
     tflite_cases,
     training_cases,
+    xla_deviation_px,
 )
 from experiments.speed.options import (
     DLIB_PREDICTOR_SIZE_OPTIONS,
@@ -155,6 +160,7 @@ __all__ = [
     "pretrained_peers", "profile_model",
     "profile_ops", "result_rows", "run_benchmark", "stage_cases", "stage_summary",
     "synthetic_faces", "tflite_cases", "throughput_summary", "time_cases", "training_cases",
+    "xla_deviation_px",
     "training_rows",
 ]
 
@@ -233,7 +239,8 @@ def run_benchmark(options: BenchOptions, output_dir: str | None = None,
                 "parameters": int(mut.model.count_params()),
                 "config": mut.model.get_config(), "train_batch_size": mut.train_batch_size,
                 "tflite_bytes": exports[name]["tflite_bytes"],
-                "export_seconds": exports[name]["seconds"]}
+                "export_seconds": exports[name]["seconds"],
+                "xla_max_deviation_px": xla_deviation_px(mut, faces, options.batch_size)}
             for device in devices:
                 cases += model_cases(mut, exports[name], faces, options.batch_size, device,
                                      options.threads)

@@ -10,7 +10,7 @@ from absl import flags
 from experiments import bench_speed
 from experiments.speed import profiling
 
-MODEL_FORMS = {"keras_eager", "keras_predict_on_batch", "saved_model_default",
+MODEL_FORMS = {"keras_eager", "keras_predict_on_batch", "keras_xla", "saved_model_default",
                "saved_model_cropped", "crop_only", "tflite"}
 
 
@@ -122,6 +122,9 @@ def test_main_tiny_preset(tmp_path, capsys):
     targets = {(c["method"], c["form"]) for c in result["targets"]}
     assert targets == {(m, f) for m in ("msrrn", "ccnn") for f in bench_speed.EXPORTED_FORMS}
     assert result["models"]["msrrn"]["tflite_bytes"] > 0
+    # The same model compiled by XLA: the same landmarks (pixels of a 32-px crop).
+    for name in ("msrrn", "ccnn"):
+        assert 0 <= result["models"][name]["xla_max_deviation_px"] < 1e-3
     # --nomsrrn_flip_test: the MSRRN timed (and exported) runs without the flip test.
     assert result["models"]["msrrn"]["config"]["flip_test"] is False
     assert "flip test switched off" in result["models"]["msrrn"]["source"]

@@ -213,6 +213,39 @@ def export_model(mut: ModelUnderTest, work_dir: str) -> dict[str, Any]:
     return result
 
 
+def xla_function(mut: ModelUnderTest) -> Callable[[Mapping[str, Any]], Any]:
+    """The model's call on crops compiled by XLA (``tf.function(jit_compile=True)``).
+
+    Traced in the model's TFLite export trace (``ExportHooks.trace``), whose ops XLA
+    compiles: CCNN's window crops as matrix products (XLA has no ``CropAndResize``),
+    its weights frozen, one convolution per network; MSRRN as it is. The batch stays
+    dynamic; XLA compiles once per batch size (the warm-up calls do).
+    """
+    import tensorflow as tf
+
+    from common import landmark_model
+
+    spec = {f"image_{s}": tf.TensorSpec([None, s, s, 3], tf.float32) for s in mut.sizes}
+    hooks = landmark_model.export_hooks_of(mut.model)
+    fn = tf.function(lambda crops: mut.model(crops, training=False)["landmarks"],
+                     jit_compile=True)
+    with hooks.trace(landmark_model.TFLITE_TARGET):
+        return fn.get_concrete_function(spec)
+
+
+def xla_deviation_px(mut: ModelUnderTest, faces: Faces, batch_size: int) -> float:
+    """Largest difference between :func:`xla_function`'s landmarks and the Keras
+    model's on ``batch_size`` faces, in pixels of the largest crop."""
+    import tensorflow as tf
+
+    cropped = model_crops(mut, faces.images[:batch_size], faces.boxes[:batch_size])
+    with tf.device("/CPU:0"):
+        crops = {k: tf.constant(v) for k, v in cropped.items()}
+        ours = mut.model(crops, training=False)["landmarks"].numpy()
+        compiled = xla_function(mut)(crops).numpy()
+    return float(np.abs(compiled - ours).max() * max(mut.sizes))
+
+
 def model_cases(mut: ModelUnderTest, exported: Mapping[str, Any], faces: Faces,
                 batch_size: int, device: str, threads: int) -> list[Case]:
     """The inference cases of one model on one device (batch 1 and ``batch_size``)."""
@@ -227,6 +260,7 @@ def model_cases(mut: ModelUnderTest, exported: Mapping[str, Any], faces: Faces,
         loaded = tf.saved_model.load(exported["saved_model"])
         serve_default = loaded.signatures[export.DEFAULT_SIGNATURE]
         serve_cropped = loaded.signatures[export.CROPPED_SIGNATURE]
+        compiled = xla_function(mut)
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8),
                                       tf.TensorSpec([None, 4], tf.float32)])
@@ -255,6 +289,7 @@ def model_cases(mut: ModelUnderTest, exported: Mapping[str, Any], faces: Faces,
                 images=i, boxes=b)["landmarks"].numpy(),
             "saved_model_cropped":
                 lambda c=crops_t: serve_cropped(**c)["landmarks"].numpy(),
+            "keras_xla": lambda c=crops_t: compiled(c).numpy(),
             "crop_only": lambda i=images_t, b=boxes_t: crop(i, b),
         }
         cases += [Case(mut.name, form, device, batch, on_device(fn))

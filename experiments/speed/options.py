@@ -47,6 +47,7 @@ headline."""
 FORM_DESCRIPTIONS = {
     "keras_eager": "Keras model, eager call on crops",
     "keras_predict_on_batch": "Keras predict_on_batch on crops",
+    "keras_xla": "Keras call on crops compiled by XLA (jit_compile, TFLite trace)",
     "saved_model_default": "SavedModel serving_default: uint8 images + boxes (incl. crop)",
     "saved_model_cropped": "SavedModel serving_cropped on crops",
     "tflite": "TFLite interpreter on crops, face by face",

@@ -167,6 +167,12 @@ def format_markdown(result: Mapping[str, Any]) -> str:
                       + "); training-only options "
                       f"oversampling_amount={o['oversampling_amount']}, "
                       f"num_test_splits={o['num_test_splits']}.")]
+    deviations = {name: info["xla_max_deviation_px"]
+                  for name, info in result["models"].items() if "xla_max_deviation_px" in info}
+    if deviations:
+        lines += ["", "`keras_xla` landmarks vs the Keras model's, largest difference: "
+                  + ", ".join(f"{name} {value:.2g} px" for name, value in deviations.items())
+                  + f" (batch {batch}, pixels of the largest crop)."]
     lines += ["", "Forms: " + "; ".join(
         f"`{k}`: {v}" for k, v in FORM_DESCRIPTIONS.items()
         if any(r["form"] == k for r in result["rows"])) + "."]
