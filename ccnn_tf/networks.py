@@ -163,8 +163,9 @@ def grouped_convolutions_supported(gradient: bool = False, bias_add: bool = True
     implementation does not support grouped convolutions for now", "Gradients for
     grouped convolutions are not supported on CPU"; ``TF_ENABLE_ONEDNN_OPTS=1`` turns
     oneDNN on there). A bias added with a plain add (``bias_add=False``) is not fused
-    and runs everywhere. :func:`run_networks` convolves network by network where the
-    form it needs is missing (the same function). Probed once per process, eagerly.
+    and runs everywhere, but slower than the networks one by one. :func:`run_networks`
+    therefore groups only where the fused form (``bias_add=True``) runs, and convolves
+    network by network elsewhere (the same function). Probed once per process, eagerly.
     """
     with tf.init_scope():
         x = tf.ones([1, 9, 9, 4])
@@ -249,13 +250,17 @@ def run_networks(networks: Sequence[keras.Model], crops: tf.Tensor, *, training:
     # one tensor per network. TensorFlow's CPU kernels have no float16 gradient of a
     # grouped convolution ("Gradients for grouped convolutions are not supported on
     # CPU"), so under mixed precision every network convolves separately.
+    # Grouped only where the fused grouped kernel runs (oneDNN): TensorFlow's own CPU
+    # kernel runs a grouped convolution with a plain add, but slower than the networks
+    # one by one (CCNN's paper cascade, frozen weights, TF 2.21 on an AMD EPYC without
+    # oneDNN: 361 against 558 faces/s at batch 64, 6.3 against 3.8 ms at batch 1).
     # A function traced with frozen weights is an export, served on CPUs this process
     # cannot see: its grouped convolutions add their biases with a plain add, which no
     # graph optimisation fuses into a kernel without groups (a CPU without oneDNN has
-    # none). Training and evaluation keep BiasAdd (fused with oneDNN).
+    # none), so it still serves there. Training and evaluation keep BiasAdd (fused).
     portable = frozen_weights
     grouped = (grouped and compute_dtype != "float16"
-               and grouped_convolutions_supported(gradient=training, bias_add=not portable))
+               and grouped_convolutions_supported(gradient=training))
 
     def conv(xs: list[tf.Tensor], kernels: Sequence[tf.Tensor], biases: Sequence[tf.Tensor],
              strides: Any = 1, padding: str = "VALID") -> list[tf.Tensor]:
