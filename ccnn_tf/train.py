@@ -47,6 +47,12 @@ _PRESET = flags.DEFINE_enum(
     "schedule, 5000 steps per stage and the paper's augmentation only (rotations "
     "0/-15/+12 degrees, flips; no box perturbation); tiny: very small networks, for "
     "smoke tests only (ccnn_tf.config.PRESETS defines every preset).")
+_CONFIG_JSON = flags.DEFINE_string(
+    "config_json", None,
+    "CCNNConfig overrides as a JSON object or the path of a JSON file, e.g. "
+    "'{\"lr_decay_steps\": 300, \"box_scale_range\": [1, 1]}' or runs/x/config.json "
+    "(its config.values are used). Applied after --preset, before --steps/--batch_size/"
+    "--shake/--windows/--seed.")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps per stage (default: the "
                               "preset's).", lower_bound=0)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size (default: the "
@@ -78,6 +84,18 @@ _EXPORT = flags.DEFINE_bool("export", True, "Export SavedModel + TFLite once all
                             "are trained.")
 
 
+def _overrides() -> dict | None:
+    """The --config_json fields, or None; a usage error names what is wrong."""
+    if not _CONFIG_JSON.value:
+        return None
+    from common.config import overrides_from_json
+
+    try:
+        return overrides_from_json(_CONFIG_JSON.value)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+
+
 def main(argv: Sequence[str]) -> None:
     """Entry point of ``python -m ccnn_tf.train``."""
     if len(argv) > 1:
@@ -88,7 +106,8 @@ def main(argv: Sequence[str]) -> None:
 
     config = training.build_config(_PRESET.value, steps=_STEPS.value,
                                    batch_size=_BATCH_SIZE.value, shake=_SHAKE.value,
-                                   windows=_WINDOWS.value, seed=_SEED.value)
+                                   windows=_WINDOWS.value, seed=_SEED.value,
+                                   overrides=_overrides())
     data = _DATA.value or training.synthetic_data(_PRESET.value)
     from common.records import DataError
     from common.training import RunDirLocked

@@ -93,11 +93,14 @@ logger = logging.getLogger(__name__)
 
 def build_config(preset: str = "quick", *, steps: int | None = None,
                  batch_size: int | None = None, shake: bool = True, windows: bool = True,
-                 seed: int | None = None) -> CCNNConfig:
+                 seed: int | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> CCNNConfig:
     """A preset with the command-line overrides applied (``ccnn_tf.train``).
 
     Args:
         preset: a name of ``CCNNConfig.PRESETS`` (``"paper"``, ``"quick"``, ``"tiny"``).
+        overrides: config fields changed before the arguments below
+            (``--config_json``; flat names or groups).
         steps: training steps per stage.
         batch_size: global batch size.
         shake: ``False`` turns the shake off in every stage ("shake-", Experiment 3).
@@ -109,7 +112,9 @@ def build_config(preset: str = "quick", *, steps: int | None = None,
         The configuration.
     """
     config = CCNNConfig.preset(preset)
-    changes: dict[str, Any] = {"stage1_windows": bool(windows)}
+    if overrides:
+        config = config.replace(**overrides)
+    changes: dict[str, Any] = {} if windows else {"stage1_windows": False}
     if steps is not None:
         changes["steps_per_stage"] = int(steps)
     if batch_size is not None:

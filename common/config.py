@@ -300,3 +300,30 @@ def flatten_config_values(values: Mapping[str, Any]) -> dict[str, Any]:
             merged.update(flatten_config_values(value))
     merged.update({k: v for k, v in values.items() if not isinstance(v, Mapping)})
     return merged
+
+
+def overrides_from_json(text: str) -> dict[str, Any]:
+    """Config overrides from a ``--config_json`` value: a JSON object of fields (flat
+    names or ``{"model": {...}}`` groups), or the path of a JSON file holding one or a
+    run's ``config.json`` (its ``config.values`` are used).
+
+    Raises:
+        ValueError: neither an existing file nor valid JSON, or not a JSON object
+            (the message names the file where there is one).
+    """
+    import os
+
+    source = "--config_json"
+    if os.path.isfile(text):
+        source = text
+        with open(text) as f:
+            text = f.read()
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source}: neither a file nor valid JSON: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: must be a JSON object, got {type(values).__name__}")
+    if isinstance(values.get("config"), dict):  # a run's config.json
+        values = values["config"].get("values", values["config"])
+    return values

@@ -23,7 +23,6 @@ given explicitly still override it).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -126,23 +125,6 @@ def _define_flags() -> None:
                         "$FACE_ALIGN_CACHE or ~/.cache/face_align_tf).")
 
 
-def _overrides_from_json(text: str) -> dict:
-    if os.path.isfile(text):
-        with open(text) as f:
-            values = json.load(f)
-    else:
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise app.UsageError(f"--config_json is neither a file nor valid JSON: "
-                                 f"{error}") from error
-    if not isinstance(values, dict):
-        raise app.UsageError("--config_json must be a JSON object")
-    if isinstance(values.get("config"), dict):  # a run's config.json
-        values = values["config"].get("values", values["config"])
-    return values
-
-
 def _saved_config(run_dir: str):
     """The MSRRNConfig recorded in ``run_dir/config.json``, or ``None``."""
     from common.run_files import read_run_record
@@ -166,7 +148,13 @@ def _resolve_config(run_dir: str):
     else:
         config = MSRRNConfig.preset(FLAGS.preset)
     if FLAGS.config_json:
-        config = config.replace(**_overrides_from_json(FLAGS.config_json))
+        from common.config import overrides_from_json
+
+        try:
+            overrides = overrides_from_json(FLAGS.config_json)
+        except ValueError as error:
+            raise app.UsageError(str(error)) from error
+        config = config.replace(**overrides)
     explicit = {field: getattr(FLAGS, flag) for flag, field in _CONFIG_FLAGS.items()
                 if getattr(FLAGS, flag) is not None}
     return config.replace(**explicit)

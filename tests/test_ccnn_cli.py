@@ -106,8 +106,12 @@ def test_cli_train_evaluate_export(data, tmp_path):
     run_dir = str(tmp_path / "run")
     trained = _run("ccnn_tf.train", f"--data={data}", f"--run_dir={run_dir}", "--preset=tiny",
                    f"--steps={STEPS}", "--batch_size=8", "--checkpoint_every=2",
-                   "--noexport", cwd=str(tmp_path))
+                   "--noexport", '--config_json={"lr_decay_steps": 3}', cwd=str(tmp_path))
     assert "stage_3" in trained.stdout
+    from common.config import flatten_config_values
+    from common.run_files import read_run_record
+
+    assert flatten_config_values(read_run_record(run_dir).values)["lr_decay_steps"] == 3
     for k in (1, 2, 3):
         assert f"stage {k}: {STEPS} steps in " in trained.stdout
     assert "faces/s at batch 8" in trained.stdout

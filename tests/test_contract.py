@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 
 import pytest
@@ -173,3 +174,31 @@ def test_presets_are_defined_next_to_the_configs_and_keep_their_values():
         MSRRNConfig.preset("fast")
     with pytest.raises(ValueError, match="unknown CCNNConfig preset 'fast'"):
         ccnn_training.build_config("fast")
+
+
+def test_config_json_overrides_for_both_trainers(tmp_path):
+    """``--config_json`` of both trainers: a JSON object (flat or grouped fields), a
+    file, or a run's config.json; the CLI flags still apply on top; bad input names
+    itself."""
+    from ccnn_tf import training as ccnn_training
+    from ccnn_tf.config import CCNNConfig
+    from common.config import overrides_from_json
+
+    text = '{"lr_decay_steps": 300, "augment": {"box_scale_range": [1, 1]}}'
+    config = ccnn_training.build_config("quick", steps=7, windows=False,
+                                        overrides=overrides_from_json(text))
+    assert config.lr_decay_steps == 300 and config.box_scale_range == (1.0, 1.0)
+    assert config.steps_per_stage == 7 and config.stage1_windows is False
+    assert config.box_shift_x == CCNNConfig.preset("quick").box_shift_x
+    run_file = tmp_path / "config.json"
+    run_file.write_text(json.dumps({"config": {"class": "CCNNConfig",
+                                               "values": config.to_dict()}}))
+    assert CCNNConfig.from_dict(overrides_from_json(str(run_file))) == config
+    with pytest.raises(ValueError, match="--config_json: neither a file nor valid JSON"):
+        overrides_from_json("{lr_decay_steps: 3}")
+    bad = tmp_path / "list.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=f"{bad}: must be a JSON object, got list"):
+        overrides_from_json(str(bad))
+    with pytest.raises(ValueError, match="no_such_field"):
+        ccnn_training.build_config("quick", overrides={"no_such_field": 1})

@@ -218,3 +218,45 @@ def test_fig8_faces(setting, default_model):
         assert np.asarray(face["predicted"]["stage_3"]).shape == (5, 2)
     # 3 faces (columns) x 3 stages (rows), 2.5-inch cells at 100 dpi.
     assert mpimg.imread(output.paths["faces"]).shape[:2] == (750, 750)
+
+
+@pytest.mark.slow
+def test_stage1_study_one_factor_per_variant(tmp_path):
+    """``experiments.ccnn_stage1``: each variant is the recipe with its fields changed
+    (one factor), trained as stage 1 alone on the given splits; a rerun reuses the runs;
+    the table holds every variant and seed."""
+    from common.synthetic import ensure_synthetic_dataset
+    from experiments import ccnn_stage1
+
+    recipe = ccnn_stage1.variant_config("recipe", preset="tiny", steps=2, seed=1)
+    no_box = ccnn_stage1.variant_config("no_box", preset="tiny", steps=2, seed=1)
+    assert recipe.num_stages == 1 and recipe.lr_decay_steps == 300 and recipe.seed == 1
+    assert no_box.replace(**{k: getattr(recipe, k) for k in ccnn_stage1.NO_BOX_PERTURBATION}
+                          ) == recipe and no_box.box_scale_range == (1.0, 1.0)
+    with pytest.raises(ValueError, match="unknown variant 'bigger'"):
+        ccnn_stage1.variant_config("bigger")
+
+    data = ensure_synthetic_dataset(5, {"train": 16, "val": 8}, seed=0,
+                                    cache_dir=str(tmp_path / "cache"), progress=False)
+    out = tmp_path / "study"
+    results = ccnn_stage1.run(data, str(out), variants=["no_dropout"], seeds=[0, 1],
+                              steps=2, preset="tiny", train_split="train",
+                              eval_split="val", verbose=False)
+    assert list(results["variants"]) == ["recipe", "no_dropout"]
+    row = results["variants"]["no_dropout"]
+    assert row["changes"] == {"dropout": 0.0} and set(row["seeds"]) == {"0", "1"}
+    errors = [row["seeds"][s]["box_width"]["mean"] for s in ("0", "1")]
+    assert errors[0] != errors[1]  # the seed reaches the weights
+    assert row["mean"]["box_width"] == pytest.approx(np.mean(errors))
+    assert len(row["seeds"]["0"]["box_width"]["per_point"]) == 5
+    assert json.loads((out / "ccnn_stage1.json").read_text()) == results
+    markdown = (out / "ccnn_stage1.md").read_text()
+    assert "| no_dropout | no dropout |" in markdown and "| recipe |" in markdown
+    assert (out / "ccnn_stage1.png").stat().st_size > 0
+    stamp = (out / "runs" / "recipe-s0" / "stage1" / "model.keras").stat().st_mtime_ns
+    again = ccnn_stage1.run(data, str(out), variants=["recipe"], seeds=[0], steps=2,
+                            preset="tiny", train_split="train", eval_split="val",
+                            verbose=False)
+    assert (out / "runs" / "recipe-s0" / "stage1" / "model.keras").stat().st_mtime_ns == stamp
+    assert (again["variants"]["recipe"]["seeds"]["0"]
+            == results["variants"]["recipe"]["seeds"]["0"])
