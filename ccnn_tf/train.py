@@ -22,6 +22,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from ccnn_tf.config import CCNNConfig
+from common.config import config_json_flag
 from common.training import STRATEGY_NAMES
 
 _STAGE = flags.DEFINE_enum("stage", "all", ["1", "2", "3", "all"],
@@ -84,18 +85,6 @@ _EXPORT = flags.DEFINE_bool("export", True, "Export SavedModel + TFLite once all
                             "are trained.")
 
 
-def _overrides() -> dict | None:
-    """The --config_json fields, or None; a usage error names what is wrong."""
-    if not _CONFIG_JSON.value:
-        return None
-    from common.config import overrides_from_json
-
-    try:
-        return overrides_from_json(_CONFIG_JSON.value)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
-
-
 def main(argv: Sequence[str]) -> None:
     """Entry point of ``python -m ccnn_tf.train``."""
     if len(argv) > 1:
@@ -107,7 +96,7 @@ def main(argv: Sequence[str]) -> None:
     config = training.build_config(_PRESET.value, steps=_STEPS.value,
                                    batch_size=_BATCH_SIZE.value, shake=_SHAKE.value,
                                    windows=_WINDOWS.value, seed=_SEED.value,
-                                   overrides=_overrides())
+                                   overrides=config_json_flag(_CONFIG_JSON.value))
     data = _DATA.value or training.synthetic_data(_PRESET.value)
     from common.records import DataError
     from common.training import RunDirLocked

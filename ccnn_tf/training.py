@@ -168,9 +168,12 @@ def augment_config(config: CCNNConfig) -> AugmentConfig:
 
 
 def build_optimizer(config: CCNNConfig) -> keras.optimizers.Optimizer:
-    """SGD with the staircase decay of section 3.3 (``config.learning_rate`` etc.)."""
+    """SGD (or ``config.optimizer="adam"``: Adam) with the staircase decay of section
+    3.3 (``config.learning_rate`` etc.)."""
     schedule = training.step_decay(config.learning_rate, config.lr_decay_rate,
                                    config.lr_decay_steps)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=schedule)
     return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
 
 

@@ -40,9 +40,13 @@ def to_tuples(value: Any) -> Any:
     return value
 
 
-def _to_lists(value: Any) -> Any:
+def to_lists(value: Any) -> Any:
+    """``value`` with every tuple turned into a list, through nested lists and mappings
+    (what JSON writes back)."""
+    if isinstance(value, Mapping):
+        return {k: to_lists(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
-        return [_to_lists(v) for v in value]
+        return [to_lists(v) for v in value]
     return value
 
 
@@ -83,7 +87,7 @@ class ConfigGroup:
 
     def to_dict(self) -> dict[str, Any]:
         """The group as a JSON-friendly dict (tuples become lists)."""
-        return {f.name: _to_lists(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: to_lists(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,3 +331,16 @@ def overrides_from_json(text: str) -> dict[str, Any]:
     if isinstance(values.get("config"), dict):  # a run's config.json
         values = values["config"].get("values", values["config"])
     return values
+
+
+def config_json_flag(text: str | None) -> dict[str, Any] | None:
+    """:func:`overrides_from_json` for a command's ``--config_json`` flag: ``None`` when
+    the flag is empty, an ``absl.app.UsageError`` naming what is wrong otherwise."""
+    if not text:
+        return None
+    from absl import app
+
+    try:
+        return overrides_from_json(text)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error

@@ -67,7 +67,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common import atomic, tfrecord
+from common import atomic, schemes, tfrecord
 from common import boxes as boxes_lib
 from common.records import DataError, FaceRecord
 
@@ -349,7 +349,8 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
                     max_records: int | None = None, split_name: str = "train",
                     progress: bool = True, box_cache: bool = True,
                     finder=None, tune_fraction: float = 0.0,
-                    on_duplicate: str = "drop") -> PrepareSummary:
+                    on_duplicate: str = "drop", points: str | None = None
+                    ) -> PrepareSummary:
     """Reads a face list and writes it as sharded TFRecords (see the module docstring).
 
     Args:
@@ -383,6 +384,11 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
             :func:`find_duplicates`): ``"drop"`` keeps the first and lists the repeat
             among the skipped records (``PrepareSummary.duplicates`` counts them);
             ``"fail"`` raises ``DataError`` at the repeat's line.
+        points: write the landmarks in this scheme of ``common.schemes`` (``"cuhk5"``:
+            68 iBUG points reduced to the 5 CUHK points by
+            ``common.schemes.IBUG68_TO_CUHK5``); ``None``: as read. Boxes, checks and
+            splits use the points as read, so a reduced folder has the same faces,
+            boxes and splits as the full one made with the same flags.
 
     Returns:
         the summary (also stored in ``dataset.json``).
@@ -402,13 +408,15 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     if on_duplicate not in ON_DUPLICATE:
         raise ValueError(f"on_duplicate must be one of {ON_DUPLICATE}, got {on_duplicate!r}")
+    if points is not None and points not in schemes.SCHEMES:
+        raise ValueError(f"points must be one of {sorted(schemes.SCHEMES)}, got {points!r}")
     start = time.monotonic()
     prefix = prefix or os.path.basename(os.path.normpath(output_dir)) or "faces"
     settings = {"format": format, "prefix": prefix, "num_shards": num_shards,
                 "val_fraction": val_fraction, "split_by": split_by, "seed": seed,
                 "upsample": upsample, "on_error": on_error, "max_records": max_records,
                 "split_name": split_name, "tune_fraction": tune_fraction,
-                "on_duplicate": on_duplicate}
+                "on_duplicate": on_duplicate, "points": points}
 
     result = read_dataset(input_path, format=format, on_error=on_error)
     records = list(result.records)
@@ -432,6 +440,7 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
     dropped = {repeat for repeat, _ in repeats}
     records = [r for i, r in enumerate(records) if i not in dropped]
     num_landmarks = records[0].landmarks.shape[0]
+    reduce = None if points is None else schemes.reduction(num_landmarks, points)
     if result.format == "300w" and split_by == "random":
         # 300-W crops every face of a photo into its own NAME_k image file: whole image
         # files would put faces of one photo into train and val.
@@ -450,7 +459,7 @@ def prepare_dataset(input_path: str, output_dir: str, format: str = "auto",
         return _convert(records, splits, split_names, skipped, read, input_path, output_dir,
                         staging, prefix, num_shards, upsample, on_error, finder, box_cache,
                         progress, num_landmarks, result.format, settings, start,
-                        len(repeats))
+                        len(repeats), reduce)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -459,8 +468,10 @@ def _convert(records: list[FaceRecord], splits: list[str], split_names: list[str
              skipped: list[tuple[str, str]], read: int, input_path: str, output_dir: str,
              staging: str, prefix: str, num_shards: int, upsample: int, on_error: str,
              finder, box_cache: bool, progress: bool, num_landmarks: int, list_format: str,
-             settings: dict, start: float, duplicates: int) -> PrepareSummary:
-    """Writes the conversion into ``staging``, then moves it into ``output_dir``."""
+             settings: dict, start: float, duplicates: int,
+             reduce: schemes.Reduction | None = None) -> PrepareSummary:
+    """Writes the conversion into ``staging``, then moves it into ``output_dir``
+    (landmarks through ``reduce`` where given)."""
     from common.images import encode_for_tfrecord, load_image
 
     assigner = boxes_lib.BoxAssigner(
@@ -495,7 +506,9 @@ def _convert(records: list[FaceRecord], splits: list[str], split_names: list[str
                 source_path = (f"{record.image_path} ({record.source})" if record.source
                                else record.image_path)
                 writers[split].write(tfrecord.serialize_face(
-                    image_bytes, height, width, record.landmarks, choice.box,
+                    image_bytes, height, width,
+                    record.landmarks if reduce is None else reduce(record.landmarks),
+                    choice.box,
                     box_source=choice.source, split=split, source_path=source_path,
                     attributes=list(record.attributes.values())))
                 written[split] += 1
@@ -519,6 +532,8 @@ def _convert(records: list[FaceRecord], splits: list[str], split_names: list[str
             for path in writer.final:
                 os.remove(path)
     written = {name: count for name, count in written.items() if count}
+    if reduce is not None:
+        num_landmarks = reduce.target.num_points
     summary = PrepareSummary(
         output_dir=output_dir, format=list_format, input_path=input_path,
         num_landmarks=num_landmarks, read=read, written=written, skipped=skipped,
@@ -582,8 +597,8 @@ def main(argv: Sequence[str]) -> int:
             val_fraction=f.val_fraction, split_by=f.split_by, seed=f.seed,
             upsample=f.upsample, on_error=f.on_error, max_records=f.max_records,
             split_name=f.split_name, progress=f.progress, tune_fraction=f.tune_fraction,
-            on_duplicate=f.on_duplicate)
-    except (DataError, OSError) as e:
+            on_duplicate=f.on_duplicate, points=f.points)
+    except (DataError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(summary.report())
@@ -627,6 +642,11 @@ def _define_flags() -> None:
     flags.DEFINE_enum("on_duplicate", "drop", list(ON_DUPLICATE),
                       "A face listed twice (same image, same landmarks): drop keeps the first "
                       "and counts the repeats in the summary; fail stops at the repeat.")
+    flags.DEFINE_enum("points", None, sorted(schemes.SCHEMES),
+                      "Write the landmarks in this scheme (cuhk5: 68 iBUG points reduced "
+                      "to the 5 CUHK points, common.schemes.IBUG68_TO_CUHK5: eye centres, "
+                      "nose tip 30, mouth corners 48/54). Boxes and splits are those of "
+                      "the points as read. Default: as read.")
     flags.DEFINE_integer("max_records", None, "Convert only the first N faces.", lower_bound=1)
     flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
     flags.mark_flags_as_required(["input", "output"])

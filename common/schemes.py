@@ -179,3 +179,27 @@ so the reduction commutes with the flip (checked at construction)."""
 def reduce_to_cuhk5(landmarks: np.ndarray) -> np.ndarray:
     """68 iBUG points ``[..., 68, 2]`` -> 5 CUHK points ``[..., 5, 2]`` (``IBUG68_TO_CUHK5``)."""
     return IBUG68_TO_CUHK5(landmarks)
+
+
+REDUCTIONS = {(r.source.name, r.target.name): r for r in (IBUG68_TO_CUHK5,)}
+"""Every reduction between schemes, keyed by (source name, target name)."""
+
+
+def reduction(num_points: int, target: str) -> Reduction | None:
+    """The reduction of ``num_points`` landmarks to the scheme named ``target``;
+    ``None`` when they already are that scheme.
+
+    Raises:
+        ValueError: an unknown scheme name, or no reduction from ``num_points`` points
+            to it (naming the known ones).
+    """
+    if target not in SCHEMES:
+        raise ValueError(f"unknown landmark scheme {target!r}; known: {', '.join(SCHEMES)}")
+    source = scheme_for(num_points).name
+    if source == target:
+        return None
+    if (source, target) not in REDUCTIONS:
+        known = ", ".join(f"{a} -> {b}" for a, b in REDUCTIONS)
+        raise ValueError(f"no reduction from {source} ({num_points} points) to {target}; "
+                         f"known: {known}")
+    return REDUCTIONS[source, target]

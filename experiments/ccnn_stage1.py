@@ -26,11 +26,14 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from common.box_perturbation import BoxRanges
+from common.config import to_lists
+
 RECIPE: dict[str, Any] = {"lr_decay_steps": 300}
 """README's CCNN recipe on top of the quick preset (``compare_real --config_json``)."""
 
-NO_BOX_PERTURBATION = {"box_shift_x": (0.0, 0.0), "box_shift_y": (0.0, 0.0),
-                       "box_scale_range": (1.0, 1.0)}
+NO_BOX_PERTURBATION = BoxRanges().as_fields()
+"""The config fields of no face-box perturbation (the paper's augmentation)."""
 
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "recipe": ({}, "README's CCNN recipe (quick preset, x0.9 every 300 steps)"),
@@ -39,8 +42,16 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "no_shake": ({"stage1_shake_stddev": 0.0}, "no shake of the stage-1 regions"),
     "no_dropout": ({"dropout": 0.0}, "no dropout"),
     "no_weight_decay": ({"weight_decay": 0.0}, "no L2 penalty"),
+    "weight_decay_1e-5": ({"weight_decay": 1e-5}, "L2 penalty 1e-5 instead of 1e-4"),
+    "weight_decay_1e-6": ({"weight_decay": 1e-6}, "L2 penalty 1e-6 instead of 1e-4"),
     "lr_0.01": ({"learning_rate": 0.01}, "SGD learning rate 0.01 instead of 0.03"),
     "lr_0.06": ({"learning_rate": 0.06}, "SGD learning rate 0.06 instead of 0.03"),
+    "adam": ({"optimizer": "adam", "learning_rate": 1e-3},
+             "Adam at 1e-3 instead of SGD with momentum at 0.03"),
+    "adam_lr_3e-3": ({"optimizer": "adam", "learning_rate": 3e-3}, "Adam at 3e-3"),
+    "adam_lr_3e-4": ({"optimizer": "adam", "learning_rate": 3e-4}, "Adam at 3e-4"),
+    "adam_no_box": ({"optimizer": "adam", "learning_rate": 1e-3, **NO_BOX_PERTURBATION},
+                    "Adam at 1e-3 and no face-box perturbation"),
     "decay_1000": ({"lr_decay_steps": 1000}, "learning rate x0.9 every 1000 steps"),
     "batch_128": ({"batch_size": 128}, "batch 128 instead of 64 (twice the faces)"),
     "regions_0.7": ({"stage1_regions": ((0.0, 0.0, 1.0, 1.0), (0.0, 0.0, 1.0, 0.7),
@@ -115,13 +126,13 @@ def run(data: str, output: str, *, variants: Sequence[str] = tuple(VARIANTS),
                                           export=False, verbose=verbose)
             per_seed[str(seed)] = stage1_errors(summary.evaluation)
         kinds = next(iter(per_seed.values()))
-        rows[name] = {"changes": _jsonable(VARIANTS[name][0]),
+        rows[name] = {"changes": to_lists(VARIANTS[name][0]),
                       "description": VARIANTS[name][1], "seeds": per_seed,
                       "mean": {kind: float(sum(s[kind]["mean"] for s in per_seed.values())
                                            / len(per_seed)) for kind in kinds}}
     results = {"data": os.path.abspath(data), "train_split": train_split,
                "eval_split": eval_split, "steps": steps, "preset": preset,
-               "recipe": _jsonable(RECIPE), "seeds": list(seeds), "variants": rows}
+               "recipe": to_lists(RECIPE), "seeds": list(seeds), "variants": rows}
     os.makedirs(output, exist_ok=True)
     atomic.write_text(os.path.join(output, "ccnn_stage1.json"),
                       json.dumps(results, indent=2))
@@ -172,14 +183,6 @@ def plot(results: Mapping[str, Any], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def main(argv: Sequence[str]) -> None:

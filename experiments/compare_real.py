@@ -606,12 +606,13 @@ def _define_flags() -> None:
     flags.DEFINE_integer("steps", None, "Our training steps (MSRRN: total; CCNN: per "
                          "stage). Default: the preset's.", lower_bound=0)
     flags.DEFINE_string("preset", None, "Our training preset (msrrn: quick|paper; ccnn: "
-                        "quick|paper|tiny). Default: quick.")
+                        "quick|tuned|paper|tiny). Default: quick.")
     flags.DEFINE_integer("batch_size", None, "Override of the preset's batch size.",
                          lower_bound=1)
     flags.DEFINE_string("config_json", None,
-                        "JSON object of our config's fields to change after --preset "
-                        "(MSRRNConfig or CCNNConfig), e.g. '{\"learning_rate\": 0.02}'.")
+                        "Our config's fields to change after --preset (MSRRNConfig or "
+                        "CCNNConfig): a JSON object, e.g. '{\"learning_rate\": 0.02}', "
+                        "or a JSON file holding one or a run's config.json.")
     flags.DEFINE_string("output", None, "Report folder (default results/compare_<family>); "
                         "also holds run/ (ours) and peers/ (fitted peers).")
     flags.DEFINE_string("run_dir", None, "Our run directory (default <output>/run); "
@@ -666,9 +667,14 @@ def main(argv: Sequence[str]) -> None:
     values = flags.FLAGS
     if not values["verbosity"].present:  # TensorFlow logs every checkpoint at INFO
         absl_logging.set_verbosity(absl_logging.WARNING)
-    parsed = {}
-    for name in ("dlib_options", "config_json", "lbf_options"):
-        parsed[name] = json.loads(values[name].value) if values[name].value else None
+    from common.config import config_json_flag
+
+    parsed = {"config_json": config_json_flag(values.config_json)}
+    for name in ("dlib_options", "lbf_options"):
+        try:
+            parsed[name] = json.loads(values[name].value) if values[name].value else None
+        except json.JSONDecodeError as error:
+            raise app.UsageError(f"--{name}: not valid JSON: {error}") from error
         if parsed[name] is not None and not isinstance(parsed[name], dict):
             raise app.UsageError(f"--{name} must be a JSON object")
     report = compare(

@@ -137,6 +137,7 @@ def _saved_config(run_dir: str):
 def _resolve_config(run_dir: str):
     """The preset (or a resumed run's saved config), then --config_json, then the
     explicitly given --steps / --batch_size / --learning_rate."""
+    from common.config import config_json_flag
     from msrrn_tf.config import MSRRNConfig
 
     config = _saved_config(run_dir)
@@ -147,13 +148,8 @@ def _resolve_config(run_dir: str):
             print(f"note: --preset={FLAGS.preset} is ignored when resuming", flush=True)
     else:
         config = MSRRNConfig.preset(FLAGS.preset)
-    if FLAGS.config_json:
-        from common.config import overrides_from_json
-
-        try:
-            overrides = overrides_from_json(FLAGS.config_json)
-        except ValueError as error:
-            raise app.UsageError(str(error)) from error
+    overrides = config_json_flag(FLAGS.config_json)
+    if overrides:
         config = config.replace(**overrides)
     explicit = {field: getattr(FLAGS, flag) for flag, field in _CONFIG_FLAGS.items()
                 if getattr(FLAGS, flag) is not None}

@@ -103,6 +103,22 @@ def test_config_paper_values():
     assert len(config.rotation_angles_deg) * (2 if config.flip else 1) * 10_000 == 60_000
 
 
+def test_optimizer_choice():
+    """SGD with momentum by default (section 3.3); Adam on request, both with the
+    staircase decay; an unknown optimizer is refused."""
+    from ccnn_tf.training import build_optimizer
+
+    sgd = build_optimizer(CCNNConfig().replace(momentum=0.9))
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.9
+    adam = build_optimizer(CCNNConfig().replace(optimizer="adam", learning_rate=1e-3,
+                                                lr_decay_steps=10))
+    assert isinstance(adam, keras.optimizers.Adam)
+    schedule = adam.learning_rate if callable(adam.learning_rate) else adam._learning_rate
+    assert float(schedule(25)) == pytest.approx(1e-3 * 0.9 ** 2)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        CCNNConfig().replace(optimizer="rmsprop")
+
+
 # --- Parameter count -------------------------------------------------------------------
 
 def test_parameter_count_matches_the_paper():

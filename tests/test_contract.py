@@ -202,3 +202,13 @@ def test_config_json_overrides_for_both_trainers(tmp_path):
         overrides_from_json(str(bad))
     with pytest.raises(ValueError, match="no_such_field"):
         ccnn_training.build_config("quick", overrides={"no_such_field": 1})
+    # The flag form every command uses: empty is None, bad input a usage error.
+    from absl import app
+
+    from common.config import config_json_flag, to_lists
+
+    assert config_json_flag(None) is None and config_json_flag("") is None
+    assert config_json_flag(text) == overrides_from_json(text)
+    with pytest.raises(app.UsageError, match=f"{bad}: must be a JSON object"):
+        config_json_flag(str(bad))
+    assert to_lists({"a": ((1, 2), [3]), "b": 4}) == {"a": [[1, 2], [3]], "b": 4}

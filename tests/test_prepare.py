@@ -568,3 +568,35 @@ def test_one_huge_image_converts_in_little_memory(tmp_path, repo_root):
     assert run.returncode == 0, run.stderr[-2000:]
     peak_gb = int(run.stdout.split()[-1]) * 1024 / 1e9
     assert peak_gb < 1.5, f"peak memory {peak_gb:.2f} GB"
+
+
+def test_prepare_reduces_68_points_to_cuhk5_with_the_same_faces_boxes_and_splits(tmp_path):
+    from common.schemes import reduce_to_cuhk5
+
+    names = [f"{who}_{k:02d}.jpg" for who in ("Ann_Lee", "Bo_Ma", "Cy_Po", "Di_Wu")
+             for k in range(2)]
+    csv_path = _csv_dataset(tmp_path, names, num_points=68)
+    full, five = str(tmp_path / "full"), str(tmp_path / "five")
+    kwargs = dict(split_by="identity", val_fraction=0.25, progress=False, box_cache=False)
+    prepare.prepare_dataset(csv_path, full, finder=_NoFaces(), **kwargs)
+    summary = prepare.prepare_dataset(csv_path, five, finder=_NoFaces(), points="cuhk5",
+                                      **kwargs)
+    assert summary.num_landmarks == 5
+    meta = json.loads((tmp_path / "five" / "dataset.json").read_text())
+    assert meta["num_landmarks"] == 5 and meta["settings"]["points"] == "cuhk5"
+    by_source = {f["source_path"]: f for f in _read_all(tfrecord.find_shards(full))}
+    reduced = _read_all(tfrecord.find_shards(five))
+    assert len(reduced) == len(by_source) == 8
+    for face in reduced:
+        original = by_source[face["source_path"]]
+        assert face["split"] == original["split"]
+        np.testing.assert_array_equal(face["box"], original["box"])  # from the 68 points
+        np.testing.assert_allclose(face["landmarks"],
+                                   reduce_to_cuhk5(original["landmarks"]), atol=1e-5)
+    # 5 points cannot be reduced to 68; an unknown scheme is named.
+    (tmp_path / "c5").mkdir()
+    with pytest.raises(ValueError, match="no reduction from cuhk5"):
+        prepare.prepare_dataset(_csv_dataset(tmp_path / "c5", names), str(tmp_path / "x"),
+                                finder=_NoFaces(), points="ibug68", **kwargs)
+    with pytest.raises(ValueError, match="points must be one of"):
+        prepare.prepare_dataset(csv_path, str(tmp_path / "y"), points="mtfl", **kwargs)
