@@ -167,6 +167,9 @@ def test_presets_are_defined_next_to_the_configs_and_keep_their_values():
     assert CCNNConfig.preset("quick") == ccnn_training.build_config("quick") == CCNNConfig(
         steps_per_stage=500, learning_rate=0.03, momentum=0.9, seed=0,
         **DETECTOR_RANGES_CUHK5.as_fields())
+    assert CCNNConfig.preset("tuned") == CCNNConfig.preset(
+        "quick", optimizer="adam", learning_rate=1e-3, lr_decay_steps=300,
+        steps_per_stage=1500).replace(momentum=0.0)
     tiny = CCNNConfig.preset("tiny", seed=3)
     assert tiny.seed == 3 and tiny.input_size == 32 and tiny.refine_conv_filters == (4,)
     assert tiny.model == CCNNConfig.preset("tiny").model  # the seed is a train field
