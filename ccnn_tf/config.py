@@ -323,12 +323,14 @@ class CCNNConfig(GroupedConfig):
         return super().preset(name, **changes)
 
 
+_QUICK: dict[str, Any] = {"steps_per_stage": 500, "learning_rate": 0.03, "momentum": 0.9,
+                          "seed": 0, **DETECTOR_RANGES_CUHK5.as_fields()}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    "quick": {"steps_per_stage": 500, "learning_rate": 0.03, "momentum": 0.9, "seed": 0,
-              **DETECTOR_RANGES_CUHK5.as_fields()},
-    "tuned": {"steps_per_stage": 1500, "optimizer": "adam", "learning_rate": 1e-3,
-              "lr_decay_steps": 300, "seed": 0, **DETECTOR_RANGES_CUHK5.as_fields()},
+    "quick": _QUICK,
+    "tuned": {**_QUICK, "optimizer": "adam", "learning_rate": 1e-3, "momentum": 0.0,
+              "lr_decay_steps": 300, "steps_per_stage": 1500},
     "tiny": {"input_size": 32, "stage1_input_size": 16, "stage1_conv_filters": (4, 8),
              "stage1_kernel_sizes": (3, 3), "stage1_fc_units": 16, "refine_input_size": 9,
              "refine_conv_filters": (4,), "refine_kernel_sizes": (3,),
