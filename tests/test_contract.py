@@ -152,7 +152,8 @@ def test_ccnn_num_landmarks_and_the_old_num_points_name(tmp_path):
 def test_presets_are_defined_next_to_the_configs_and_keep_their_values():
     from ccnn_tf import training as ccnn_training
     from ccnn_tf.config import CCNNConfig
-    from common.box_perturbation import DETECTOR_RANGES_68, DETECTOR_RANGES_CUHK5
+    from common.box_perturbation import (CENTRED_RANGES_CUHK5, DETECTOR_RANGES_68,
+                                         DETECTOR_RANGES_CUHK5)
     from msrrn_tf.config import MSRRNConfig
 
     quick = MSRRNConfig().replace(**DETECTOR_RANGES_68.as_fields(),
@@ -169,7 +170,7 @@ def test_presets_are_defined_next_to_the_configs_and_keep_their_values():
         **DETECTOR_RANGES_CUHK5.as_fields())
     assert CCNNConfig.preset("tuned") == CCNNConfig.preset(
         "quick", optimizer="adam", learning_rate=1e-3, lr_decay_steps=300,
-        steps_per_stage=1500).replace(momentum=0.0)
+        steps_per_stage=1500).replace(momentum=0.0, **CENTRED_RANGES_CUHK5.as_fields())
     tiny = CCNNConfig.preset("tiny", seed=3)
     assert tiny.seed == 3 and tiny.input_size == 32 and tiny.refine_conv_filters == (4,)
     assert tiny.model == CCNNConfig.preset("tiny").model  # the seed is a train field

@@ -233,6 +233,9 @@ def test_stage1_study_one_factor_per_variant(tmp_path):
     assert recipe.num_stages == 1 and recipe.lr_decay_steps == 300 and recipe.seed == 1
     assert no_box.replace(**{k: getattr(recipe, k) for k in ccnn_stage1.NO_BOX_PERTURBATION}
                           ) == recipe and no_box.box_scale_range == (1.0, 1.0)
+    assert recipe.steps_per_stage == 2
+    assert ccnn_stage1.variant_config("adam_steps_4500", preset="tiny", steps=2
+                                      ).steps_per_stage == 4500  # the variant's own budget
     with pytest.raises(ValueError, match="unknown variant 'bigger'"):
         ccnn_stage1.variant_config("bigger")
 
