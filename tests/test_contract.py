@@ -152,8 +152,11 @@ def test_ccnn_num_landmarks_and_the_old_num_points_name(tmp_path):
 def test_presets_are_defined_next_to_the_configs_and_keep_their_values():
     from ccnn_tf import training as ccnn_training
     from ccnn_tf.config import CCNNConfig
-    from common.box_perturbation import (CENTRED_RANGES_CUHK5, DETECTOR_RANGES_68,
-                                         DETECTOR_RANGES_CUHK5)
+    from common.box_perturbation import (
+        CENTRED_RANGES_CUHK5,
+        DETECTOR_RANGES_68,
+        DETECTOR_RANGES_CUHK5,
+    )
     from msrrn_tf.config import MSRRNConfig
 
     quick = MSRRNConfig().replace(**DETECTOR_RANGES_68.as_fields(),
