@@ -32,6 +32,9 @@ from common.config import to_lists
 RECIPE: dict[str, Any] = {"lr_decay_steps": 300}
 """README's CCNN recipe on top of the quick preset (``compare_real --config_json``)."""
 
+_ADAM: dict[str, Any] = {"optimizer": "adam", "learning_rate": 1e-3}
+"""Adam at 1e-3 (the ``adam`` variant), the base of the other Adam variants."""
+
 NO_BOX_PERTURBATION = BoxRanges().as_fields()
 """The config fields of no face-box perturbation (the paper's augmentation)."""
 
@@ -46,19 +49,18 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "weight_decay_1e-6": ({"weight_decay": 1e-6}, "L2 penalty 1e-6 instead of 1e-4"),
     "lr_0.01": ({"learning_rate": 0.01}, "SGD learning rate 0.01 instead of 0.03"),
     "lr_0.06": ({"learning_rate": 0.06}, "SGD learning rate 0.06 instead of 0.03"),
-    "adam": ({"optimizer": "adam", "learning_rate": 1e-3},
+    "adam": (_ADAM,
              "Adam at 1e-3 instead of SGD with momentum at 0.03"),
-    "adam_lr_3e-3": ({"optimizer": "adam", "learning_rate": 3e-3}, "Adam at 3e-3"),
-    "adam_lr_3e-4": ({"optimizer": "adam", "learning_rate": 3e-4}, "Adam at 3e-4"),
-    "adam_no_box": ({"optimizer": "adam", "learning_rate": 1e-3, **NO_BOX_PERTURBATION},
+    "adam_lr_3e-3": ({**_ADAM, "learning_rate": 3e-3}, "Adam at 3e-3"),
+    "adam_lr_3e-4": ({**_ADAM, "learning_rate": 3e-4}, "Adam at 3e-4"),
+    "adam_no_box": ({**_ADAM, **NO_BOX_PERTURBATION},
                     "Adam at 1e-3 and no face-box perturbation"),
-    "adam_box_low": ({"optimizer": "adam", "learning_rate": 1e-3,
-                      **CENTRED_RANGES_CUHK5.as_fields()},
+    "adam_box_low": ({**_ADAM, **CENTRED_RANGES_CUHK5.as_fields()},
                      "Adam at 1e-3, box range widened to boxes smaller and lower than "
                      "the stored one (side 0.85-1.57, centre y -0.14..+0.10)"),
-    "adam_decay_100": ({"optimizer": "adam", "learning_rate": 1e-3, "lr_decay_steps": 100},
+    "adam_decay_100": ({**_ADAM, "lr_decay_steps": 100},
                        "Adam at 1e-3, x0.9 every 100 steps (the paper's decay)"),
-    "adam_steps_4500": ({"optimizer": "adam", "learning_rate": 1e-3, "steps_per_stage": 4500},
+    "adam_steps_4500": ({**_ADAM, "steps_per_stage": 4500},
                         "Adam at 1e-3, 4500 steps (3 times the budget)"),
     "decay_1000": ({"lr_decay_steps": 1000}, "learning rate x0.9 every 1000 steps"),
     "batch_128": ({"batch_size": 128}, "batch 128 instead of 64 (twice the faces)"),
